@@ -1,0 +1,596 @@
+//! Lossless conversion between the Rust types and Avro binary.
+//!
+//! Each record type implements [`AvroRecord`]: its schema is parsed once from
+//! the embedded `.avsc`, values are built field by field, and decoding can
+//! resolve data written with an older (or newer) writer schema into the
+//! current Rust type, following Avro's schema resolution rules.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
+
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use uuid::Uuid;
+
+use crate::catalog::catalog;
+use crate::contract;
+use crate::error::SchemaError;
+use crate::event::{Axes3, ContextEvent, DeviceFacts, Motion, Sdk, SignalValue, Signals};
+use crate::records::{ActivityTag, ClassProbability, DeadLetter, MotionWindow};
+use crate::wire;
+
+/// A record type of the contract with its Avro schema.
+pub trait AvroRecord: Sized {
+    /// The Avro record name, used in error messages.
+    const NAME: &'static str;
+    /// The schema text this type is written with.
+    const AVSC: &'static str;
+
+    /// The parsed schema, shared by all calls.
+    fn schema() -> &'static Schema;
+    /// The Avro value of this record, shaped like [`Self::schema`].
+    fn to_value(&self) -> Value;
+    /// Reads a value shaped like [`Self::schema`].
+    fn from_value(value: Value) -> Result<Self, SchemaError>;
+
+    /// Avro binary body (no framing).
+    fn encode(&self) -> Result<Vec<u8>, SchemaError> {
+        apache_avro::to_avro_datum(Self::schema(), self.to_value()).map_err(|e| avro_err("encoding", Self::NAME, e))
+    }
+
+    /// Decodes a body written with the current schema.
+    fn decode(body: &[u8]) -> Result<Self, SchemaError> {
+        decode_body(body, Self::schema(), None)
+    }
+
+    /// Decodes a body written with `writer`, resolving it into the current schema.
+    fn decode_from(body: &[u8], writer: &Schema) -> Result<Self, SchemaError> {
+        if writer.canonical_form() == Self::schema().canonical_form() {
+            decode_body(body, writer, None)
+        } else {
+            decode_body(body, writer, Some(Self::schema()))
+        }
+    }
+
+    /// Confluent wire format: magic byte, `schema_id`, Avro body.
+    fn to_wire(&self, schema_id: u32) -> Result<Vec<u8>, SchemaError> {
+        Ok(wire::frame(schema_id, &self.encode()?))
+    }
+}
+
+fn decode_body<T: AvroRecord>(body: &[u8], writer: &Schema, reader: Option<&Schema>) -> Result<T, SchemaError> {
+    let mut rest = body;
+    let value =
+        apache_avro::from_avro_datum(writer, &mut rest, reader).map_err(|e| avro_err("decoding", T::NAME, e))?;
+    if !rest.is_empty() {
+        return Err(SchemaError::shape(
+            T::NAME,
+            "<body>",
+            format!("{} bytes left over after the record", rest.len()),
+        ));
+    }
+    T::from_value(value)
+}
+
+fn avro_err(stage: &'static str, record: &'static str, e: apache_avro::Error) -> SchemaError {
+    SchemaError::Avro {
+        stage,
+        record,
+        source: Box::new(e),
+    }
+}
+
+/// Parses one of the embedded schema texts, panicking with the file's problem:
+/// the texts are compiled in and covered by tests.
+fn parse_embedded(avsc: &str, name: &str) -> Schema {
+    Schema::parse_str(avsc).unwrap_or_else(|e| panic!("embedded schema {name} does not parse: {e}"))
+}
+
+macro_rules! schema_once {
+    ($avsc:expr, $name:expr) => {{
+        static SCHEMA: OnceLock<Schema> = OnceLock::new();
+        SCHEMA.get_or_init(|| parse_embedded($avsc, $name))
+    }};
+}
+
+// ---- building values -------------------------------------------------------
+
+fn record(fields: Vec<(&str, Value)>) -> Value {
+    Value::Record(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+}
+
+fn uuid(u: Uuid) -> Value {
+    Value::Uuid(u)
+}
+
+fn string(s: &str) -> Value {
+    Value::String(s.to_owned())
+}
+
+fn ts(micros: i64) -> Value {
+    Value::TimestampMicros(micros)
+}
+
+fn null_or(v: Option<Value>) -> Value {
+    match v {
+        None => Value::Union(0, Box::new(Value::Null)),
+        Some(v) => Value::Union(1, Box::new(v)),
+    }
+}
+
+fn floats(values: &[f32]) -> Value {
+    Value::Array(values.iter().map(|&f| Value::Float(f)).collect())
+}
+
+fn axes(a: &Axes3) -> Value {
+    record(vec![("x", floats(&a.x)), ("y", floats(&a.y)), ("z", floats(&a.z))])
+}
+
+// ---- reading values --------------------------------------------------------
+
+/// The fields of a decoded record, taken out by name.
+struct Fields {
+    record: &'static str,
+    path: String,
+    fields: Vec<(String, Value)>,
+}
+
+impl Fields {
+    fn new(record: &'static str, path: &str, value: Value) -> Result<Self, SchemaError> {
+        match value {
+            Value::Record(fields) => Ok(Fields {
+                record,
+                path: path.to_owned(),
+                fields,
+            }),
+            other => Err(SchemaError::shape(
+                record,
+                path,
+                format!("expected a record, got {other:?}"),
+            )),
+        }
+    }
+
+    fn err(&self, field: &str, problem: String) -> SchemaError {
+        let path = if self.path.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{}.{field}", self.path)
+        };
+        SchemaError::shape(self.record, path, problem)
+    }
+
+    fn take(&mut self, name: &str) -> Result<Value, SchemaError> {
+        self.fields
+            .iter_mut()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| std::mem::replace(v, Value::Null))
+            .ok_or_else(|| self.err(name, "missing".into()))
+    }
+
+    fn sub(&mut self, name: &str) -> Result<Fields, SchemaError> {
+        let value = self.take(name)?;
+        let path = if self.path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}.{name}", self.path)
+        };
+        Fields::new(self.record, &path, value)
+    }
+
+    fn uuid(&mut self, name: &str) -> Result<Uuid, SchemaError> {
+        match self.take(name)? {
+            Value::Uuid(u) => Ok(u),
+            Value::String(s) => Uuid::parse_str(&s).map_err(|e| self.err(name, format!("not a UUID: {e}"))),
+            other => Err(self.err(name, format!("expected a UUID, got {other:?}"))),
+        }
+    }
+
+    fn string(&mut self, name: &str) -> Result<String, SchemaError> {
+        match self.take(name)? {
+            Value::String(s) => Ok(s),
+            other => Err(self.err(name, format!("expected a string, got {other:?}"))),
+        }
+    }
+
+    fn timestamp(&mut self, name: &str) -> Result<i64, SchemaError> {
+        match self.take(name)? {
+            Value::TimestampMicros(t) | Value::Long(t) => Ok(t),
+            Value::TimestampMillis(t) => Ok(t.saturating_mul(1000)),
+            other => Err(self.err(name, format!("expected a timestamp, got {other:?}"))),
+        }
+    }
+
+    fn double(&mut self, name: &str) -> Result<f64, SchemaError> {
+        match self.take(name)? {
+            Value::Double(d) => Ok(d),
+            Value::Float(f) => Ok(f64::from(f)),
+            other => Err(self.err(name, format!("expected a double, got {other:?}"))),
+        }
+    }
+
+    fn float(&mut self, name: &str) -> Result<f32, SchemaError> {
+        match self.take(name)? {
+            Value::Float(f) => Ok(f),
+            other => Err(self.err(name, format!("expected a float, got {other:?}"))),
+        }
+    }
+
+    fn floats(&mut self, name: &str) -> Result<Vec<f32>, SchemaError> {
+        match self.take(name)? {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::Float(f) => Ok(f),
+                    other => Err(self.err(name, format!("expected floats, got {other:?}"))),
+                })
+                .collect(),
+            other => Err(self.err(name, format!("expected an array, got {other:?}"))),
+        }
+    }
+
+    fn axes(&mut self, name: &str) -> Result<Axes3, SchemaError> {
+        let mut a = self.sub(name)?;
+        Ok(Axes3 {
+            x: a.floats("x")?,
+            y: a.floats("y")?,
+            z: a.floats("z")?,
+        })
+    }
+
+    /// A `["null", T]` union: `None` for null, the inner value otherwise.
+    fn optional(&mut self, name: &str) -> Result<Option<Value>, SchemaError> {
+        Ok(match self.take(name)? {
+            Value::Union(_, inner) => match *inner {
+                Value::Null => None,
+                v => Some(v),
+            },
+            Value::Null => None,
+            v => Some(v),
+        })
+    }
+
+    fn opt_string(&mut self, name: &str) -> Result<Option<String>, SchemaError> {
+        match self.optional(name)? {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(self.err(name, format!("expected a string, got {other:?}"))),
+        }
+    }
+}
+
+// ---- ContextEvent ------------------------------------------------------------
+
+fn signal_value(v: &SignalValue) -> Value {
+    match v {
+        SignalValue::Double(d) => Value::Double(*d),
+        SignalValue::Long(l) => Value::Long(*l),
+        SignalValue::Boolean(b) => Value::Boolean(*b),
+        SignalValue::String(s) => Value::String(s.clone()),
+    }
+}
+
+fn signals_value(signals: &Signals) -> Value {
+    let cat = catalog();
+    let groups = cat
+        .groups
+        .iter()
+        .map(|g| {
+            let fields = cat.signals[g.signals.clone()]
+                .iter()
+                .map(|spec| (spec.name.clone(), null_or(signals.at(spec.index).map(signal_value))))
+                .collect();
+            (g.name.clone(), Value::Record(fields))
+        })
+        .collect();
+    Value::Record(groups)
+}
+
+fn signals_from(mut fields: Fields) -> Result<Signals, SchemaError> {
+    let cat = catalog();
+    let mut signals = Signals::default();
+    for (group_name, group) in std::mem::take(&mut fields.fields) {
+        let Value::Record(group) = group else {
+            return Err(fields.err(&group_name, "expected a record of signals".into()));
+        };
+        for (name, value) in group {
+            // A reader schema is always the current one, so every field is in
+            // the catalogue; skip defensively rather than fail a whole event.
+            let Some(spec) = cat.get(&name) else { continue };
+            let value = match value {
+                Value::Union(_, inner) => *inner,
+                v => v,
+            };
+            let value = match value {
+                Value::Null => continue,
+                Value::Double(d) => SignalValue::Double(d),
+                Value::Float(f) => SignalValue::Double(f64::from(f)),
+                Value::Long(l) => SignalValue::Long(l),
+                Value::Int(i) => SignalValue::Long(i64::from(i)),
+                Value::Boolean(b) => SignalValue::Boolean(b),
+                Value::String(s) => SignalValue::String(s),
+                other => {
+                    return Err(fields.err(&format!("{group_name}.{name}"), format!("unexpected value {other:?}")));
+                }
+            };
+            signals
+                .set_at(spec, value)
+                .map_err(|e| fields.err(&format!("{group_name}.{name}"), e.to_string()))?;
+        }
+    }
+    Ok(signals)
+}
+
+impl AvroRecord for ContextEvent {
+    const NAME: &'static str = "ContextEvent";
+    const AVSC: &'static str = contract::CONTEXT_EVENT_AVSC;
+
+    fn schema() -> &'static Schema {
+        schema_once!(Self::AVSC, "context_event.avsc")
+    }
+
+    fn to_value(&self) -> Value {
+        let extra: HashMap<String, Value> = self.device.extra.iter().map(|(k, v)| (k.clone(), string(v))).collect();
+        record(vec![
+            ("event_id", uuid(self.event_id)),
+            ("batch_id", uuid(self.batch_id)),
+            ("app_id", string(&self.app_id)),
+            ("session_id", uuid(self.session_id)),
+            ("install_id", uuid(self.install_id)),
+            (
+                "sdk",
+                record(vec![
+                    ("name", string(&self.sdk.name)),
+                    ("version", string(&self.sdk.version)),
+                ]),
+            ),
+            (
+                "device",
+                record(vec![
+                    ("model", string(&self.device.model)),
+                    ("os_name", string(&self.device.os_name)),
+                    ("os_version", string(&self.device.os_version)),
+                    ("extra", Value::Map(extra)),
+                ]),
+            ),
+            ("client_timestamp", ts(self.client_timestamp)),
+            ("sent_at", ts(self.sent_at)),
+            ("received_at", ts(self.received_at)),
+            ("timestamp", ts(self.timestamp)),
+            ("signals", signals_value(&self.signals)),
+            (
+                "motion",
+                null_or(self.motion.as_ref().map(|m| {
+                    record(vec![
+                        ("sample_rate_hz", Value::Double(m.sample_rate_hz)),
+                        ("accelerometer", axes(&m.accelerometer)),
+                        ("gyroscope", axes(&m.gyroscope)),
+                    ])
+                })),
+            ),
+        ])
+    }
+
+    fn from_value(value: Value) -> Result<Self, SchemaError> {
+        let mut f = Fields::new(Self::NAME, "", value)?;
+        let mut sdk = f.sub("sdk")?;
+        let mut device = f.sub("device")?;
+        let extra = match device.take("extra")? {
+            Value::Map(m) => m
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Ok((k, s)),
+                    other => Err(device.err("extra", format!("expected string values, got {other:?}"))),
+                })
+                .collect::<Result<BTreeMap<_, _>, _>>()?,
+            other => return Err(device.err("extra", format!("expected a map, got {other:?}"))),
+        };
+        let motion = match f.optional("motion")? {
+            None => None,
+            Some(v) => {
+                let mut m = Fields::new(Self::NAME, "motion", v)?;
+                Some(Motion {
+                    sample_rate_hz: m.double("sample_rate_hz")?,
+                    accelerometer: m.axes("accelerometer")?,
+                    gyroscope: m.axes("gyroscope")?,
+                })
+            }
+        };
+        Ok(ContextEvent {
+            event_id: f.uuid("event_id")?,
+            batch_id: f.uuid("batch_id")?,
+            app_id: f.string("app_id")?,
+            session_id: f.uuid("session_id")?,
+            install_id: f.uuid("install_id")?,
+            sdk: Sdk {
+                name: sdk.string("name")?,
+                version: sdk.string("version")?,
+            },
+            device: DeviceFacts {
+                model: device.string("model")?,
+                os_name: device.string("os_name")?,
+                os_version: device.string("os_version")?,
+                extra,
+            },
+            client_timestamp: f.timestamp("client_timestamp")?,
+            sent_at: f.timestamp("sent_at")?,
+            received_at: f.timestamp("received_at")?,
+            timestamp: f.timestamp("timestamp")?,
+            signals: signals_from(f.sub("signals")?)?,
+            motion,
+        })
+    }
+}
+
+// ---- MotionWindow ------------------------------------------------------------
+
+impl AvroRecord for MotionWindow {
+    const NAME: &'static str = "MotionWindow";
+    const AVSC: &'static str = contract::MOTION_WINDOW_AVSC;
+
+    fn schema() -> &'static Schema {
+        schema_once!(Self::AVSC, "motion_window.avsc")
+    }
+
+    fn to_value(&self) -> Value {
+        record(vec![
+            ("event_id", uuid(self.event_id)),
+            ("app_id", string(&self.app_id)),
+            ("session_id", uuid(self.session_id)),
+            ("install_id", uuid(self.install_id)),
+            ("timestamp", ts(self.timestamp)),
+            ("sample_rate_hz", Value::Double(self.sample_rate_hz)),
+            ("accelerometer", axes(&self.accelerometer)),
+            ("gyroscope", axes(&self.gyroscope)),
+        ])
+    }
+
+    fn from_value(value: Value) -> Result<Self, SchemaError> {
+        let mut f = Fields::new(Self::NAME, "", value)?;
+        Ok(MotionWindow {
+            event_id: f.uuid("event_id")?,
+            app_id: f.string("app_id")?,
+            session_id: f.uuid("session_id")?,
+            install_id: f.uuid("install_id")?,
+            timestamp: f.timestamp("timestamp")?,
+            sample_rate_hz: f.double("sample_rate_hz")?,
+            accelerometer: f.axes("accelerometer")?,
+            gyroscope: f.axes("gyroscope")?,
+        })
+    }
+}
+
+// ---- ActivityTag -------------------------------------------------------------
+
+impl AvroRecord for ActivityTag {
+    const NAME: &'static str = "ActivityTag";
+    const AVSC: &'static str = contract::ACTIVITY_TAG_AVSC;
+
+    fn schema() -> &'static Schema {
+        schema_once!(Self::AVSC, "activity_tag.avsc")
+    }
+
+    fn to_value(&self) -> Value {
+        let probabilities = self
+            .probabilities
+            .iter()
+            .map(|p| {
+                record(vec![
+                    ("label", string(&p.label)),
+                    ("probability", Value::Float(p.probability)),
+                ])
+            })
+            .collect();
+        record(vec![
+            ("event_id", uuid(self.event_id)),
+            ("app_id", string(&self.app_id)),
+            ("session_id", uuid(self.session_id)),
+            ("install_id", uuid(self.install_id)),
+            ("timestamp", ts(self.timestamp)),
+            ("model_version", string(&self.model_version)),
+            ("activity", string(&self.activity)),
+            ("confidence", Value::Float(self.confidence)),
+            ("probabilities", Value::Array(probabilities)),
+            ("tagged_at", ts(self.tagged_at)),
+        ])
+    }
+
+    fn from_value(value: Value) -> Result<Self, SchemaError> {
+        let mut f = Fields::new(Self::NAME, "", value)?;
+        let probabilities = match f.take("probabilities")? {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|item| {
+                    let mut p = Fields::new(Self::NAME, "probabilities[]", item)?;
+                    Ok(ClassProbability {
+                        label: p.string("label")?,
+                        probability: p.float("probability")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, SchemaError>>()?,
+            other => return Err(f.err("probabilities", format!("expected an array, got {other:?}"))),
+        };
+        Ok(ActivityTag {
+            event_id: f.uuid("event_id")?,
+            app_id: f.string("app_id")?,
+            session_id: f.uuid("session_id")?,
+            install_id: f.uuid("install_id")?,
+            timestamp: f.timestamp("timestamp")?,
+            model_version: f.string("model_version")?,
+            activity: f.string("activity")?,
+            confidence: f.float("confidence")?,
+            probabilities,
+            tagged_at: f.timestamp("tagged_at")?,
+        })
+    }
+}
+
+// ---- DeadLetter --------------------------------------------------------------
+
+impl AvroRecord for DeadLetter {
+    const NAME: &'static str = "DeadLetter";
+    const AVSC: &'static str = contract::DEAD_LETTER_AVSC;
+
+    fn schema() -> &'static Schema {
+        schema_once!(Self::AVSC, "dead_letter.avsc")
+    }
+
+    fn to_value(&self) -> Value {
+        record(vec![
+            ("source", string(&self.source)),
+            ("reason", string(&self.reason)),
+            ("detail", string(&self.detail)),
+            ("source_topic", null_or(self.source_topic.as_deref().map(string))),
+            ("source_partition", null_or(self.source_partition.map(Value::Int))),
+            ("source_offset", null_or(self.source_offset.map(Value::Long))),
+            ("app_id", null_or(self.app_id.as_deref().map(string))),
+            ("event_id", null_or(self.event_id.as_deref().map(string))),
+            ("failed_at", ts(self.failed_at)),
+            ("payload", Value::Bytes(self.payload.clone())),
+        ])
+    }
+
+    fn from_value(value: Value) -> Result<Self, SchemaError> {
+        let mut f = Fields::new(Self::NAME, "", value)?;
+        let source_partition = match f.optional("source_partition")? {
+            None => None,
+            Some(Value::Int(i)) => Some(i),
+            Some(other) => return Err(f.err("source_partition", format!("expected an int, got {other:?}"))),
+        };
+        let source_offset = match f.optional("source_offset")? {
+            None => None,
+            Some(Value::Long(l)) => Some(l),
+            Some(other) => return Err(f.err("source_offset", format!("expected a long, got {other:?}"))),
+        };
+        let payload = match f.take("payload")? {
+            Value::Bytes(b) => b,
+            other => return Err(f.err("payload", format!("expected bytes, got {other:?}"))),
+        };
+        Ok(DeadLetter {
+            source: f.string("source")?,
+            reason: f.string("reason")?,
+            detail: f.string("detail")?,
+            source_topic: f.opt_string("source_topic")?,
+            source_partition,
+            source_offset,
+            app_id: f.opt_string("app_id")?,
+            event_id: f.opt_string("event_id")?,
+            failed_at: f.timestamp("failed_at")?,
+            payload,
+        })
+    }
+}
+
+/// Decodes a Confluent-framed record whose writer schema is found by id.
+///
+/// `writer_schema` maps the id in the frame to the schema it names (a registry
+/// client with a cache, or a fixed map in tests).
+pub fn decode_wire<T, F>(bytes: &[u8], writer_schema: F) -> Result<(u32, T), SchemaError>
+where
+    T: AvroRecord,
+    F: FnOnce(u32) -> Result<Arc<Schema>, SchemaError>,
+{
+    let (id, body) = wire::unframe(bytes)?;
+    let writer = writer_schema(id)?;
+    Ok((id, T::decode_from(body, &writer)?))
+}

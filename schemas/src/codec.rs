@@ -59,17 +59,38 @@ pub trait AvroRecord: Sized {
 }
 
 fn decode_body<T: AvroRecord>(body: &[u8], writer: &Schema, reader: Option<&Schema>) -> Result<T, SchemaError> {
-    let mut rest = body;
+    let mut input = StrictReader { rest: body, eof: false };
     let value =
-        apache_avro::from_avro_datum(writer, &mut rest, reader).map_err(|e| avro_err("decoding", T::NAME, e))?;
-    if !rest.is_empty() {
+        apache_avro::from_avro_datum(writer, &mut input, reader).map_err(|e| avro_err("decoding", T::NAME, e))?;
+    if input.eof {
+        return Err(SchemaError::shape(T::NAME, "<body>", "the body is truncated"));
+    }
+    if !input.rest.is_empty() {
         return Err(SchemaError::shape(
             T::NAME,
             "<body>",
-            format!("{} bytes left over after the record", rest.len()),
+            format!("{} bytes left over after the record", input.rest.len()),
         ));
     }
     T::from_value(value)
+}
+
+/// A reader that remembers whether the decoder ever asked for bytes past the
+/// end. apache-avro reads a union, boolean or string cut off by the end of
+/// the input as null instead of failing; this turns that into an error, so a
+/// truncated body can never decode into an event with signals missing.
+struct StrictReader<'a> {
+    rest: &'a [u8],
+    eof: bool,
+}
+
+impl std::io::Read for StrictReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !buf.is_empty() && self.rest.is_empty() {
+            self.eof = true;
+        }
+        self.rest.read(buf)
+    }
 }
 
 fn avro_err(stage: &'static str, record: &'static str, e: apache_avro::Error) -> SchemaError {

@@ -1,0 +1,200 @@
+//! The `_schemas` topic as the registry's log: a reader thread applies every
+//! record to the [`Store`] in offset order; writers append and then wait until
+//! the reader has applied their record.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::error::RegistryError;
+use crate::store::{LogKey, Store};
+
+/// The log reader, the producer and the state they maintain.
+pub struct SchemaLog {
+    pub store: Arc<RwLock<Store>>,
+    topic: String,
+    producer: FutureProducer,
+    /// The next offset the reader will apply: everything below is in `store`.
+    applied: watch::Receiver<i64>,
+    /// The end of the log when the registry started; ready once applied.
+    startup_end: i64,
+    stop: Arc<AtomicBool>,
+    reader: Option<JoinHandle<()>>,
+    timeout: Duration,
+}
+
+impl SchemaLog {
+    /// Connects to the broker and starts reading `topic` from the beginning.
+    pub fn start(bootstrap: &str, topic: &str, timeout: Duration) -> Result<Self, RegistryError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("acks", "all")
+            .set("message.timeout.ms", timeout.as_millis().to_string())
+            .create()
+            .map_err(RegistryError::kafka("creating the producer"))?;
+        let consumer: BaseConsumer<QuietEof> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "schema-registry-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            // Writers wait for the reader: do not let an idle fetch sit at the broker.
+            .set("fetch.wait.max.ms", "10")
+            .create_with_context(QuietEof)
+            .map_err(RegistryError::kafka("creating the reader"))?;
+        let (_, startup_end) = producer
+            .client()
+            .fetch_watermarks(topic, 0, timeout)
+            .map_err(RegistryError::kafka("reading the end of the schemas topic"))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)
+            .map_err(RegistryError::kafka("assigning the schemas topic"))?;
+        consumer
+            .assign(&tpl)
+            .map_err(RegistryError::kafka("assigning the schemas topic"))?;
+
+        let store = Arc::new(RwLock::new(Store::default()));
+        let (applied_tx, applied) = watch::channel(0i64);
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (store, stop, topic) = (store.clone(), stop.clone(), topic.to_owned());
+            std::thread::Builder::new()
+                .name("schemas-reader".into())
+                .spawn(move || read_loop(consumer, &topic, &store, &applied_tx, &stop))
+                .map_err(|e| RegistryError::Store(format!("cannot start the reader thread: {e}")))?
+        };
+        Ok(SchemaLog {
+            store,
+            topic: topic.to_owned(),
+            producer,
+            applied,
+            startup_end,
+            stop,
+            reader: Some(reader),
+            timeout,
+        })
+    }
+
+    /// True once the reader has applied everything that was in the log at start.
+    pub fn caught_up_at_start(&self) -> bool {
+        *self.applied.borrow() >= self.startup_end
+    }
+
+    /// Waits until the reader has applied every record below `offset`.
+    pub async fn wait_applied(&self, offset: i64) -> Result<(), RegistryError> {
+        let mut rx = self.applied.clone();
+        tokio::time::timeout(self.timeout, rx.wait_for(|&applied| applied >= offset))
+            .await
+            .map_err(|_| RegistryError::Timeout(format!("the schemas log did not reach offset {offset}")))?
+            .map_err(|_| RegistryError::Store("the schemas reader stopped".into()))?;
+        Ok(())
+    }
+
+    /// Waits until everything in the log right now is applied.
+    pub async fn catch_up(&self) -> Result<(), RegistryError> {
+        let (producer, topic, timeout) = (self.producer.clone(), self.topic.clone(), self.timeout);
+        let end = tokio::task::spawn_blocking(move || producer.client().fetch_watermarks(&topic, 0, timeout))
+            .await
+            .map_err(|e| RegistryError::Store(format!("watermark task failed: {e}")))?
+            .map_err(RegistryError::kafka("reading the end of the schemas topic"))?
+            .1;
+        self.wait_applied(end).await
+    }
+
+    /// Appends a record (a tombstone when `value` is `None`), waits for the
+    /// broker's acknowledgement and returns its offset.
+    pub async fn append(&self, key: &LogKey, value: Option<Vec<u8>>) -> Result<i64, RegistryError> {
+        let key = serde_json::to_vec(key).map_err(|e| RegistryError::Store(e.to_string()))?;
+        let mut record = FutureRecord::<Vec<u8>, Vec<u8>>::to(&self.topic).key(&key).partition(0);
+        if let Some(v) = value.as_ref() {
+            record = record.payload(v);
+        }
+        let delivery = self
+            .producer
+            .send(record, self.timeout)
+            .await
+            .map_err(|(e, _)| RegistryError::Kafka {
+                action: "writing to the schemas topic",
+                source: e,
+            })?;
+        Ok(delivery.offset)
+    }
+
+    /// Appends and waits until the record is applied.
+    pub async fn append_applied(&self, key: &LogKey, value: Option<Vec<u8>>) -> Result<i64, RegistryError> {
+        let offset = self.append(key, value).await?;
+        self.wait_applied(offset + 1).await?;
+        Ok(offset)
+    }
+}
+
+impl Drop for SchemaLog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+/// The reader's client context: reaching the end of the partition is how the
+/// reader knows it caught up, not an error worth logging.
+struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::error!(error = %error, reason, "schemas reader");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEof {}
+
+fn read_loop(
+    consumer: BaseConsumer<QuietEof>,
+    topic: &str,
+    store: &RwLock<Store>,
+    applied: &watch::Sender<i64>,
+    stop: &AtomicBool,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(msg)) => {
+                let outcome = match msg.key().map(serde_json::from_slice::<LogKey>) {
+                    Some(Ok(key)) => Some(store.write().expect("store lock").apply(&key, msg.payload())),
+                    // Records of other registries' key types are skipped, as Confluent does.
+                    _ => None,
+                };
+                tracing::debug!(offset = msg.offset(), ?outcome, "applied schemas record");
+                applied.send_replace(msg.offset() + 1);
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {
+                // At the end: everything below the fetch position is applied.
+                if let Ok(position) = consumer.position() {
+                    for elem in position.elements_for_topic(topic) {
+                        if let Offset::Offset(o) = elem.offset() {
+                            applied.send_if_modified(|a| {
+                                let advance = o > *a;
+                                if advance {
+                                    *a = o;
+                                }
+                                advance
+                            });
+                        }
+                    }
+                }
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "reading the schemas topic"),
+        }
+    }
+}

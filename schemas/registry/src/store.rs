@@ -1,0 +1,320 @@
+//! The registry's state, rebuilt by applying the records of `_schemas` in
+//! log order. Applying is deterministic: every replica that reads the same log
+//! reaches the same state, which is what makes id allocation safe across
+//! replicas (see [`Store::apply`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use context_schemas::apache_avro::Schema;
+use context_schemas::compat::Compatibility;
+use serde::{Deserialize, Serialize};
+
+/// Key of a record in `_schemas`, in the layout Confluent's registry uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "keytype", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LogKey {
+    Schema { subject: String, version: u32, magic: u32 },
+    Config { subject: Option<String>, magic: u32 },
+    DeleteSubject { subject: String, magic: u32 },
+    Noop { magic: u32 },
+}
+
+/// Value of a `SCHEMA` record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaValue {
+    pub subject: String,
+    pub version: u32,
+    pub id: u32,
+    pub schema: String,
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+/// Value of a `CONFIG` record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigValue {
+    #[serde(rename = "compatibilityLevel")]
+    pub compatibility_level: String,
+}
+
+/// Value of a `DELETE_SUBJECT` record: soft-deletes every version up to `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteSubjectValue {
+    pub subject: String,
+    pub version: u32,
+}
+
+/// A registered schema.
+#[derive(Debug)]
+pub struct StoredSchema {
+    pub id: u32,
+    /// The text as first registered.
+    pub text: String,
+    /// Parsing Canonical Form, the identity of the schema.
+    pub canonical: String,
+    pub parsed: Arc<Schema>,
+}
+
+/// One version of a subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    pub id: u32,
+    pub deleted: bool,
+}
+
+/// What applying one record did; the writer uses it to know whether its own
+/// claim won.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Accepted,
+    /// The record lost to an earlier one (an id or version claimed twice) and
+    /// was ignored.
+    Rejected(String),
+}
+
+#[derive(Debug, Default)]
+pub struct Store {
+    schemas: HashMap<u32, Arc<StoredSchema>>,
+    id_by_canonical: HashMap<String, u32>,
+    subjects: BTreeMap<String, BTreeMap<u32, Version>>,
+    global: Option<Compatibility>,
+    per_subject: HashMap<String, Compatibility>,
+    max_id: u32,
+}
+
+/// Parses an Avro schema text and returns it with its canonical form.
+pub fn parse_avro(text: &str) -> Result<(Schema, String), String> {
+    let schema = Schema::parse_str(text).map_err(|e| format!("Invalid schema: {e}"))?;
+    let canonical = schema.canonical_form();
+    Ok((schema, canonical))
+}
+
+impl Store {
+    /// Applies one record of `_schemas`. `value` is `None` for a tombstone.
+    pub fn apply(&mut self, key: &LogKey, value: Option<&[u8]>) -> Applied {
+        match key {
+            LogKey::Schema { subject, version, .. } => match value {
+                None => {
+                    if let Some(versions) = self.subjects.get_mut(subject) {
+                        versions.remove(version);
+                        if versions.is_empty() {
+                            self.subjects.remove(subject);
+                        }
+                    }
+                    Applied::Accepted
+                }
+                Some(bytes) => match serde_json::from_slice::<SchemaValue>(bytes) {
+                    Ok(v) => self.apply_schema(v),
+                    Err(e) => Applied::Rejected(format!("unreadable SCHEMA value: {e}")),
+                },
+            },
+            LogKey::Config { subject, .. } => {
+                let level = value
+                    .and_then(|b| serde_json::from_slice::<ConfigValue>(b).ok())
+                    .and_then(|c| c.compatibility_level.parse::<Compatibility>().ok());
+                match (subject, level) {
+                    (None, level) => self.global = level,
+                    (Some(s), Some(level)) => {
+                        self.per_subject.insert(s.clone(), level);
+                    }
+                    (Some(s), None) => {
+                        self.per_subject.remove(s);
+                    }
+                }
+                Applied::Accepted
+            }
+            LogKey::DeleteSubject { subject, .. } => {
+                let upto = value
+                    .and_then(|b| serde_json::from_slice::<DeleteSubjectValue>(b).ok())
+                    .map_or(u32::MAX, |d| d.version);
+                if let Some(versions) = self.subjects.get_mut(subject) {
+                    for (_, v) in versions.range_mut(..=upto) {
+                        v.deleted = true;
+                    }
+                }
+                Applied::Accepted
+            }
+            LogKey::Noop { .. } => Applied::Accepted,
+        }
+    }
+
+    fn apply_schema(&mut self, v: SchemaValue) -> Applied {
+        let Ok((parsed, canonical)) = parse_avro(&v.schema) else {
+            return Applied::Rejected(format!("schema of {} v{} does not parse", v.subject, v.version));
+        };
+        if let Some(&existing) = self.id_by_canonical.get(&canonical) {
+            if existing != v.id {
+                return Applied::Rejected(format!("schema already has id {existing}"));
+            }
+        }
+        if let Some(existing) = self.schemas.get(&v.id) {
+            if existing.canonical != canonical {
+                return Applied::Rejected(format!("id {} already names another schema", v.id));
+            }
+        }
+        let versions = self.subjects.entry(v.subject.clone()).or_default();
+        if let Some(existing) = versions.get(&v.version) {
+            if existing.id != v.id {
+                return Applied::Rejected(format!(
+                    "{} version {} already holds id {}",
+                    v.subject, v.version, existing.id
+                ));
+            }
+        }
+        versions.insert(
+            v.version,
+            Version {
+                id: v.id,
+                deleted: v.deleted,
+            },
+        );
+        self.schemas.entry(v.id).or_insert_with(|| {
+            Arc::new(StoredSchema {
+                id: v.id,
+                text: v.schema,
+                canonical: canonical.clone(),
+                parsed: Arc::new(parsed),
+            })
+        });
+        self.id_by_canonical.insert(canonical, v.id);
+        self.max_id = self.max_id.max(v.id);
+        Applied::Accepted
+    }
+
+    pub fn schema(&self, id: u32) -> Option<&Arc<StoredSchema>> {
+        self.schemas.get(&id)
+    }
+
+    pub fn id_of(&self, canonical: &str) -> Option<u32> {
+        self.id_by_canonical.get(canonical).copied()
+    }
+
+    pub fn next_id(&self) -> u32 {
+        self.max_id + 1
+    }
+
+    /// Subjects with at least one version (live ones only unless `deleted`).
+    pub fn subjects(&self, deleted: bool) -> Vec<String> {
+        self.subjects
+            .iter()
+            .filter(|(_, vs)| deleted || vs.values().any(|v| !v.deleted))
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+
+    /// All versions of a subject, or `None` if the subject has none.
+    pub fn versions(&self, subject: &str) -> Option<&BTreeMap<u32, Version>> {
+        self.subjects.get(subject)
+    }
+
+    /// The live versions of a subject, oldest first.
+    pub fn live_versions(&self, subject: &str) -> Vec<(u32, Version)> {
+        self.subjects
+            .get(subject)
+            .map(|vs| vs.iter().filter(|(_, v)| !v.deleted).map(|(n, v)| (*n, *v)).collect())
+            .unwrap_or_default()
+    }
+
+    /// The version of `subject` that holds `canonical`, if any.
+    pub fn find(&self, subject: &str, canonical: &str, deleted: bool) -> Option<(u32, u32)> {
+        let id = self.id_of(canonical)?;
+        self.subjects
+            .get(subject)?
+            .iter()
+            .filter(|(_, v)| v.id == id && (deleted || !v.deleted))
+            .map(|(n, v)| (*n, v.id))
+            .last()
+    }
+
+    /// Every (subject, version) that uses schema `id`.
+    pub fn usages(&self, id: u32) -> Vec<(String, u32)> {
+        self.subjects
+            .iter()
+            .flat_map(|(s, vs)| {
+                vs.iter()
+                    .filter(move |(_, v)| v.id == id && !v.deleted)
+                    .map(move |(n, _)| (s.clone(), *n))
+            })
+            .collect()
+    }
+
+    pub fn global_compatibility(&self, default: Compatibility) -> Compatibility {
+        self.global.unwrap_or(default)
+    }
+
+    pub fn subject_compatibility(&self, subject: &str) -> Option<Compatibility> {
+        self.per_subject.get(subject).copied()
+    }
+
+    /// The level that applies to `subject`.
+    pub fn effective_compatibility(&self, subject: &str, default: Compatibility) -> Compatibility {
+        self.subject_compatibility(subject)
+            .unwrap_or_else(|| self.global_compatibility(default))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema_record(subject: &str, version: u32, id: u32, schema: &str) -> (LogKey, Vec<u8>) {
+        let key = LogKey::Schema {
+            subject: subject.into(),
+            version,
+            magic: 1,
+        };
+        let value = SchemaValue {
+            subject: subject.into(),
+            version,
+            id,
+            schema: schema.into(),
+            deleted: false,
+        };
+        (key, serde_json::to_vec(&value).unwrap())
+    }
+
+    #[test]
+    fn the_first_claim_of_an_id_wins() {
+        let mut store = Store::default();
+        let (k1, v1) = schema_record("a-value", 1, 1, r#""string""#);
+        let (k2, v2) = schema_record("b-value", 1, 1, r#""long""#);
+        assert_eq!(store.apply(&k1, Some(&v1)), Applied::Accepted);
+        assert!(matches!(store.apply(&k2, Some(&v2)), Applied::Rejected(_)));
+        assert_eq!(store.subjects(false), vec!["a-value".to_string()]);
+        assert_eq!(store.next_id(), 2);
+    }
+
+    #[test]
+    fn the_same_schema_keeps_its_id_across_subjects() {
+        let mut store = Store::default();
+        let (k1, v1) = schema_record("a-value", 1, 1, r#"{"type":"string"}"#);
+        let (k2, v2) = schema_record("b-value", 1, 2, r#""string""#);
+        let (k3, v3) = schema_record("b-value", 1, 1, r#""string""#);
+        store.apply(&k1, Some(&v1));
+        assert!(matches!(store.apply(&k2, Some(&v2)), Applied::Rejected(_)));
+        assert_eq!(store.apply(&k3, Some(&v3)), Applied::Accepted);
+        assert_eq!(store.usages(1).len(), 2);
+    }
+
+    #[test]
+    fn keys_use_confluents_layout() {
+        let key = LogKey::Schema {
+            subject: "s".into(),
+            version: 2,
+            magic: 1,
+        };
+        assert_eq!(
+            serde_json::to_string(&key).unwrap(),
+            r#"{"keytype":"SCHEMA","subject":"s","version":2,"magic":1}"#
+        );
+        let key: LogKey = serde_json::from_str(r#"{"keytype":"CONFIG","subject":null,"magic":0}"#).unwrap();
+        assert_eq!(
+            key,
+            LogKey::Config {
+                subject: None,
+                magic: 0
+            }
+        );
+    }
+}

@@ -224,7 +224,7 @@ impl Store {
             .iter()
             .filter(|(_, v)| v.id == id && (deleted || !v.deleted))
             .map(|(n, v)| (*n, v.id))
-            .last()
+            .next_back()
     }
 
     /// Every (subject, version) that uses schema `id`.

@@ -69,16 +69,22 @@ fn schema_body(body: &[u8]) -> Result<SchemaBody> {
     Ok(parsed)
 }
 
+/// Query flags. Clients spell booleans differently (`true`, `True`, `1`).
 #[derive(Debug, Deserialize)]
 struct Flags {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_bool")]
     deleted: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_bool")]
     permanent: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_bool")]
     verbose: bool,
-    #[serde(default, rename = "defaultToGlobal")]
+    #[serde(default, rename = "defaultToGlobal", deserialize_with = "lenient_bool")]
     default_to_global: bool,
+}
+
+fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok(matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
 }
 
 fn version_json(v: &SubjectVersion) -> Value {

@@ -99,6 +99,18 @@ impl RegistryClient {
         Ok(answer.id)
     }
 
+    /// Sets the compatibility level of one subject, such as `FULL_TRANSITIVE`.
+    pub async fn set_compatibility(&self, subject: &str, level: &str) -> Result<(), RegistryError> {
+        let _: serde_json::Value = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/config/{subject}"),
+                Some(json!({"compatibility": level})),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// The id of `avsc` under `subject`, if registered there.
     pub async fn lookup(&self, subject: &str, avsc: &str) -> Result<Option<u32>, RegistryError> {
         match self

@@ -2,7 +2,7 @@
 //! `register` command that registers the repository's schemas.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -33,12 +33,25 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Register the contract's schemas (schemas/avro/*.avsc, compiled in)
-    /// with a registry; exit 1 with the reasons when one is incompatible.
+    /// Register the contract's schemas (schemas/avro/*.avsc) under their
+    /// TopicNameStrategy subjects; exit 1 with the reasons when one is
+    /// incompatible with what the registry holds.
     Register {
         /// Registry base URL.
         #[arg(long, env = "SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
         url: String,
+        /// Folder of the .avsc files (default: the copies compiled into this binary).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// First register every committed version of each file, oldest first
+        /// (from `git log`), so that the current file is checked against the
+        /// whole history. Needs --dir inside a git checkout.
+        #[arg(long, requires = "dir")]
+        git_history: bool,
+        /// Set this compatibility level on each subject before registering,
+        /// such as FULL_TRANSITIVE.
+        #[arg(long)]
+        compatibility: Option<String>,
     },
 }
 
@@ -60,7 +73,12 @@ async fn main() -> ExitCode {
     init_tracing();
     match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Serve { config } => serve(config).await,
-        Command::Register { url } => register(&url).await,
+        Command::Register {
+            url,
+            dir,
+            git_history,
+            compatibility,
+        } => register(&url, dir.as_deref(), git_history, compatibility.as_deref()).await,
     }
 }
 
@@ -92,7 +110,48 @@ async fn serve(config: Option<PathBuf>) -> ExitCode {
     }
 }
 
-async fn register(url: &str) -> ExitCode {
+/// The versions of one schema file to register, oldest first.
+fn versions_of(file: &str, dir: Option<&Path>, git_history: bool) -> Result<Vec<(String, String)>, String> {
+    let Some(dir) = dir else {
+        let embedded = SCHEMAS.iter().find(|s| s.file == file).map(|s| s.avsc.to_owned());
+        return Ok(embedded
+            .map(|t| vec![("compiled-in".to_owned(), t)])
+            .unwrap_or_default());
+    };
+    let path = dir.join(file);
+    let current = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut versions = Vec::new();
+    if git_history {
+        let git = |args: &[&str]| -> Result<String, String> {
+            let out = std::process::Command::new("git")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .map_err(|e| format!("cannot run git: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "git {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let commits = git(&["log", "--reverse", "--format=%h", "--", file])?;
+        for commit in commits.lines() {
+            let text = git(&["show", &format!("{commit}:./{file}")])?;
+            if versions.last().map(|(_, t)| t) != Some(&text) {
+                versions.push((format!("commit {commit}"), text));
+            }
+        }
+    }
+    if versions.last().map(|(_, t)| t) != Some(&current) {
+        versions.push(("working tree".to_owned(), current));
+    }
+    Ok(versions)
+}
+
+async fn register(url: &str, dir: Option<&Path>, git_history: bool, compatibility: Option<&str>) -> ExitCode {
     let client = match RegistryClient::new(url) {
         Ok(c) => c,
         Err(e) => {
@@ -103,18 +162,36 @@ async fn register(url: &str) -> ExitCode {
     let mut failed = false;
     for schema in SCHEMAS {
         let subject = schema.subject();
-        match client.register(&subject, schema.avsc).await {
-            Ok(id) => println!("{subject}: id {id} ({})", schema.file),
-            Err(RegistryError::Remote { code: 409, message, .. }) => {
-                failed = true;
-                eprintln!(
-                    "{subject}: {} is INCOMPATIBLE with what is registered:\n  {message}",
-                    schema.file
-                );
+        if let Some(level) = compatibility {
+            if let Err(e) = client.set_compatibility(&subject, level).await {
+                eprintln!("{subject}: cannot set compatibility {level}: {e}");
+                return ExitCode::FAILURE;
             }
+        }
+        let versions = match versions_of(schema.file, dir, git_history) {
+            Ok(v) => v,
             Err(e) => {
+                eprintln!("{subject}: {e}");
                 failed = true;
-                eprintln!("{subject}: cannot register {}: {e}", schema.file);
+                continue;
+            }
+        };
+        for (origin, text) in versions {
+            match client.register(&subject, &text).await {
+                Ok(id) => println!("{subject}: id {id} ({}, {origin})", schema.file),
+                Err(RegistryError::Remote { code: 409, message, .. }) => {
+                    failed = true;
+                    eprintln!(
+                        "{subject}: {} ({origin}) is INCOMPATIBLE with what is registered:\n  {message}",
+                        schema.file
+                    );
+                    break;
+                }
+                Err(e) => {
+                    failed = true;
+                    eprintln!("{subject}: cannot register {} ({origin}): {e}", schema.file);
+                    break;
+                }
             }
         }
     }

@@ -1,5 +1,31 @@
-//! `ingest-gateway`: the HTTPS batch endpoint of the platform (`POST /v1/batch`).
+//! `ingest-gateway`: the HTTPS batch endpoint mobile SDKs send their events to.
 //!
-//! Not built yet: this crate is an empty member of the workspace that the
-//! gateway issue fills. See `docs/ARCHITECTURE.md` for its place in the data
-//! path and `../shared/SPEC.md` for its contract.
+//! The request path is split by what it touches:
+//!
+//! - pure, no I/O (always built, fuzzed): [`batch`] (decompression with a
+//!   hard limit, the JSON envelope), [`validate`] (every event against the
+//!   catalogue, clock-skew correction), [`auth`] (key hashes), [`config`],
+//!   [`openapi`], [`sdk`] (request bodies as the SDK builds them);
+//! - the service (feature `server`): [`service`] (HTTP handlers, rate limits,
+//!   dedup, backpressure), [`produce`] (Kafka with `acks=all`, waiting for
+//!   every delivery report), [`keys`] (the keys file, reloaded on change).
+
+pub mod auth;
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod openapi;
+pub mod sdk;
+pub mod validate;
+
+#[cfg(feature = "server")]
+pub mod keys;
+#[cfg(feature = "server")]
+pub mod produce;
+#[cfg(feature = "server")]
+pub mod service;
+
+pub use config::{Config, Limits, Settings};
+pub use error::BatchError;
+#[cfg(feature = "server")]
+pub use service::{start, Running};

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use context_schemas::compat::Compatibility;
+use context_schemas::duration::parse_duration;
 use serde::Deserialize;
 
 /// Settings of the `schema-registry` server. Every field has a default; the
@@ -106,21 +107,6 @@ impl Config {
             }),
             _ => Err(problems.join("\n")),
         }
-    }
-}
-
-/// Parses `250ms`, `10s`, `2m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (number, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 500ms, 10s or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("`{s}` is not a duration like 500ms, 10s or 2m")),
     }
 }
 

@@ -1,0 +1,188 @@
+//! Reading a request body into a batch: decompression with a hard limit,
+//! then the JSON envelope with its events kept as raw JSON, so that one bad
+//! event is rejected alone instead of failing the whole batch.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::Limits;
+use crate::error::BatchError;
+
+/// `Content-Encoding` of a request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    Zstd,
+}
+
+impl Encoding {
+    /// Reads a `Content-Encoding` header value.
+    pub fn from_header(value: Option<&str>) -> Result<Self, BatchError> {
+        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("") | Some("identity") => Ok(Encoding::Identity),
+            Some("gzip") | Some("x-gzip") => Ok(Encoding::Gzip),
+            Some("zstd") => Ok(Encoding::Zstd),
+            Some(other) => Err(BatchError::UnsupportedEncoding(other.to_owned())),
+        }
+    }
+}
+
+/// Decompresses `body`, reading at most `max` bytes of output: a body that
+/// inflates further is refused as soon as it passes the limit, never after
+/// it filled memory.
+pub fn decompress(body: &[u8], encoding: Encoding, max: usize) -> Result<Cow<'_, [u8]>, BatchError> {
+    fn read_limited(reader: impl Read, max: usize, what: &str) -> Result<Vec<u8>, BatchError> {
+        let mut out = Vec::new();
+        reader
+            .take(max as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| BatchError::BadCompression(format!("{what}: {e}")))?;
+        if out.len() > max {
+            return Err(BatchError::TooLarge(format!(
+                "the body inflates past the limit of {max} bytes"
+            )));
+        }
+        Ok(out)
+    }
+    match encoding {
+        Encoding::Identity => Ok(Cow::Borrowed(body)),
+        Encoding::Gzip => read_limited(flate2::read::GzDecoder::new(body), max, "gzip").map(Cow::Owned),
+        Encoding::Zstd => {
+            let decoder =
+                zstd::stream::read::Decoder::new(body).map_err(|e| BatchError::BadCompression(format!("zstd: {e}")))?;
+            read_limited(decoder, max, "zstd").map(Cow::Owned)
+        }
+    }
+}
+
+/// The SDK that sent the batch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSdk<'a> {
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    #[serde(borrow)]
+    pub version: Cow<'a, str>,
+}
+
+/// Static device facts; facts beyond the named ones are kept as text.
+#[derive(Debug, Deserialize)]
+pub struct RawDevice<'a> {
+    #[serde(borrow)]
+    pub install_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub model: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub os_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub os_version: Cow<'a, str>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// One session's batch as sent, events not yet parsed.
+#[derive(Debug, Deserialize)]
+pub struct RawBatch<'a> {
+    #[serde(borrow)]
+    pub batch_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub sent_at: Cow<'a, str>,
+    #[serde(borrow)]
+    pub sdk: RawSdk<'a>,
+    #[serde(borrow)]
+    pub device: RawDevice<'a>,
+    #[serde(borrow)]
+    pub session_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub events: Vec<&'a RawValue>,
+}
+
+/// Parses the envelope of a decompressed body. Anything that is not a batch
+/// at all is a [`BatchError::NotABatch`] (400); too many events is
+/// [`BatchError::TooLarge`] (413).
+pub fn parse_batch<'a>(json: &'a [u8], limits: &Limits) -> Result<RawBatch<'a>, BatchError> {
+    let batch: RawBatch<'a> = serde_json::from_slice(json).map_err(|e| BatchError::NotABatch(e.to_string()))?;
+    if batch.events.len() > limits.max_events {
+        return Err(BatchError::TooLarge(format!(
+            "{} events is over the limit of {} per batch",
+            batch.events.len(),
+            limits.max_events
+        )));
+    }
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(bytes).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn decompression_stops_at_the_limit() {
+        let zeros = vec![0u8; 1 << 20];
+        let bomb = gzip(&zeros);
+        assert!(bomb.len() < 2048, "a 1 MiB bomb compresses to {} bytes", bomb.len());
+        let err = decompress(&bomb, Encoding::Gzip, 64 << 10).unwrap_err();
+        assert!(matches!(err, BatchError::TooLarge(_)), "{err:?}");
+        assert_eq!(decompress(&bomb, Encoding::Gzip, 1 << 20).unwrap().len(), 1 << 20);
+        let z = zstd::encode_all(&zeros[..], 3).unwrap();
+        assert!(matches!(
+            decompress(&z, Encoding::Zstd, 1000),
+            Err(BatchError::TooLarge(_))
+        ));
+        assert!(matches!(
+            decompress(b"not gzip", Encoding::Gzip, 1000),
+            Err(BatchError::BadCompression(_))
+        ));
+    }
+
+    #[test]
+    fn encodings_are_recognised() {
+        assert_eq!(Encoding::from_header(None).unwrap(), Encoding::Identity);
+        assert_eq!(Encoding::from_header(Some("GZIP")).unwrap(), Encoding::Gzip);
+        assert_eq!(Encoding::from_header(Some("zstd")).unwrap(), Encoding::Zstd);
+        assert!(matches!(
+            Encoding::from_header(Some("br")),
+            Err(BatchError::UnsupportedEncoding(_))
+        ));
+    }
+
+    #[test]
+    fn envelope_errors_and_event_limits() {
+        let limits = Limits {
+            max_events: 2,
+            ..Limits::default()
+        };
+        let batch = |events: &str| {
+            format!(
+                r#"{{"batch_id":"b","sent_at":"t","sdk":{{"name":"n","version":"v"}},
+                "device":{{"install_id":"i","model":"m","os_version":"17","locale":"de_AT"}},"session_id":"s","events":{events}}}"#
+            )
+        };
+        let ok = batch(r#"[{"a":1},{"b":[1,2]}]"#);
+        let parsed = parse_batch(ok.as_bytes(), &limits).unwrap();
+        assert_eq!(parsed.events.len(), 2);
+        assert_eq!(parsed.device.extra["locale"], "de_AT");
+        assert!(matches!(
+            parse_batch(batch("[1,2,3]").as_bytes(), &limits),
+            Err(BatchError::TooLarge(_))
+        ));
+        assert!(matches!(parse_batch(b"{", &limits), Err(BatchError::NotABatch(_))));
+        assert!(matches!(
+            parse_batch(batch("{}").as_bytes(), &limits),
+            Err(BatchError::NotABatch(_))
+        ));
+    }
+}

@@ -1,0 +1,180 @@
+//! The OpenAPI 3 document of the ingest API, generated from the code: the
+//! signal properties come from the catalogue (type, unit, range, allowed
+//! values), the limits from the running configuration, the rejection reasons
+//! from [`REJECTION_REASONS`].
+
+use context_schemas::catalog::{catalog, SignalKind};
+use serde_json::{json, Map, Value};
+
+use crate::config::Limits;
+
+/// Every reason code an event can be rejected with, and what it means.
+pub const REJECTION_REASONS: &[(&str, &str)] = &[
+    ("malformed_event", "the event is not an object of the documented shape"),
+    ("invalid_event_id", "event_id is not a UUID"),
+    ("invalid_timestamp", "timestamp is not an RFC 3339 time"),
+    (
+        "timestamp_in_future",
+        "the skew-corrected time is too far after the server's clock",
+    ),
+    (
+        "timestamp_too_old",
+        "the skew-corrected time is too far before the server's clock",
+    ),
+    ("invalid_signal", "a signal has the wrong JSON type for its Avro type"),
+    (
+        "signal_out_of_range",
+        "a numeric signal is outside its documented range",
+    ),
+    (
+        "signal_not_allowed",
+        "an enumerated string signal has a value not in its list",
+    ),
+    ("signal_too_long", "a free-text signal is longer than its max_length"),
+    (
+        "invalid_motion",
+        "motion samples are malformed, non-finite, too many, or the rate is out of range",
+    ),
+];
+
+fn signal_schemas() -> Value {
+    let mut props = Map::new();
+    for s in &catalog().signals {
+        let mut p = match s.kind {
+            SignalKind::Double => json!({"type": "number"}),
+            SignalKind::Long => json!({"type": "integer", "format": "int64"}),
+            SignalKind::Boolean => json!({"type": "boolean"}),
+            SignalKind::String => json!({"type": "string"}),
+        };
+        p["nullable"] = json!(true);
+        p["description"] = json!(format!("{} Unit: {}. Group: {}.", s.doc, s.unit, s.group));
+        if let (Some(min), Some(max)) = (s.min, s.max) {
+            p["minimum"] = json!(min);
+            p["maximum"] = json!(max);
+        }
+        if let Some(allowed) = &s.allowed {
+            p["enum"] = json!(allowed);
+        }
+        if let Some(len) = s.max_length {
+            p["maxLength"] = json!(len);
+        }
+        props.insert(s.name.clone(), p);
+    }
+    json!({
+        "type": "object",
+        "description": "About 170 named signals, all optional. Unknown names (from a newer SDK) are counted and dropped.",
+        "properties": props,
+        "additionalProperties": true,
+    })
+}
+
+fn error_response(description: &str, retry_after: bool) -> Value {
+    let mut r = json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    });
+    if retry_after {
+        r["headers"] =
+            json!({"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}});
+    }
+    r
+}
+
+/// The document, with the limits of this gateway.
+pub fn document(limits: &Limits) -> Value {
+    let reasons: Vec<&str> = REJECTION_REASONS.iter().map(|(r, _)| *r).collect();
+    let reason_doc: Vec<String> = REJECTION_REASONS.iter().map(|(r, d)| format!("`{r}`: {d}")).collect();
+    let sample = json!({"type": "array", "items": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
+        "maxItems": limits.max_samples});
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "context-events ingest API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Mobile SDKs send one session's events per request. 200 means every accepted event is durably in Kafka (acks=all) and every rejected one is in the dead-letter topic: the client may delete the batch. Every other answer is safe to retry with the same body; duplicates are removed downstream by event_id.",
+        },
+        "paths": {"/v1/batch": {"post": {
+            "summary": "Send one session's batch of events",
+            "security": [{"apiKey": []}],
+            "parameters": [{"name": "Content-Encoding", "in": "header", "required": false,
+                "schema": {"type": "string", "enum": ["identity", "gzip", "zstd"]}}],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}}},
+            "responses": {
+                "200": {"description": "Every accepted event is acknowledged by Kafka; rejected ones are dead-lettered.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
+                "400": error_response("The body is not a batch at all: bad JSON, missing or invalid envelope fields, bad compression.", false),
+                "401": error_response("Missing or unknown API key.", false),
+                "403": error_response("The key is revoked or the app disabled.", false),
+                "413": error_response(&format!(
+                    "Over a limit: body {} bytes, decompressed {} bytes, {} events per batch.",
+                    limits.max_body_bytes, limits.max_decompressed_bytes, limits.max_events), false),
+                "415": error_response("Unsupported Content-Type (send application/json) or Content-Encoding.", false),
+                "429": error_response("The app is over its rate limit.", true),
+                "503": error_response("Kafka cannot take the batch now (down, slow, queue full) or the gateway is shutting down.", true),
+            }
+        }}},
+        "components": {
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "description": "The app's API key; the app_id comes from it."}},
+            "schemas": {
+                "Batch": {"type": "object", "required": ["batch_id", "sent_at", "sdk", "device", "session_id", "events"], "properties": {
+                    "batch_id": {"type": "string", "format": "uuid", "description": "Chosen by the client, stable across retries."},
+                    "sent_at": {"type": "string", "format": "date-time", "description": "Device time when this request was sent; used to correct clock skew."},
+                    "sdk": {"type": "object", "required": ["name", "version"], "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
+                    "device": {"type": "object", "required": ["install_id", "model", "os_version"], "additionalProperties": true, "properties": {
+                        "install_id": {"type": "string", "format": "uuid"}, "model": {"type": "string"},
+                        "os_name": {"type": "string", "default": "iOS"}, "os_version": {"type": "string"}}},
+                    "session_id": {"type": "string", "format": "uuid"},
+                    "events": {"type": "array", "maxItems": limits.max_events, "items": {"$ref": "#/components/schemas/Event"}},
+                }},
+                "Event": {"type": "object", "required": ["event_id", "timestamp"], "properties": {
+                    "event_id": {"type": "string", "format": "uuid", "description": "Chosen by the client; the deduplication key."},
+                    "timestamp": {"type": "string", "format": "date-time", "description": "Device time of capture."},
+                    "signals": {"$ref": "#/components/schemas/Signals"},
+                    "motion": {"type": "object", "required": ["sample_rate_hz"], "properties": {
+                        "sample_rate_hz": {"type": "number", "exclusiveMinimum": true, "minimum": 0, "maximum": 1000},
+                        "accelerometer": sample.clone(), "gyroscope": sample}},
+                }},
+                "Signals": signal_schemas(),
+                "Accepted": {"type": "object", "required": ["accepted", "rejected"], "properties": {
+                    "accepted": {"type": "integer"},
+                    "rejected": {"type": "array", "items": {"type": "object", "properties": {
+                        "index": {"type": "integer"}, "event_id": {"type": "string", "nullable": true},
+                        "reason": {"type": "string", "enum": reasons, "description": reason_doc.join("; ")},
+                        "detail": {"type": "string"}}}},
+                }},
+                "Error": {"type": "object", "required": ["error", "message"], "properties": {
+                    "error": {"type": "string"}, "message": {"type": "string"}}},
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_carries_every_signal_and_the_limits() {
+        let limits = Limits {
+            max_events: 77,
+            ..Limits::default()
+        };
+        let doc = document(&limits);
+        let props = doc["components"]["schemas"]["Signals"]["properties"]
+            .as_object()
+            .unwrap();
+        assert_eq!(props.len(), catalog().len());
+        assert_eq!(props["battery_level"]["maximum"], 1.0);
+        assert_eq!(props["network_type"]["enum"][1], "wifi");
+        assert_eq!(
+            doc["components"]["schemas"]["Batch"]["properties"]["events"]["maxItems"],
+            77
+        );
+        for status in ["200", "400", "401", "403", "413", "415", "429", "503"] {
+            assert!(
+                doc["paths"]["/v1/batch"]["post"]["responses"][status].is_object(),
+                "{status}"
+            );
+        }
+    }
+}

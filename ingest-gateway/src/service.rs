@@ -1,0 +1,581 @@
+//! The HTTP service: `POST /v1/batch` and the operational endpoints.
+//!
+//! One request goes: content checks (415) → API key (401/403) → body read
+//! with a size limit (413) → decompress, parse, validate, encode off the
+//! reactor (400/413) → batch-id dedup → per-app rate limit (429) → in-flight
+//! byte budget (503) → produce every event and dead letter, wait for every
+//! acknowledgement (503 on failure) → 200.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use actix_web::http::StatusCode;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use context_schemas::contract::SCHEMAS;
+use context_schemas::AvroRecord;
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::auth::Auth;
+use crate::batch::{decompress, parse_batch, Encoding};
+use crate::config::Settings;
+use crate::error::BatchError;
+use crate::keys::Keys;
+use crate::produce::{Kafka, Outgoing};
+use crate::validate::{Envelope, Validator};
+
+/// One entry of the `rejected` list.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejected {
+    pub index: usize,
+    pub event_id: Option<String>,
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// The 200 answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Accepted {
+    pub accepted: usize,
+    pub rejected: Vec<Rejected>,
+}
+
+/// Recently answered batches, by app and batch id.
+struct Dedup {
+    window: Duration,
+    capacity: usize,
+    answers: HashMap<(String, Uuid), Arc<Accepted>>,
+    order: VecDeque<(Instant, (String, Uuid))>,
+}
+
+impl Dedup {
+    fn get(&mut self, key: &(String, Uuid)) -> Option<Arc<Accepted>> {
+        self.expire();
+        self.answers.get(key).cloned()
+    }
+
+    fn put(&mut self, key: (String, Uuid), answer: Arc<Accepted>) {
+        self.expire();
+        while self.order.len() >= self.capacity {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.answers.remove(&old);
+            }
+        }
+        if self.answers.insert(key.clone(), answer).is_none() {
+            self.order.push_back((Instant::now(), key));
+        }
+    }
+
+    fn expire(&mut self) {
+        while let Some((t, _)) = self.order.front() {
+            if t.elapsed() < self.window {
+                break;
+            }
+            if let Some((_, key)) = self.order.pop_front() {
+                self.answers.remove(&key);
+            }
+        }
+    }
+}
+
+/// A token bucket per app, in events.
+#[derive(Default)]
+struct RateLimits {
+    buckets: HashMap<String, (f64, Instant)>,
+}
+
+impl RateLimits {
+    /// Takes `n` events from the app's bucket, or returns the seconds to wait.
+    fn take(&mut self, app: &str, n: f64, rate: f64, burst: f64) -> Result<(), u64> {
+        let now = Instant::now();
+        let (tokens, last) = self.buckets.entry(app.to_owned()).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
+        *last = now;
+        let need = n.min(burst);
+        if *tokens >= need {
+            *tokens -= n;
+            Ok(())
+        } else {
+            Err(((need - *tokens) / rate).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+/// Everything the handlers share.
+pub struct Gateway {
+    settings: Settings,
+    keys: Keys,
+    kafka: Kafka,
+    validator: Validator,
+    schema_id: u32,
+    events_topic: Arc<str>,
+    deadletter_topic: Arc<str>,
+    in_flight: Arc<Semaphore>,
+    dedup: Mutex<Dedup>,
+    limits: Mutex<RateLimits>,
+    draining: AtomicBool,
+}
+
+fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> HttpResponse {
+    metrics::counter!("gateway_requests_total", "status" => status.as_u16().to_string()).increment(1);
+    HttpResponse::build(status).json(json!({"error": kind, "message": message.into()}))
+}
+
+fn retry_later(status: StatusCode, kind: &str, message: impl Into<String>, seconds: u64) -> HttpResponse {
+    let mut r = error(status, kind, message);
+    r.headers_mut().insert(
+        actix_web::http::header::RETRY_AFTER,
+        actix_web::http::header::HeaderValue::from(seconds),
+    );
+    r
+}
+
+fn batch_error(e: &BatchError) -> HttpResponse {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let kind = match e.status() {
+        413 => "too_large",
+        415 => "unsupported_media_type",
+        _ => "not_a_batch",
+    };
+    error(status, kind, e.to_string())
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
+/// The records of a validated batch and its answer.
+struct Prepared {
+    records: Vec<Outgoing>,
+    answer: Accepted,
+    batch_id: Uuid,
+    events: usize,
+    unknown_signals: usize,
+}
+
+impl Gateway {
+    /// Decompress, parse, validate, encode: the CPU part of a request.
+    fn prepare(&self, body: &[u8], encoding: Encoding, app_id: &str) -> Result<Prepared, BatchError> {
+        let limits = &self.validator.limits;
+        let json = decompress(body, encoding, limits.max_decompressed_bytes)?;
+        let batch = parse_batch(&json, limits)?;
+        let received_at = now_micros();
+        let env = Envelope::from_batch(&batch, app_id, received_at)?;
+        let key = env.install_id.to_string().into_bytes();
+        let mut records = Vec::with_capacity(batch.events.len());
+        let mut rejected = Vec::new();
+        let mut unknown_signals = 0;
+        for (index, raw) in batch.events.iter().enumerate() {
+            match self.validator.event(&env, raw) {
+                Ok(valid) => {
+                    unknown_signals += valid.unknown_signals;
+                    let value = valid
+                        .event
+                        .to_wire(self.schema_id)
+                        .map_err(|e| BatchError::NotABatch(format!("event {index} cannot be encoded: {e}")))?;
+                    records.push(Outgoing {
+                        topic: self.events_topic.clone(),
+                        key: key.clone(),
+                        value,
+                        headers: Vec::new(),
+                    });
+                }
+                Err(rejection) => {
+                    let event_id = Validator::event_id_of(raw);
+                    let mut headers = vec![
+                        ("dl.source", "ingest-gateway".to_owned()),
+                        ("dl.reason", rejection.reason.to_owned()),
+                        ("dl.detail", rejection.detail.clone()),
+                        ("dl.time", crate::sdk::rfc3339(received_at)),
+                        ("dl.app_id", app_id.to_owned()),
+                        ("dl.batch_id", env.batch_id.to_string()),
+                    ];
+                    if let Some(id) = &event_id {
+                        headers.push(("dl.event_id", id.clone()));
+                    }
+                    records.push(Outgoing {
+                        topic: self.deadletter_topic.clone(),
+                        key: key.clone(),
+                        value: raw.get().as_bytes().to_vec(),
+                        headers,
+                    });
+                    metrics::counter!("gateway_events_rejected_total", "reason" => rejection.reason).increment(1);
+                    rejected.push(Rejected {
+                        index,
+                        event_id,
+                        reason: rejection.reason,
+                        detail: rejection.detail,
+                    });
+                }
+            }
+        }
+        let events = batch.events.len();
+        Ok(Prepared {
+            answer: Accepted {
+                accepted: events - rejected.len(),
+                rejected,
+            },
+            records,
+            batch_id: env.batch_id,
+            events,
+            unknown_signals,
+        })
+    }
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn post_batch(gw: web::Data<Arc<Gateway>>, req: HttpRequest, mut payload: web::Payload) -> HttpResponse {
+    if gw.draining.load(Ordering::Relaxed) {
+        return retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the gateway is shutting down",
+            1,
+        );
+    }
+    let content_type = header(&req, "content-type").unwrap_or("");
+    if !content_type.trim().to_ascii_lowercase().starts_with("application/json") {
+        return batch_error(&BatchError::UnsupportedContentType(content_type.to_owned()));
+    }
+    let encoding = match Encoding::from_header(header(&req, "content-encoding")) {
+        Ok(e) => e,
+        Err(e) => return batch_error(&e),
+    };
+    let ring = gw.keys.current();
+    let app = match ring.check(header(&req, "authorization")) {
+        Auth::Missing => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send `Authorization: Bearer <api key>`",
+            )
+        }
+        Auth::Unknown => return error(StatusCode::UNAUTHORIZED, "unauthorized", "unknown API key"),
+        Auth::Disabled(k) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("the key of app `{}` is disabled", k.app_id),
+            )
+        }
+        Auth::Allowed(k) => k.clone(),
+    };
+
+    // The body, with its size limit; no more than the limit is ever buffered.
+    let max_body = gw.settings.limits.max_body_bytes;
+    if header(&req, "content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n > max_body)
+    {
+        return batch_error(&BatchError::TooLarge(format!("the body is over {max_body} bytes")));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let Ok(chunk) = chunk else {
+            return error(StatusCode::BAD_REQUEST, "not_a_batch", "the body could not be read");
+        };
+        if body.len() + chunk.len() > max_body {
+            return batch_error(&BatchError::TooLarge(format!("the body is over {max_body} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+
+    // Backpressure: a budget of decompressed bytes in flight, taken before the work.
+    let budget = u32::try_from(gw.settings.limits.max_decompressed_bytes).unwrap_or(u32::MAX);
+    let cost = ((body.len() as u64).saturating_mul(if encoding == Encoding::Identity { 1 } else { 8 }))
+        .clamp(1, u64::from(budget)) as u32;
+    let Ok(_permit) = gw.in_flight.clone().try_acquire_many_owned(cost) else {
+        metrics::counter!("gateway_dropped_total", "reason" => "in_flight_full").increment(1);
+        return retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many bytes in flight; retry shortly",
+            1,
+        );
+    };
+    metrics::gauge!("gateway_in_flight_bytes").increment(f64::from(cost));
+    let _release = scopeguard(cost);
+
+    let prepared = {
+        let (gw, app_id) = (gw.clone(), app.app_id.clone());
+        let body = body.freeze();
+        match web::block(move || gw.prepare(&body, encoding, &app_id)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return batch_error(&e),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        }
+    };
+    let span = tracing::info_span!("batch", batch_id = %prepared.batch_id, app_id = %app.app_id);
+    let _enter = span.enter();
+
+    let dedup_key = (app.app_id.clone(), prepared.batch_id);
+    if let Some(answer) = gw.dedup.lock().expect("dedup lock").get(&dedup_key) {
+        tracing::info!("repeated batch answered from memory");
+        metrics::counter!("gateway_requests_total", "status" => "200").increment(1);
+        metrics::counter!("gateway_batches_deduplicated_total").increment(1);
+        return HttpResponse::Ok().json(&*answer);
+    }
+    if let Err(wait) =
+        gw.limits
+            .lock()
+            .expect("rate lock")
+            .take(&app.app_id, prepared.events as f64, app.rate_limit_per_s, app.burst)
+    {
+        return retry_later(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "app `{}` is over its rate limit of {} events/s",
+                app.app_id, app.rate_limit_per_s
+            ),
+            wait,
+        );
+    }
+    if prepared.unknown_signals > 0 {
+        metrics::counter!("gateway_unknown_signals_total").increment(prepared.unknown_signals as u64);
+    }
+    match gw.kafka.send_all(prepared.records).await {
+        Ok(()) => {
+            let answer = Arc::new(prepared.answer);
+            metrics::counter!("gateway_events_accepted_total").increment(answer.accepted as u64);
+            metrics::counter!("gateway_requests_total", "status" => "200").increment(1);
+            metrics::histogram!("gateway_batch_events").record(prepared.events as f64);
+            tracing::info!(
+                accepted = answer.accepted,
+                rejected = answer.rejected.len(),
+                "batch acknowledged"
+            );
+            gw.dedup.lock().expect("dedup lock").put(dedup_key, answer.clone());
+            HttpResponse::Ok().json(&*answer)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "batch not acknowledged");
+            metrics::counter!("gateway_errors_total", "stage" => "produce").increment(1);
+            retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("{e}; nothing is lost by retrying this batch"),
+                gw.kafka.health.retry_after(),
+            )
+        }
+    }
+}
+
+/// Lowers the in-flight gauge when the request ends, however it ends.
+fn scopeguard(cost: u32) -> impl Drop {
+    struct Release(u32);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            metrics::gauge!("gateway_in_flight_bytes").decrement(f64::from(self.0));
+        }
+    }
+    Release(cost)
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().body("ok")
+}
+
+async fn readyz(gw: web::Data<Arc<Gateway>>) -> HttpResponse {
+    if gw.draining.load(Ordering::Relaxed) {
+        HttpResponse::ServiceUnavailable().body("shutting down")
+    } else if !gw.kafka.health.healthy() {
+        HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", gw.kafka.health.retry_after().to_string()))
+            .body("the broker did not acknowledge the last batch")
+    } else {
+        HttpResponse::Ok().body("ready")
+    }
+}
+
+async fn openapi(gw: web::Data<Arc<Gateway>>) -> HttpResponse {
+    HttpResponse::Ok().json(crate::openapi::document(&gw.settings.limits))
+}
+
+async fn metrics_text(handle: web::Data<Option<metrics_exporter_prometheus::PrometheusHandle>>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(handle.as_ref().as_ref().map(|h| h.render()).unwrap_or_default())
+}
+
+/// A running gateway.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    server: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Graceful shutdown: readiness turns 503, new batches get 503, batches
+    /// in flight are answered, queued records are flushed to Kafka.
+    pub async fn shutdown(self, drain: Duration) -> std::io::Result<()> {
+        self.gateway.draining.store(true, Ordering::Relaxed);
+        tokio::time::sleep(drain).await;
+        self.server.stop(true).await;
+        let result = self.task.await.map_err(std::io::Error::other)?;
+        for task in self.background {
+            task.abort();
+        }
+        let gw = self.gateway.clone();
+        let _ = tokio::task::spawn_blocking(move || gw.kafka.flush(Duration::from_secs(10))).await;
+        result
+    }
+}
+
+fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<rustls::ServerConfig> {
+    use anyhow::Context;
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).with_context(|| format!("opening {}", cert.display()))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .with_context(|| format!("reading certificates from {}", cert.display()))?;
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).with_context(|| format!("opening {}", key.display()))?,
+    ))
+    .with_context(|| format!("reading the private key from {}", key.display()))?
+    .ok_or_else(|| anyhow::anyhow!("no private key in {}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(config)
+}
+
+/// Starts the gateway: loads the keys, registers (or finds) the event schema,
+/// connects the producer and serves HTTP(S).
+pub async fn start(
+    settings: Settings,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> anyhow::Result<Running> {
+    let keys = Keys::load(&settings.keys_file).map_err(anyhow::Error::msg)?;
+    let registry = schema_registry::RegistryClient::new(&settings.registry_url)?;
+    let subject = format!("{}-value", settings.events_topic);
+    let contract = SCHEMAS
+        .iter()
+        .find(|s| s.file == "context_event.avsc")
+        .expect("the contract has ContextEvent");
+    debug_assert_eq!(contract.avsc, context_schemas::ContextEvent::AVSC);
+    let mut attempt = 0;
+    let schema_id = loop {
+        match registry.register(&subject, contract.avsc).await {
+            Ok(id) => break id,
+            Err(e) if e.is_retryable() && attempt < 30 => {
+                attempt += 1;
+                tracing::warn!(error = %e, "schema registry not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => anyhow::bail!("cannot register the event schema under {subject}: {e}"),
+        }
+    };
+    let kafka = Kafka::new(&settings)?;
+    let gateway = Arc::new(Gateway {
+        validator: Validator::new(settings.limits.clone(), settings.max_future, settings.max_age),
+        events_topic: settings.events_topic.as_str().into(),
+        deadletter_topic: settings.deadletter_topic.as_str().into(),
+        in_flight: Arc::new(Semaphore::new(settings.max_in_flight_bytes.min(u32::MAX as usize))),
+        dedup: Mutex::new(Dedup {
+            window: settings.dedup_window,
+            capacity: settings.dedup_capacity.max(1),
+            answers: HashMap::new(),
+            order: VecDeque::new(),
+        }),
+        limits: Mutex::new(RateLimits::default()),
+        draining: AtomicBool::new(false),
+        schema_id,
+        keys: keys.clone(),
+        kafka: kafka.clone(),
+        settings: settings.clone(),
+    });
+    let background = vec![
+        keys.watch(settings.keys_file.clone(), Duration::from_secs(2)),
+        kafka.probe(),
+    ];
+    let data = web::Data::new(gateway.clone());
+    let metrics = web::Data::new(metrics);
+    let max_body = settings.limits.max_body_bytes;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(metrics.clone())
+            .app_data(web::PayloadConfig::new(max_body))
+            .route("/v1/batch", web::post().to(post_batch))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics_text))
+            .route("/openapi.json", web::get().to(openapi))
+    })
+    .workers(settings.workers)
+    .disable_signals()
+    .shutdown_timeout(30);
+    let server = match &settings.tls {
+        Some((cert, key)) => server.bind_rustls_0_23(settings.listen, tls_config(cert, key)?)?,
+        None => server.bind(settings.listen)?,
+    };
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("the server bound no address"))?;
+    let server = server.run();
+    let handle = server.handle();
+    let task = tokio::spawn(server);
+    tracing::info!(%addr, tls = settings.tls.is_some(), schema_id, topic = %settings.events_topic, "ingest gateway listening");
+    Ok(Running {
+        addr,
+        gateway,
+        server: handle,
+        task,
+        background,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_limits_events_per_app() {
+        let mut rl = RateLimits::default();
+        assert!(rl.take("a", 10.0, 5.0, 10.0).is_ok());
+        let wait = rl.take("a", 5.0, 5.0, 10.0).unwrap_err();
+        assert!((1..=2).contains(&wait), "{wait}");
+        assert!(rl.take("b", 10.0, 5.0, 10.0).is_ok(), "apps have their own buckets");
+        // A batch larger than the burst passes on a full bucket.
+        assert!(RateLimits::default().take("c", 50.0, 5.0, 10.0).is_ok());
+    }
+
+    #[test]
+    fn dedup_forgets_after_capacity() {
+        let mut d = Dedup {
+            window: Duration::from_secs(60),
+            capacity: 2,
+            answers: HashMap::new(),
+            order: VecDeque::new(),
+        };
+        let answer = Arc::new(Accepted {
+            accepted: 1,
+            rejected: vec![],
+        });
+        let key = |n: u128| ("app".to_owned(), Uuid::from_u128(n));
+        d.put(key(1), answer.clone());
+        d.put(key(2), answer.clone());
+        d.put(key(3), answer);
+        assert!(d.get(&key(1)).is_none());
+        assert!(d.get(&key(3)).is_some());
+    }
+}

@@ -1,0 +1,502 @@
+//! Validation and normalisation of one event: envelope fields, UUIDs,
+//! timestamps with clock-skew correction, every signal against its Avro type
+//! and documented range, motion samples against the limits.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use context_schemas::catalog::{catalog, SignalKind, SignalSpec};
+use context_schemas::{Axes3, ContextEvent, DeviceFacts, Motion, Sdk, SignalValue, Signals};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::batch::RawBatch;
+use crate::config::Limits;
+use crate::error::BatchError;
+
+/// Why one event was rejected: a stable reason code and a human detail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+/// What the batch shares with each of its events, already checked.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub app_id: String,
+    pub batch_id: Uuid,
+    pub session_id: Uuid,
+    pub install_id: Uuid,
+    pub sdk: Sdk,
+    pub device: DeviceFacts,
+    /// Device clock when sent, µs since the epoch.
+    pub sent_at: i64,
+    /// Server clock when received, µs since the epoch.
+    pub received_at: i64,
+}
+
+fn parse_uuid(field: &str, s: &str) -> Result<Uuid, String> {
+    Uuid::parse_str(s).map_err(|e| format!("{field} `{s}` is not a UUID: {e}"))
+}
+
+/// Parses an RFC 3339 time into µs since the epoch.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|e| format!("`{s}` is not an RFC 3339 time: {e}"))?;
+    i64::try_from(t.unix_timestamp_nanos() / 1000).map_err(|_| format!("`{s}` is out of range"))
+}
+
+fn fact_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Envelope {
+    /// Checks the envelope of a parsed batch; a bad envelope makes the whole
+    /// request "not a batch" (400).
+    pub fn from_batch(batch: &RawBatch<'_>, app_id: &str, received_at: i64) -> Result<Self, BatchError> {
+        let bad = BatchError::NotABatch;
+        Ok(Envelope {
+            app_id: app_id.to_owned(),
+            batch_id: parse_uuid("batch_id", &batch.batch_id).map_err(bad)?,
+            session_id: parse_uuid("session_id", &batch.session_id).map_err(bad)?,
+            install_id: parse_uuid("device.install_id", &batch.device.install_id).map_err(bad)?,
+            sdk: Sdk {
+                name: batch.sdk.name.clone().into_owned(),
+                version: batch.sdk.version.clone().into_owned(),
+            },
+            device: DeviceFacts {
+                model: batch.device.model.clone().into_owned(),
+                os_name: batch.device.os_name.as_deref().unwrap_or("iOS").to_owned(),
+                os_version: batch.device.os_version.clone().into_owned(),
+                extra: batch
+                    .device
+                    .extra
+                    .iter()
+                    .map(|(k, v)| (k.clone(), fact_text(v)))
+                    .collect::<BTreeMap<_, _>>(),
+            },
+            sent_at: parse_time(&batch.sent_at).map_err(|e| bad(format!("sent_at: {e}")))?,
+            received_at,
+        })
+    }
+}
+
+/// A JSON scalar as sent for a signal.
+#[derive(Debug, Clone, PartialEq)]
+enum Scalar<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(Cow<'a, str>),
+}
+
+impl Scalar<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Scalar::Null => "null",
+            Scalar::Bool(_) => "boolean",
+            Scalar::Int(_) => "integer",
+            Scalar::Float(_) => "number",
+            Scalar::Str(_) => "string",
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number, string, boolean or null")
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Scalar::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Scalar::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(i64::try_from(v).map_or(Scalar::Float(v as f64), Scalar::Int))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Scalar::Float(v))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The `signals` object, in the order sent.
+#[derive(Debug, Default)]
+struct RawSignals<'a>(Vec<(Cow<'a, str>, Scalar<'a>)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawSignals<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawSignals<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of signal names to values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(180));
+                while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+                    let value = map
+                        .next_value::<Scalar<'de>>()
+                        .map_err(|e| de::Error::custom(format!("signal `{name}`: {e}")))?;
+                    out.push((name, value));
+                }
+                Ok(RawSignals(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMotion {
+    sample_rate_hz: f64,
+    #[serde(default)]
+    accelerometer: Vec<[f32; 3]>,
+    #[serde(default)]
+    gyroscope: Vec<[f32; 3]>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvent<'a> {
+    #[serde(borrow)]
+    event_id: Cow<'a, str>,
+    #[serde(borrow)]
+    timestamp: Cow<'a, str>,
+    #[serde(borrow, default)]
+    signals: RawSignals<'a>,
+    #[serde(default)]
+    motion: Option<RawMotion>,
+}
+
+/// Checks events against the catalogue and the limits.
+#[derive(Debug, Clone)]
+pub struct Validator {
+    pub limits: Limits,
+    max_future_us: i64,
+    max_age_us: i64,
+}
+
+/// A valid event and how many of its signals were unknown (and dropped).
+#[derive(Debug)]
+pub struct Valid {
+    pub event: ContextEvent,
+    pub unknown_signals: usize,
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+impl Validator {
+    pub fn new(limits: Limits, max_future: Duration, max_age: Duration) -> Self {
+        Validator {
+            limits,
+            max_future_us: micros(max_future),
+            max_age_us: micros(max_age),
+        }
+    }
+
+    /// The event id as sent, when it can be read, for the `rejected` list.
+    pub fn event_id_of(raw: &RawValue) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Id<'a> {
+            #[serde(borrow)]
+            event_id: Option<Cow<'a, str>>,
+        }
+        serde_json::from_str::<Id<'_>>(raw.get())
+            .ok()
+            .and_then(|i| i.event_id.map(Cow::into_owned))
+    }
+
+    /// Validates and normalises one event of a batch.
+    pub fn event(&self, env: &Envelope, raw: &RawValue) -> Result<Valid, Rejection> {
+        let ev: RawEvent<'_> =
+            serde_json::from_str(raw.get()).map_err(|e| Rejection::new("malformed_event", e.to_string()))?;
+        let event_id = parse_uuid("event_id", &ev.event_id).map_err(|e| Rejection::new("invalid_event_id", e))?;
+        let client_timestamp = parse_time(&ev.timestamp).map_err(|e| Rejection::new("invalid_timestamp", e))?;
+        let timestamp = ContextEvent::corrected_timestamp(client_timestamp, env.sent_at, env.received_at);
+        if timestamp - env.received_at > self.max_future_us {
+            return Err(Rejection::new(
+                "timestamp_in_future",
+                format!(
+                    "corrected time is {} s after the server's clock (limit {} s)",
+                    (timestamp - env.received_at) / 1_000_000,
+                    self.max_future_us / 1_000_000
+                ),
+            ));
+        }
+        if env.received_at - timestamp > self.max_age_us {
+            return Err(Rejection::new(
+                "timestamp_too_old",
+                format!(
+                    "corrected time is {} s before the server's clock (limit {} s)",
+                    (env.received_at - timestamp) / 1_000_000,
+                    self.max_age_us / 1_000_000
+                ),
+            ));
+        }
+        let cat = catalog();
+        let mut signals = Signals::default();
+        let mut unknown_signals = 0;
+        for (name, value) in ev.signals.0 {
+            let Some(spec) = cat.get(&name) else {
+                unknown_signals += 1;
+                continue;
+            };
+            if let Some(v) = signal_value(spec, value)? {
+                signals.set_at(spec, v).expect("types were checked");
+            }
+        }
+        let motion = ev.motion.map(|m| self.motion(m)).transpose()?;
+        Ok(Valid {
+            event: ContextEvent {
+                event_id,
+                batch_id: env.batch_id,
+                app_id: env.app_id.clone(),
+                session_id: env.session_id,
+                install_id: env.install_id,
+                sdk: env.sdk.clone(),
+                device: env.device.clone(),
+                client_timestamp,
+                sent_at: env.sent_at,
+                received_at: env.received_at,
+                timestamp,
+                signals,
+                motion,
+            },
+            unknown_signals,
+        })
+    }
+
+    fn motion(&self, m: RawMotion) -> Result<Motion, Rejection> {
+        if !(m.sample_rate_hz > 0.0 && m.sample_rate_hz <= 1000.0) {
+            return Err(Rejection::new(
+                "invalid_motion",
+                format!("sample_rate_hz {} is outside (0, 1000]", m.sample_rate_hz),
+            ));
+        }
+        for (name, samples) in [("accelerometer", &m.accelerometer), ("gyroscope", &m.gyroscope)] {
+            if samples.len() > self.limits.max_samples {
+                return Err(Rejection::new(
+                    "invalid_motion",
+                    format!(
+                        "{name} has {} samples, over the limit of {}",
+                        samples.len(),
+                        self.limits.max_samples
+                    ),
+                ));
+            }
+            if samples.iter().flatten().any(|v| !v.is_finite()) {
+                return Err(Rejection::new(
+                    "invalid_motion",
+                    format!("{name} has a non-finite sample"),
+                ));
+            }
+        }
+        Ok(Motion {
+            sample_rate_hz: m.sample_rate_hz,
+            accelerometer: Axes3::from_samples(&m.accelerometer),
+            gyroscope: Axes3::from_samples(&m.gyroscope),
+        })
+    }
+}
+
+/// Checks one signal value against its spec; `None` for an explicit null.
+fn signal_value(spec: &SignalSpec, value: Scalar<'_>) -> Result<Option<SignalValue>, Rejection> {
+    let wrong = |v: &Scalar<'_>| {
+        Rejection::new(
+            "invalid_signal",
+            format!("signal `{}` must be a {}, got {}", spec.name, spec.kind, v.kind()),
+        )
+    };
+    let in_range = |x: f64| {
+        let (min, max) = (spec.min.unwrap_or(f64::MIN), spec.max.unwrap_or(f64::MAX));
+        if x.is_finite() && x >= min && x <= max {
+            Ok(())
+        } else {
+            Err(Rejection::new(
+                "signal_out_of_range",
+                format!("signal `{}` = {x} is outside {min}..={max} ({})", spec.name, spec.unit),
+            ))
+        }
+    };
+    let v = match (spec.kind, value) {
+        (_, Scalar::Null) => return Ok(None),
+        (SignalKind::Double, Scalar::Float(f)) => {
+            in_range(f)?;
+            SignalValue::Double(f)
+        }
+        (SignalKind::Double, Scalar::Int(i)) => {
+            in_range(i as f64)?;
+            SignalValue::Double(i as f64)
+        }
+        (SignalKind::Long, Scalar::Int(i)) => {
+            in_range(i as f64)?;
+            SignalValue::Long(i)
+        }
+        (SignalKind::Long, Scalar::Float(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
+            in_range(f)?;
+            SignalValue::Long(f as i64)
+        }
+        (SignalKind::Boolean, Scalar::Bool(b)) => SignalValue::Boolean(b),
+        (SignalKind::String, Scalar::Str(s)) => {
+            if let Some(allowed) = &spec.allowed {
+                if !allowed.iter().any(|a| a == s.as_ref()) {
+                    return Err(Rejection::new(
+                        "signal_not_allowed",
+                        format!("signal `{}` = `{s}` is not one of {}", spec.name, allowed.join(", ")),
+                    ));
+                }
+            }
+            if let Some(max) = spec.max_length {
+                if s.len() > max {
+                    return Err(Rejection::new(
+                        "signal_too_long",
+                        format!("signal `{}` is {} bytes, over {max}", spec.name, s.len()),
+                    ));
+                }
+            }
+            SignalValue::String(s.into_owned())
+        }
+        (_, other) => return Err(wrong(&other)),
+    };
+    Ok(Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::parse_batch;
+
+    const RECEIVED: i64 = 1_760_000_100_000_000; // 2025-10-09T08:55:00Z
+
+    fn envelope() -> Envelope {
+        let json = r#"{"batch_id":"5d0f0cfb-3a26-4c4e-9f5c-7d0c0c2b1a11","sent_at":"2025-10-09T08:54:30Z",
+            "sdk":{"name":"context-ios","version":"4.2.0"},
+            "device":{"install_id":"0f7e5c1a-8b9d-4c3e-a2f1-6d5b4a3c2e10","model":"iPhone15,2","os_version":"17.4","storage":256},
+            "session_id":"9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d","events":[]}"#;
+        let batch = parse_batch(json.as_bytes(), &Limits::default()).unwrap();
+        Envelope::from_batch(&batch, "app-1", RECEIVED).unwrap()
+    }
+
+    fn validator() -> Validator {
+        Validator::new(
+            Limits::default(),
+            Duration::from_secs(3600),
+            Duration::from_secs(30 * 86400),
+        )
+    }
+
+    fn event(signals: &str, timestamp: &str) -> Box<RawValue> {
+        RawValue::from_string(format!(
+            r#"{{"event_id":"3f2504e0-4f89-41d3-9a0c-0305e82c3301","timestamp":"{timestamp}","signals":{{{signals}}},
+            "motion":{{"sample_rate_hz":50,"accelerometer":[[0.1,-0.9,0.2],[0.0,-1.0,0.1]],"gyroscope":[[0,0.1,0]]}}}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_valid_event_is_normalised_with_skew_correction() {
+        let env = envelope();
+        assert_eq!(env.device.extra["storage"], "256");
+        let raw = event(
+            r#""battery_level":0.83,"screen_brightness":1,"low_power_mode":false,"network_type":"wifi","steps_today":1200,"from_a_newer_sdk":7,"local_hour":null"#,
+            "2025-10-09T08:54:00Z",
+        );
+        let valid = validator().event(&env, &raw).unwrap();
+        let e = valid.event;
+        assert_eq!(valid.unknown_signals, 1);
+        // The device clock ran 30 s behind: sent 08:54:30 device time, received 08:55:00.
+        assert_eq!(e.client_timestamp, RECEIVED - 60_000_000);
+        assert_eq!(e.timestamp, RECEIVED - 30_000_000);
+        assert_eq!(e.signals.get("battery_level"), Some(&SignalValue::Double(0.83)));
+        assert_eq!(e.signals.get("screen_brightness"), Some(&SignalValue::Double(1.0)));
+        assert_eq!(e.signals.get("steps_today"), Some(&SignalValue::Long(1200)));
+        assert_eq!(e.signals.get("local_hour"), None);
+        assert_eq!(e.signals.count_set(), 5);
+        assert_eq!(e.motion.unwrap().accelerometer.y, vec![-0.9, -1.0]);
+        assert_eq!(e.app_id, "app-1");
+    }
+
+    #[test]
+    fn bad_events_get_a_reason() {
+        let (env, v) = (envelope(), validator());
+        let reason = |signals: &str, ts: &str| v.event(&env, &event(signals, ts)).unwrap_err().reason;
+        let now = "2025-10-09T08:54:30Z";
+        assert_eq!(reason(r#""battery_level":"full""#, now), "invalid_signal");
+        assert_eq!(reason(r#""battery_level":1.5"#, now), "signal_out_of_range");
+        assert_eq!(reason(r#""steps_today":1.5"#, now), "invalid_signal");
+        assert_eq!(reason(r#""network_type":"carrier-pigeon""#, now), "signal_not_allowed");
+        let long = format!(r#""locale_identifier":"{}""#, "x".repeat(65));
+        assert_eq!(reason(&long, now), "signal_too_long");
+        assert_eq!(reason(r#""battery_level":[1]"#, now), "malformed_event");
+        assert_eq!(reason("", "yesterday"), "invalid_timestamp");
+        assert_eq!(reason("", "2025-10-09T12:00:00Z"), "timestamp_in_future");
+        assert_eq!(reason("", "2025-01-01T00:00:00Z"), "timestamp_too_old");
+        let bad_id = RawValue::from_string(r#"{"event_id":"nope","timestamp":"2025-10-09T08:54:30Z"}"#.into()).unwrap();
+        assert_eq!(v.event(&env, &bad_id).unwrap_err().reason, "invalid_event_id");
+        assert_eq!(Validator::event_id_of(&bad_id).as_deref(), Some("nope"));
+        let bad_motion = RawValue::from_string(
+            r#"{"event_id":"3f2504e0-4f89-41d3-9a0c-0305e82c3301","timestamp":"2025-10-09T08:54:30Z","motion":{"sample_rate_hz":0}}"#
+                .into(),
+        )
+        .unwrap();
+        assert_eq!(v.event(&env, &bad_motion).unwrap_err().reason, "invalid_motion");
+    }
+
+    #[test]
+    fn bad_envelopes_are_not_a_batch() {
+        let json = r#"{"batch_id":"x","sent_at":"2025-10-09T08:54:30Z","sdk":{"name":"n","version":"v"},
+            "device":{"install_id":"0f7e5c1a-8b9d-4c3e-a2f1-6d5b4a3c2e10","model":"m","os_version":"1"},
+            "session_id":"9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d","events":[]}"#;
+        let batch = parse_batch(json.as_bytes(), &Limits::default()).unwrap();
+        let err = Envelope::from_batch(&batch, "a", RECEIVED).unwrap_err();
+        assert!(err.to_string().contains("batch_id"), "{err}");
+    }
+}

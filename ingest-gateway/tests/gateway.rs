@@ -1,0 +1,263 @@
+//! `POST /v1/batch` against the real broker and schema registry: every answer
+//! of the contract produced by a real scenario, and every accepted event read
+//! back from Kafka and decoded into what the client sent.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::{body, count, key_entry, new_key, read_events, read_raw, session, start};
+use context_schemas::{ContextEvent, SignalValue};
+use ingest_gateway::sdk;
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+/// What the gateway should have stored for a sent event.
+fn assert_normalised(sent: &ContextEvent, stored: &ContextEvent) {
+    assert_eq!(stored.app_id, "app-ok", "the app comes from the key");
+    assert_eq!(stored.event_id, sent.event_id);
+    assert_eq!(
+        (stored.batch_id, stored.session_id, stored.install_id),
+        (sent.batch_id, sent.session_id, sent.install_id)
+    );
+    assert_eq!((&stored.sdk, &stored.device), (&sent.sdk, &sent.device));
+    assert_eq!(stored.client_timestamp, sent.client_timestamp);
+    assert_eq!(
+        stored.timestamp,
+        ContextEvent::corrected_timestamp(stored.client_timestamp, stored.sent_at, stored.received_at)
+    );
+    assert!(stored.received_at >= stored.sent_at - 60_000_000);
+    assert_eq!(stored.signals, sent.signals);
+    assert_eq!(stored.motion, sent.motion);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accepted_events_are_in_kafka_exactly_as_sent_in_every_encoding() {
+    let h = start(|_| {}).await;
+    let mut sent = Vec::new();
+    for (i, encoding) in ["identity", "gzip", "zstd"].into_iter().enumerate() {
+        let events = session(10 + i as u64, 20);
+        let json = body(&events);
+        let (payload, headers): (Vec<u8>, Vec<(&str, &str)>) = match encoding {
+            "gzip" => (gzip(&json), vec![("Content-Encoding", "gzip")]),
+            "zstd" => (
+                zstd::encode_all(&json[..], 3).unwrap(),
+                vec![("Content-Encoding", "zstd")],
+            ),
+            _ => (json, vec![]),
+        };
+        let (status, _, answer) = h.post(Some(&h.key), payload, &headers).await;
+        assert_eq!(status, 200, "{encoding}: {answer}");
+        assert_eq!(
+            answer,
+            serde_json::json!({"accepted": 20, "rejected": []}),
+            "{encoding}"
+        );
+        sent.extend(events);
+    }
+    let stored = read_events(&h.events_topic, sent.len()).await;
+    for s in &sent {
+        let st = stored
+            .iter()
+            .find(|e| e.event_id == s.event_id)
+            .expect("every accepted event is in Kafka");
+        assert_normalised(s, st);
+    }
+    // keyed by install id
+    let raw = read_raw(&h.events_topic, 1).await;
+    assert!(sent
+        .iter()
+        .any(|e| e.install_id.to_string().as_bytes() == raw[0].0.as_slice()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn some_invalid_events_go_to_the_dead_letter_topic_and_the_rest_is_accepted() {
+    let h = start(|_| {}).await;
+    let events = session(30, 5);
+    let mut json = sdk::batch_json(&events, common::now_micros());
+    json["events"][1]["signals"]["battery_level"] = serde_json::json!(7.5);
+    json["events"][3]["event_id"] = serde_json::json!("not-a-uuid");
+    json["events"][4]["signals"]["a_signal_from_a_newer_sdk"] = serde_json::json!(1);
+    let (status, _, answer) = h.post(Some(&h.key), json.to_string().into_bytes(), &[]).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 3);
+    let rejected = answer["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 2);
+    assert_eq!(
+        (rejected[0]["index"].as_u64(), rejected[0]["reason"].as_str()),
+        (Some(1), Some("signal_out_of_range"))
+    );
+    assert_eq!(rejected[0]["event_id"], events[1].event_id.to_string());
+    assert_eq!(
+        (rejected[1]["index"].as_u64(), rejected[1]["reason"].as_str()),
+        (Some(3), Some("invalid_event_id"))
+    );
+
+    let stored = read_events(&h.events_topic, 3).await;
+    let mut ids: Vec<_> = stored.iter().map(|e| e.event_id).collect();
+    ids.sort();
+    let mut want = vec![events[0].event_id, events[2].event_id, events[4].event_id];
+    want.sort();
+    assert_eq!(ids, want);
+    // the unknown signal was dropped, the known ones kept
+    let e4 = stored.iter().find(|e| e.event_id == events[4].event_id).unwrap();
+    assert_eq!(e4.signals, events[4].signals);
+
+    let dead = read_raw(&h.deadletter_topic, 2).await;
+    for (key, value, headers) in &dead {
+        assert_eq!(key, events[0].install_id.to_string().as_bytes());
+        let original: serde_json::Value = serde_json::from_slice(value).unwrap();
+        let header = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(header("dl.source").as_deref(), Some("ingest-gateway"));
+        assert_eq!(header("dl.app_id").as_deref(), Some("app-ok"));
+        assert!(header("dl.time").is_some() && header("dl.detail").is_some());
+        match header("dl.reason").as_deref() {
+            Some("signal_out_of_range") => assert_eq!(original["signals"]["battery_level"], 7.5),
+            Some("invalid_event_id") => assert_eq!(original["event_id"], "not-a-uuid"),
+            other => panic!("unexpected reason {other:?}"),
+        }
+    }
+    assert_eq!(count(&h.events_topic), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_refusal_of_the_contract_has_its_status() {
+    let h = start(|c| {
+        c.limits.max_events = 50;
+        c.limits.max_decompressed_bytes = 1 << 20;
+        c.limits.max_body_bytes = 512 << 10;
+    })
+    .await;
+    let good = body(&session(40, 3));
+
+    // 400: not a batch
+    let (s, _, a) = h.post(Some(&h.key), b"{not json".to_vec(), &[]).await;
+    assert_eq!((s, a["error"].as_str()), (400, Some("not_a_batch")));
+    let (s, _, a) = h.post(Some(&h.key), br#"{"events": []}"#.to_vec(), &[]).await;
+    assert_eq!(s, 400, "{a}");
+    let mut bad_envelope: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    bad_envelope["session_id"] = serde_json::json!("nope");
+    let (s, _, a) = h.post(Some(&h.key), bad_envelope.to_string().into_bytes(), &[]).await;
+    assert_eq!(s, 400);
+    assert!(a["message"].as_str().unwrap().contains("session_id"), "{a}");
+    let (s, _, _) = h
+        .post(
+            Some(&h.key),
+            b"definitely not gzip".to_vec(),
+            &[("Content-Encoding", "gzip")],
+        )
+        .await;
+    assert_eq!(s, 400);
+
+    // 401 / 403
+    assert_eq!(h.post(None, good.clone(), &[]).await.0, 401);
+    assert_eq!(h.post(Some("ck_unknown"), good.clone(), &[]).await.0, 401);
+    assert_eq!(h.post(Some(&h.disabled_key), good.clone(), &[]).await.0, 403);
+
+    // 413: a 1 KB body that inflates past the limit, too many events, too big a body
+    let bomb = gzip(&vec![b' '; 8 << 20]);
+    assert!(bomb.len() < 16 << 10, "bomb is {} bytes", bomb.len());
+    let (s, _, a) = h.post(Some(&h.key), bomb, &[("Content-Encoding", "gzip")]).await;
+    assert_eq!((s, a["error"].as_str()), (413, Some("too_large")), "{a}");
+    let (s, _, _) = h.post(Some(&h.key), body(&session(41, 51)), &[]).await;
+    assert_eq!(s, 413);
+    let (s, _, _) = h.post(Some(&h.key), vec![b' '; 600 << 10], &[]).await;
+    assert_eq!(s, 413);
+
+    // 415
+    let resp = h
+        .http
+        .post(format!("{}/v1/batch", h.base))
+        .header("Authorization", format!("Bearer {}", h.key))
+        .header("Content-Type", "text/plain")
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+    assert_eq!(
+        h.post(Some(&h.key), good.clone(), &[("Content-Encoding", "br")])
+            .await
+            .0,
+        415
+    );
+
+    // 429 with Retry-After for an app over its limit (1 event/s, burst 5)
+    let slow = |seed| {
+        let mut events = session(seed, 4);
+        for e in &mut events {
+            e.app_id = "app-slow".into();
+        }
+        body(&events)
+    };
+    assert_eq!(h.post(Some(&h.slow_key), slow(42), &[]).await.0, 200);
+    let (s, retry_after, _) = h.post(Some(&h.slow_key), slow(43), &[]).await;
+    assert_eq!(s, 429);
+    let wait: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!((1..=5).contains(&wait), "{wait}");
+
+    // Nothing refused reached Kafka: only the 4 accepted slow-app events.
+    assert_eq!(h.post(Some(&h.key), good, &[]).await.0, 200);
+    assert_eq!(count(&h.events_topic), 4 + 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_batch_is_answered_without_producing_twice() {
+    let h = start(|_| {}).await;
+    let json = body(&session(50, 10));
+    let first = h.post(Some(&h.key), json.clone(), &[]).await;
+    let second = h.post(Some(&h.key), json, &[]).await;
+    assert_eq!((first.0, second.0), (200, 200));
+    assert_eq!(first.2, second.2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count(&h.events_topic), 10);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operational_endpoints_and_key_reload() {
+    let h = start(|_| {}).await;
+    assert_eq!(h.get("/healthz").await.0, 200);
+    assert_eq!(h.get("/readyz").await.0, 200);
+    let (s, doc) = h.get("/openapi.json").await;
+    assert_eq!(s, 200);
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert!(doc["paths"]["/v1/batch"]["post"]["responses"]["503"].is_object());
+    assert_eq!(
+        doc["components"]["schemas"]["Signals"]["properties"]
+            .as_object()
+            .unwrap()
+            .len(),
+        context_schemas::catalog().len()
+    );
+
+    // A key added to the file works without a restart.
+    let fresh = new_key(9);
+    assert_eq!(h.post(Some(&fresh), body(&session(60, 1)), &[]).await.0, 401);
+    let mut file = std::fs::OpenOptions::new().append(true).open(&h.keys_file).unwrap();
+    file.write_all(key_entry("app-ok", &fresh, true, 100.0, 100.0).as_bytes())
+        .unwrap();
+    drop(file);
+    let mut status = 0;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        status = h.post(Some(&fresh), body(&session(61, 1)), &[]).await.0;
+        if status == 200 {
+            break;
+        }
+    }
+    assert_eq!(status, 200, "the new key was never picked up");
+    // A broken file keeps the keys in use.
+    std::fs::write(&h.keys_file, "this is not toml [[").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(h.post(Some(&fresh), body(&session(62, 1)), &[]).await.0, 200);
+    let signal = context_schemas::sample::event(1, &Default::default());
+    assert!(matches!(
+        signal.signals.get("battery_level"),
+        Some(SignalValue::Double(_))
+    ));
+}

@@ -77,7 +77,7 @@ impl Kafka {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &s.kafka_bootstrap)
             .set("acks", "all")
-            .set("enable.idempotence", "true")
+            .set("enable.idempotence", s.idempotence.to_string())
             .set("compression.type", "zstd")
             .set("linger.ms", "5")
             .set("message.timeout.ms", s.produce_timeout.as_millis().to_string())

@@ -14,8 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use context_schemas::contract::SCHEMAS;
-use context_schemas::AvroRecord;
+use context_schemas::{AvroRecord, ContextEvent};
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::json;
@@ -24,12 +23,13 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::auth::Auth;
-use crate::batch::{decompress, parse_batch, Encoding};
+use crate::batch::Encoding;
 use crate::config::Settings;
 use crate::error::BatchError;
 use crate::keys::Keys;
+use crate::pipeline;
 use crate::produce::{Kafka, Outgoing};
-use crate::validate::{Envelope, Validator};
+use crate::validate::Validator;
 
 /// One entry of the `rejected` list.
 #[derive(Debug, Clone, Serialize)]
@@ -164,71 +164,54 @@ struct Prepared {
 }
 
 impl Gateway {
-    /// Decompress, parse, validate, encode: the CPU part of a request.
+    /// The CPU part of a request ([`pipeline::prepare`]) and the records it makes.
     fn prepare(&self, body: &[u8], encoding: Encoding, app_id: &str) -> Result<Prepared, BatchError> {
-        let limits = &self.validator.limits;
-        let json = decompress(body, encoding, limits.max_decompressed_bytes)?;
-        let batch = parse_batch(&json, limits)?;
-        let received_at = now_micros();
-        let env = Envelope::from_batch(&batch, app_id, received_at)?;
-        let key = env.install_id.to_string().into_bytes();
-        let mut records = Vec::with_capacity(batch.events.len());
-        let mut rejected = Vec::new();
-        let mut unknown_signals = 0;
-        for (index, raw) in batch.events.iter().enumerate() {
-            match self.validator.event(&env, raw) {
-                Ok(valid) => {
-                    unknown_signals += valid.unknown_signals;
-                    let value = valid
-                        .event
-                        .to_wire(self.schema_id)
-                        .map_err(|e| BatchError::NotABatch(format!("event {index} cannot be encoded: {e}")))?;
-                    records.push(Outgoing {
-                        topic: self.events_topic.clone(),
-                        key: key.clone(),
-                        value,
-                        headers: Vec::new(),
-                    });
-                }
-                Err(rejection) => {
-                    let event_id = Validator::event_id_of(raw);
-                    let mut headers = vec![
-                        ("dl.source", "ingest-gateway".to_owned()),
-                        ("dl.reason", rejection.reason.to_owned()),
-                        ("dl.detail", rejection.detail.clone()),
-                        ("dl.time", crate::sdk::rfc3339(received_at)),
-                        ("dl.app_id", app_id.to_owned()),
-                        ("dl.batch_id", env.batch_id.to_string()),
-                    ];
-                    if let Some(id) = &event_id {
-                        headers.push(("dl.event_id", id.clone()));
-                    }
-                    records.push(Outgoing {
-                        topic: self.deadletter_topic.clone(),
-                        key: key.clone(),
-                        value: raw.get().as_bytes().to_vec(),
-                        headers,
-                    });
-                    metrics::counter!("gateway_events_rejected_total", "reason" => rejection.reason).increment(1);
-                    rejected.push(Rejected {
-                        index,
-                        event_id,
-                        reason: rejection.reason,
-                        detail: rejection.detail,
-                    });
-                }
-            }
+        let batch = pipeline::prepare(body, encoding, app_id, now_micros(), &self.validator, self.schema_id)?;
+        let mut records = Vec::with_capacity(batch.events);
+        for value in batch.accepted {
+            records.push(Outgoing {
+                topic: self.events_topic.clone(),
+                key: batch.key.clone(),
+                value,
+                headers: Vec::new(),
+            });
         }
-        let events = batch.events.len();
+        let mut rejected = Vec::with_capacity(batch.rejected.len());
+        for r in batch.rejected {
+            let mut headers = vec![
+                ("dl.source", "ingest-gateway".to_owned()),
+                ("dl.reason", r.rejection.reason.to_owned()),
+                ("dl.detail", r.rejection.detail.clone()),
+                ("dl.time", crate::sdk::rfc3339(batch.received_at)),
+                ("dl.app_id", app_id.to_owned()),
+                ("dl.batch_id", batch.batch_id.to_string()),
+            ];
+            if let Some(id) = &r.event_id {
+                headers.push(("dl.event_id", id.clone()));
+            }
+            records.push(Outgoing {
+                topic: self.deadletter_topic.clone(),
+                key: batch.key.clone(),
+                value: r.raw,
+                headers,
+            });
+            metrics::counter!("gateway_events_rejected_total", "reason" => r.rejection.reason).increment(1);
+            rejected.push(Rejected {
+                index: r.index,
+                event_id: r.event_id,
+                reason: r.rejection.reason,
+                detail: r.rejection.detail,
+            });
+        }
         Ok(Prepared {
             answer: Accepted {
-                accepted: events - rejected.len(),
+                accepted: batch.events - rejected.len(),
                 rejected,
             },
             records,
-            batch_id: env.batch_id,
-            events,
-            unknown_signals,
+            batch_id: batch.batch_id,
+            events: batch.events,
+            unknown_signals: batch.unknown_signals,
         })
     }
 }
@@ -465,14 +448,9 @@ pub async fn start(
     let keys = Keys::load(&settings.keys_file).map_err(anyhow::Error::msg)?;
     let registry = schema_registry::RegistryClient::new(&settings.registry_url)?;
     let subject = format!("{}-value", settings.events_topic);
-    let contract = SCHEMAS
-        .iter()
-        .find(|s| s.file == "context_event.avsc")
-        .expect("the contract has ContextEvent");
-    debug_assert_eq!(contract.avsc, context_schemas::ContextEvent::AVSC);
     let mut attempt = 0;
     let schema_id = loop {
-        match registry.register(&subject, contract.avsc).await {
+        match registry.register(&subject, ContextEvent::AVSC).await {
             Ok(id) => break id,
             Err(e) if e.is_retryable() && attempt < 30 => {
                 attempt += 1;

@@ -1,0 +1,78 @@
+//! The CPU part of a request, with no I/O: decompress, parse, validate,
+//! encode. The service runs it off the reactor; the benchmark and the fuzz
+//! target call it directly.
+
+use context_schemas::AvroRecord;
+use uuid::Uuid;
+
+use crate::batch::{decompress, parse_batch, Encoding};
+use crate::error::BatchError;
+use crate::validate::{Envelope, Rejection, Validator};
+
+/// An event the gateway refused, with its original JSON for the dead letter.
+#[derive(Debug)]
+pub struct RejectedEvent {
+    pub index: usize,
+    pub event_id: Option<String>,
+    pub rejection: Rejection,
+    pub raw: Vec<u8>,
+}
+
+/// A batch ready to produce.
+#[derive(Debug)]
+pub struct PreparedBatch {
+    pub batch_id: Uuid,
+    /// The Kafka key of every record: the install id.
+    pub key: Vec<u8>,
+    pub received_at: i64,
+    pub events: usize,
+    pub unknown_signals: usize,
+    /// Confluent-framed Avro of each accepted event, in batch order.
+    pub accepted: Vec<Vec<u8>>,
+    pub rejected: Vec<RejectedEvent>,
+}
+
+/// Turns a request body into encoded events and rejections.
+pub fn prepare(
+    body: &[u8],
+    encoding: Encoding,
+    app_id: &str,
+    received_at: i64,
+    validator: &Validator,
+    schema_id: u32,
+) -> Result<PreparedBatch, BatchError> {
+    let limits = &validator.limits;
+    let json = decompress(body, encoding, limits.max_decompressed_bytes)?;
+    let batch = parse_batch(&json, limits)?;
+    let env = Envelope::from_batch(&batch, app_id, received_at)?;
+    let mut accepted = Vec::with_capacity(batch.events.len());
+    let mut rejected = Vec::new();
+    let mut unknown_signals = 0;
+    for (index, raw) in batch.events.iter().enumerate() {
+        match validator.event(&env, raw) {
+            Ok(valid) => {
+                unknown_signals += valid.unknown_signals;
+                let value = valid
+                    .event
+                    .to_wire(schema_id)
+                    .map_err(|e| BatchError::NotABatch(format!("event {index} cannot be encoded: {e}")))?;
+                accepted.push(value);
+            }
+            Err(rejection) => rejected.push(RejectedEvent {
+                index,
+                event_id: Validator::event_id_of(raw),
+                rejection,
+                raw: raw.get().as_bytes().to_vec(),
+            }),
+        }
+    }
+    Ok(PreparedBatch {
+        batch_id: env.batch_id,
+        key: env.install_id.to_string().into_bytes(),
+        received_at,
+        events: batch.events.len(),
+        unknown_signals,
+        accepted,
+        rejected,
+    })
+}

@@ -70,6 +70,43 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // The stages on their own, to see where the time goes.
+    let mut stages = c.benchmark_group("gateway_stages_50_events");
+    stages.throughput(Throughput::Elements(EVENTS as u64));
+    let batch = ingest_gateway::batch::parse_batch(&json, &Limits::default()).unwrap();
+    let env = ingest_gateway::validate::Envelope::from_batch(&batch, "bench-app", now).unwrap();
+    stages.bench_function("parse_envelope", |b| {
+        b.iter(|| {
+            ingest_gateway::batch::parse_batch(&json, &Limits::default())
+                .unwrap()
+                .events
+                .len()
+        })
+    });
+    stages.bench_function("validate_events", |b| {
+        b.iter(|| {
+            batch
+                .events
+                .iter()
+                .map(|raw| validator.event(&env, raw).unwrap())
+                .count()
+        })
+    });
+    let valid: Vec<_> = batch
+        .events
+        .iter()
+        .map(|raw| validator.event(&env, raw).unwrap().event)
+        .collect();
+    stages.bench_function("avro_encode", |b| {
+        b.iter(|| {
+            valid
+                .iter()
+                .map(|e| context_schemas::AvroRecord::to_wire(e, 1).unwrap().len())
+                .sum::<usize>()
+        })
+    });
+    stages.finish();
 }
 
 criterion_group!(benches, bench);

@@ -1,0 +1,39 @@
+//! Everything the gateway does with client bytes before Kafka: decompression
+//! (the first byte picks identity, gzip or zstd), the envelope, every event's
+//! validation and the Avro encoding. It must never panic, whatever the bytes.
+
+#![no_main]
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use ingest_gateway::batch::Encoding;
+use ingest_gateway::pipeline::prepare;
+use ingest_gateway::validate::Validator;
+use ingest_gateway::Limits;
+use libfuzzer_sys::fuzz_target;
+
+fn validator() -> &'static Validator {
+    static V: OnceLock<Validator> = OnceLock::new();
+    V.get_or_init(|| {
+        let limits = Limits {
+            max_body_bytes: 1 << 20,
+            max_decompressed_bytes: 4 << 20,
+            max_events: 100,
+            max_samples: 2000,
+        };
+        Validator::new(limits, Duration::from_secs(3600), Duration::from_secs(86400 * 3650))
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, body)) = data.split_first() else { return };
+    let encoding = match selector % 3 {
+        0 => Encoding::Identity,
+        1 => Encoding::Gzip,
+        _ => Encoding::Zstd,
+    };
+    if let Ok(batch) = prepare(body, encoding, "fuzz-app", 1_760_000_000_000_000, validator(), 1) {
+        assert_eq!(batch.accepted.len() + batch.rejected.len(), batch.events);
+    }
+});

@@ -1,0 +1,137 @@
+//! A batch of rows on its way to ClickHouse, with the offsets it covers, and
+//! the rule that finds the rows ClickHouse refuses by splitting the batch.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Rows of one table, each tagged with the partition it came from, and the
+/// next offset to commit per partition once they are inserted.
+#[derive(Debug)]
+pub struct Batch<R> {
+    pub rows: Vec<(i32, R)>,
+    pub offsets: BTreeMap<i32, i64>,
+    pub bytes: usize,
+    pub started: Option<Instant>,
+}
+
+impl<R> Default for Batch<R> {
+    fn default() -> Self {
+        Batch {
+            rows: Vec::new(),
+            offsets: BTreeMap::new(),
+            bytes: 0,
+            started: None,
+        }
+    }
+}
+
+impl<R> Batch<R> {
+    /// Records that `offset` of `partition` is covered (with or without a row).
+    pub fn covered(&mut self, partition: i32, offset: i64, bytes: usize) {
+        self.started.get_or_insert_with(Instant::now);
+        self.offsets.insert(partition, offset + 1);
+        self.bytes += bytes;
+    }
+
+    pub fn push(&mut self, partition: i32, row: R) {
+        self.rows.push((partition, row));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
+    /// Whether a limit is reached: rows, bytes or the age of the oldest record.
+    pub fn due(&self, max_rows: usize, max_bytes: usize, max_age: Duration) -> bool {
+        self.rows.len() >= max_rows || self.bytes >= max_bytes || self.started.is_some_and(|t| t.elapsed() >= max_age)
+    }
+
+    /// Time left until the age limit, for the poll timeout.
+    pub fn time_left(&self, max_age: Duration) -> Duration {
+        self.started.map_or(max_age, |t| max_age.saturating_sub(t.elapsed()))
+    }
+
+    /// Forgets the rows and offsets of partitions this consumer lost in a
+    /// rebalance: their new owner reads them again from the last commit.
+    pub fn drop_partitions(&mut self, revoked: &[i32]) {
+        self.rows.retain(|(p, _)| !revoked.contains(p));
+        self.offsets.retain(|p, _| !revoked.contains(p));
+        if self.offsets.is_empty() {
+            *self = Batch::default();
+        }
+    }
+}
+
+/// Inserts `rows`; when ClickHouse refuses the insert for a reason that a
+/// retry cannot fix, splits the rows in halves until the refused rows are
+/// single, inserts everything else, and returns the refused rows with the
+/// error. Retryable errors are returned as they are.
+pub async fn insert_or_isolate<R, E, F, Fut>(rows: Vec<R>, insert: &F, retryable: fn(&E) -> bool) -> Result<Vec<(R, String)>, E>
+where
+    R: Clone,
+    E: std::fmt::Display,
+    F: Fn(Vec<R>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    let mut refused = Vec::new();
+    let mut stack = vec![rows];
+    while let Some(part) = stack.pop() {
+        if part.is_empty() {
+            continue;
+        }
+        match insert(part.clone()).await {
+            Ok(()) => {}
+            Err(e) if retryable(&e) => return Err(e),
+            Err(e) if part.len() == 1 => refused.push((part.into_iter().next().expect("one row"), e.to_string())),
+            Err(_) => {
+                let mut left = part;
+                let right = left.split_off(left.len() / 2);
+                stack.push(right);
+                stack.push(left);
+            }
+        }
+    }
+    Ok(refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn refused_rows_are_isolated_and_the_rest_inserted() {
+        let inserted = Mutex::new(Vec::new());
+        let insert = |rows: Vec<u32>| {
+            let ok = !rows.contains(&13) && !rows.contains(&40);
+            if ok {
+                inserted.lock().unwrap().extend(rows.clone());
+            }
+            async move { if ok { Ok(()) } else { Err("Code: 53, type mismatch".to_string()) } }
+        };
+        let refused = insert_or_isolate((0..64).collect(), &insert, |_| false).await.unwrap();
+        let bad: Vec<u32> = refused.iter().map(|(r, _)| *r).collect();
+        assert_eq!(bad, vec![13, 40]);
+        let mut got = inserted.lock().unwrap().clone();
+        got.sort();
+        assert_eq!(got, (0..64).filter(|r| *r != 13 && *r != 40).collect::<Vec<_>>());
+        // retryable errors are not split
+        let err = insert_or_isolate(vec![1, 2], &|_| async { Err::<(), _>("down".to_string()) }, |_| true).await;
+        assert_eq!(err.unwrap_err(), "down");
+    }
+
+    #[test]
+    fn revoked_partitions_leave_the_batch() {
+        let mut b = Batch::default();
+        b.covered(0, 5, 10);
+        b.push(0, "a");
+        b.covered(1, 9, 10);
+        b.push(1, "b");
+        b.drop_partitions(&[0]);
+        assert_eq!(b.rows, vec![(1, "b")]);
+        assert_eq!(b.offsets.into_iter().collect::<Vec<_>>(), vec![(1, 10)]);
+    }
+}

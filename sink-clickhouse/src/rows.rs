@@ -1,0 +1,162 @@
+//! The rows the sink inserts, one type per table.
+
+use context_schemas::{ActivityTag, DeadLetter, SignalValue};
+use serde::{Deserialize, Serialize};
+
+fn seconds(micros: i64) -> u32 {
+    u32::try_from(micros.div_euclid(1_000_000)).unwrap_or(if micros < 0 { 0 } else { u32::MAX })
+}
+
+fn double(v: Option<&SignalValue>) -> Option<f64> {
+    match v {
+        Some(SignalValue::Double(d)) => Some(*d),
+        _ => None,
+    }
+}
+
+fn long(v: Option<&SignalValue>) -> Option<i64> {
+    match v {
+        Some(SignalValue::Long(l)) => Some(*l),
+        _ => None,
+    }
+}
+
+fn boolean(v: Option<&SignalValue>) -> Option<bool> {
+    match v {
+        Some(SignalValue::Boolean(b)) => Some(*b),
+        _ => None,
+    }
+}
+
+fn string(v: Option<&SignalValue>) -> Option<String> {
+    match v {
+        Some(SignalValue::String(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+include!(concat!(env!("OUT_DIR"), "/event_row.rs"));
+
+/// One row of `context.activity_tags`.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct ActivityRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: uuid::Uuid,
+    pub model_version: String,
+    pub app_id: String,
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub session_id: uuid::Uuid,
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub install_id: uuid::Uuid,
+    pub timestamp_us: i64,
+    pub event_time: u32,
+    pub activity: String,
+    pub confidence: f32,
+    pub labels: Vec<String>,
+    pub probabilities: Vec<f32>,
+    pub tagged_at_us: i64,
+    pub tagged_time: u32,
+}
+
+impl ActivityRow {
+    pub fn from_tag(t: &ActivityTag) -> Self {
+        ActivityRow {
+            event_id: t.event_id,
+            model_version: t.model_version.clone(),
+            app_id: t.app_id.clone(),
+            session_id: t.session_id,
+            install_id: t.install_id,
+            timestamp_us: t.timestamp,
+            event_time: seconds(t.timestamp),
+            activity: t.activity.clone(),
+            confidence: t.confidence,
+            labels: t.probabilities.iter().map(|p| p.label.clone()).collect(),
+            probabilities: t.probabilities.iter().map(|p| p.probability).collect(),
+            tagged_at_us: t.tagged_at,
+            tagged_time: seconds(t.tagged_at),
+        }
+    }
+}
+
+/// Bytes stored in a `String` column as they are.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Bytes(pub Vec<u8>);
+
+impl Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Bytes, E> {
+                Ok(Bytes(v.as_bytes().to_vec()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Bytes, E> {
+                Ok(Bytes(v.into_bytes()))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// One row of `context.dead_letters`.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct DeadLetterRow {
+    pub source: String,
+    pub reason: String,
+    pub detail: String,
+    pub source_topic: Option<String>,
+    pub source_partition: Option<i32>,
+    pub source_offset: Option<i64>,
+    pub app_id: Option<String>,
+    pub event_id: Option<String>,
+    pub failed_at_us: i64,
+    pub failed_time: u32,
+    pub payload: Bytes,
+}
+
+impl DeadLetterRow {
+    pub fn from_dead_letter(d: DeadLetter) -> Self {
+        DeadLetterRow {
+            failed_time: seconds(d.failed_at),
+            source: d.source,
+            reason: d.reason,
+            detail: d.detail,
+            source_topic: d.source_topic,
+            source_partition: d.source_partition,
+            source_offset: d.source_offset,
+            app_id: d.app_id,
+            event_id: d.event_id,
+            failed_at_us: d.failed_at,
+            payload: Bytes(d.payload),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use context_schemas::sample::{self, SampleOptions};
+
+    #[test]
+    fn event_rows_carry_every_signal() {
+        let e = sample::event(3, &SampleOptions::default());
+        let row = EventRow::from_event(&e);
+        assert_eq!(row.event_id, e.event_id);
+        assert_eq!(row.battery_level, double(e.signals.get("battery_level")));
+        assert_eq!(row.network_type, string(e.signals.get("network_type")));
+        assert_eq!(row.accel_y, e.motion.as_ref().unwrap().accelerometer.y);
+        assert_eq!(row.event_time as i64, e.timestamp / 1_000_000);
+    }
+}

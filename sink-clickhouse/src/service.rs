@@ -1,0 +1,417 @@
+//! The consumer loops: one consumer group per source topic, each batching
+//! rows for its table and committing offsets only after ClickHouse confirmed.
+//!
+//! Per record: decode through the registry (older schema versions resolve
+//! into the current types); a record that cannot be decoded becomes a row of
+//! `dead_letters`; a registry outage waits and retries the same record. A batch
+//! is inserted when it reaches `max_rows`, `max_bytes` or `max_age`. While
+//! ClickHouse refuses with a retryable error the partitions are paused and the
+//! insert retried with jittered backoff: lag grows, nothing is lost. Rows
+//! ClickHouse refuses for good are isolated by splitting the batch and go to
+//! `dead_letters`. Offsets are committed after the insert; a rebalance drops
+//! the revoked partitions' rows, which their new owner reads again.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use clickhouse::{RowOwned, RowWrite};
+use context_schemas::{ActivityTag, ContextEvent, DeadLetter};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use schema_registry::client::DecodeError;
+use schema_registry::RegistryClient;
+use tokio::sync::watch;
+
+use crate::batch::{insert_or_isolate, Batch};
+use crate::config::Settings;
+use crate::rows::{ActivityRow, DeadLetterRow, EventRow};
+
+/// What the service reports on /readyz.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub clickhouse_ok: AtomicBool,
+    pub inserted_rows: AtomicU64,
+}
+
+/// Remembers partitions revoked in a rebalance for the loop to drop.
+#[derive(Default)]
+struct RebalanceLog {
+    revoked: Mutex<Vec<i32>>,
+}
+
+impl ClientContext for RebalanceLog {}
+
+impl ConsumerContext for RebalanceLog {
+    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut revoked = self.revoked.lock().expect("rebalance lock");
+            revoked.extend(tpl.elements().iter().map(|e| e.partition()));
+        }
+    }
+}
+
+type Sink = StreamConsumer<RebalanceLog>;
+
+/// The three sources and their tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Events,
+    Activity,
+    DeadLetters,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Events => "events",
+            Source::Activity => "activity",
+            Source::DeadLetters => "deadletter",
+        }
+    }
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
+fn header(msg: &OwnedMessage, key: &str) -> Option<String> {
+    msg.headers().and_then(|h| {
+        h.iter()
+            .find(|x| x.key == key)
+            .and_then(|x| x.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+    })
+}
+
+/// A record that could not become a row of its table.
+fn dead_row(msg: &OwnedMessage, reason: &str, detail: String) -> DeadLetterRow {
+    DeadLetterRow::from_dead_letter(DeadLetter {
+        source: "sink-clickhouse".into(),
+        reason: reason.into(),
+        detail,
+        source_topic: Some(msg.topic().to_owned()),
+        source_partition: Some(msg.partition()),
+        source_offset: Some(msg.offset()),
+        app_id: None,
+        event_id: None,
+        failed_at: now_micros(),
+        payload: msg.payload().unwrap_or_default().to_vec(),
+    })
+}
+
+/// A record of the dead-letter topic as a row: the headers say why.
+fn dead_letter_topic_row(msg: &OwnedMessage) -> DeadLetterRow {
+    let failed_at = header(msg, "dl.time")
+        .and_then(|t| time_micros(&t))
+        .or_else(|| msg.timestamp().to_millis().map(|ms| ms * 1000))
+        .unwrap_or_else(now_micros);
+    DeadLetterRow::from_dead_letter(DeadLetter {
+        source: header(msg, "dl.source").unwrap_or_else(|| "unknown".into()),
+        reason: header(msg, "dl.reason").unwrap_or_else(|| "unknown".into()),
+        detail: header(msg, "dl.detail").unwrap_or_default(),
+        source_topic: header(msg, "dl.source_topic").or_else(|| Some(msg.topic().to_owned())),
+        source_partition: header(msg, "dl.source_partition").and_then(|p| p.parse().ok()),
+        source_offset: header(msg, "dl.source_offset").and_then(|p| p.parse().ok()),
+        app_id: header(msg, "dl.app_id"),
+        event_id: header(msg, "dl.event_id"),
+        failed_at,
+        payload: msg.payload().unwrap_or_default().to_vec(),
+    })
+}
+
+/// RFC 3339 (as the gateway writes `dl.time`) to µs since the epoch.
+fn time_micros(s: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1000).ok()
+}
+
+/// Whether ClickHouse may accept the same insert later.
+pub fn retryable(e: &clickhouse::error::Error) -> bool {
+    use clickhouse::error::Error;
+    match e {
+        Error::Network(_) | Error::TimedOut => true,
+        Error::BadResponse(text) => {
+            let code = text
+                .split("Code: ")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|c| c.parse::<u32>().ok());
+            // too many parts, memory limit, timeouts, network, read-only replica,
+            // too many queries, unknown insert status, keeper: a retry may help.
+            matches!(code, None | Some(3 | 159 | 164 | 202 | 209 | 210 | 241 | 242 | 252 | 319 | 425 | 999))
+        }
+        _ => false,
+    }
+}
+
+async fn insert_rows<R: RowOwned + RowWrite>(client: &clickhouse::Client, table: &str, rows: Vec<R>) -> Result<(), clickhouse::error::Error> {
+    let mut insert = client.insert::<R>(table).await?;
+    for r in &rows {
+        insert.write(r).await?;
+    }
+    insert.end().await
+}
+
+fn jitter(base: Duration) -> Duration {
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    base + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
+}
+
+struct Loop<'a> {
+    source: Source,
+    settings: &'a Settings,
+    consumer: Sink,
+    writer: clickhouse::Client,
+    health: Arc<Health>,
+}
+
+impl Loop<'_> {
+    /// Inserts `rows` into `table`, retrying while ClickHouse is unavailable
+    /// (partitions paused), isolating rows it refuses for good.
+    async fn insert_with_retry<R: RowOwned + RowWrite + Clone>(&self, table: &str, rows: Vec<R>) -> Vec<(R, String)> {
+        let mut backoff = Duration::from_millis(500);
+        let mut paused = false;
+        let refused = loop {
+            let started = std::time::Instant::now();
+            let insert = |part: Vec<R>| insert_rows(&self.writer, table, part);
+            match insert_or_isolate(rows.clone(), &insert, retryable).await {
+                Ok(refused) => {
+                    metrics::histogram!("sink_insert_seconds", "table" => table.to_owned()).record(started.elapsed().as_secs_f64());
+                    self.health.clickhouse_ok.store(true, Ordering::Relaxed);
+                    break refused;
+                }
+                Err(e) => {
+                    self.health.clickhouse_ok.store(false, Ordering::Relaxed);
+                    metrics::counter!("sink_insert_retries_total", "table" => table.to_owned()).increment(1);
+                    tracing::warn!(error = %e, table, rows = rows.len(), retry_in = ?backoff, "ClickHouse insert failed; keeping the batch");
+                    if !paused {
+                        if let Ok(assignment) = self.consumer.assignment() {
+                            let _ = self.consumer.pause(&assignment);
+                        }
+                        paused = true;
+                    }
+                    // Keep polling (paused) so the group keeps this member.
+                    let _ = tokio::time::timeout(jitter(backoff), self.consumer.recv()).await;
+                    backoff = (backoff * 2).min(self.settings.max_backoff);
+                }
+            }
+        };
+        if paused {
+            if let Ok(assignment) = self.consumer.assignment() {
+                let _ = self.consumer.resume(&assignment);
+            }
+        }
+        refused
+    }
+
+    async fn flush<R: RowOwned + RowWrite + Clone>(&self, table: &str, batch: &mut Batch<R>, dead: &mut Vec<(i32, DeadLetterRow)>) {
+        let rows: Vec<R> = std::mem::take(&mut batch.rows).into_iter().map(|(_, r)| r).collect();
+        let n = rows.len();
+        let refused = if rows.is_empty() { Vec::new() } else { self.insert_with_retry(table, rows).await };
+        let mut dead_rows: Vec<DeadLetterRow> = std::mem::take(dead).into_iter().map(|(_, r)| r).collect();
+        for (_, error) in &refused {
+            dead_rows.push(DeadLetterRow::from_dead_letter(DeadLetter {
+                source: "sink-clickhouse".into(),
+                reason: "refused_by_clickhouse".into(),
+                detail: error.clone(),
+                source_topic: None,
+                source_partition: None,
+                source_offset: None,
+                app_id: None,
+                event_id: None,
+                failed_at: now_micros(),
+                payload: Vec::new(),
+            }));
+        }
+        if !dead_rows.is_empty() {
+            let still_refused = self.insert_with_retry("dead_letters", dead_rows).await;
+            for (_, error) in still_refused {
+                tracing::error!(error, "a dead-letter row was refused by ClickHouse");
+            }
+        }
+        let inserted = (n - refused.len()) as u64;
+        self.health.inserted_rows.fetch_add(inserted, Ordering::Relaxed);
+        metrics::counter!("sink_rows_inserted_total", "table" => table.to_owned()).increment(inserted);
+        metrics::histogram!("sink_batch_rows", "table" => table.to_owned()).record(n as f64);
+
+        let mut tpl = TopicPartitionList::new();
+        let topic = self.topic();
+        for (p, next) in &batch.offsets {
+            let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*next));
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
+                // The rows are in ClickHouse; the records come again and merge away.
+                tracing::warn!(error = %e, "committing offsets failed; records will be read again");
+            }
+        }
+        *batch = Batch::default();
+    }
+
+    fn topic(&self) -> &str {
+        match self.source {
+            Source::Events => &self.settings.events_topic,
+            Source::Activity => &self.settings.activity_topic,
+            Source::DeadLetters => &self.settings.deadletter_topic,
+        }
+    }
+}
+
+/// Decodes a record into a row of `R`, a dead-letter row, or a retry.
+enum Converted<R> {
+    Row(R),
+    Dead(Box<DeadLetterRow>),
+}
+
+async fn convert_event(registry: &RegistryClient, msg: &OwnedMessage) -> Result<Converted<EventRow>, DecodeError> {
+    match registry.decode::<ContextEvent>(msg.payload().unwrap_or_default()).await {
+        Ok((_, e)) => Ok(Converted::Row(EventRow::from_event(&e))),
+        Err(e) if e.is_retryable() => Err(e),
+        Err(e) => Ok(Converted::Dead(Box::new(dead_row(msg, "undecodable", e.to_string())))),
+    }
+}
+
+async fn convert_tag(registry: &RegistryClient, msg: &OwnedMessage) -> Result<Converted<ActivityRow>, DecodeError> {
+    match registry.decode::<ActivityTag>(msg.payload().unwrap_or_default()).await {
+        Ok((_, t)) => Ok(Converted::Row(ActivityRow::from_tag(&t))),
+        Err(e) if e.is_retryable() => Err(e),
+        Err(e) => Ok(Converted::Dead(Box::new(dead_row(msg, "undecodable", e.to_string())))),
+    }
+}
+
+
+/// Runs one source until `shutdown` turns true, then flushes and commits.
+async fn run_loop<R, F, Fut>(l: Loop<'_>, table: &str, convert: F, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()>
+where
+    R: RowOwned + RowWrite + Clone,
+    F: Fn(OwnedMessage) -> Fut,
+    Fut: std::future::Future<Output = Result<Converted<R>, DecodeError>>,
+{
+    let s = l.settings;
+    let mut batch: Batch<R> = Batch::default();
+    let mut dead: Vec<(i32, DeadLetterRow)> = Vec::new();
+    loop {
+        let wait = batch.time_left(s.max_age).max(Duration::from_millis(10));
+        tokio::select! {
+            _ = shutdown.changed() => {
+                if !batch.is_empty() {
+                    l.flush(table, &mut batch, &mut dead).await;
+                }
+                return Ok(());
+            }
+            received = tokio::time::timeout(wait, l.consumer.recv()) => {
+                match received {
+                    Err(_) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, source = l.source.name(), "consumer error"),
+                    Ok(Ok(msg)) => {
+                        let msg = msg.detach();
+                        metrics::counter!("sink_records_received_total", "source" => l.source.name()).increment(1);
+                        let (p, o, len) = (msg.partition(), msg.offset(), msg.payload().map_or(0, <[u8]>::len));
+                        let mut backoff = Duration::from_millis(500);
+                        let converted = loop {
+                            match convert(msg.clone()).await {
+                                Ok(c) => break c,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "schema registry unavailable; retrying the record");
+                                    tokio::time::sleep(jitter(backoff)).await;
+                                    backoff = (backoff * 2).min(s.max_backoff);
+                                }
+                            }
+                        };
+                        match converted {
+                            Converted::Row(r) => batch.push(p, r),
+                            Converted::Dead(d) => {
+                                metrics::counter!("sink_dead_lettered_total", "source" => l.source.name()).increment(1);
+                                dead.push((p, *d));
+                            }
+                        }
+                        batch.covered(p, o, len);
+                    }
+                }
+            }
+        }
+        let revoked: Vec<i32> = std::mem::take(&mut *l.consumer.context().revoked.lock().expect("rebalance lock"));
+        if !revoked.is_empty() {
+            batch.drop_partitions(&revoked);
+            dead.retain(|(p, _)| !revoked.contains(p));
+        }
+        if !batch.is_empty() && batch.due(s.max_rows, s.max_bytes, s.max_age) {
+            l.flush(table, &mut batch, &mut dead).await;
+        }
+    }
+}
+
+fn consumer(s: &Settings, source: Source, topic: &str) -> anyhow::Result<Sink> {
+    let consumer: Sink = ClientConfig::new()
+        .set("bootstrap.servers", &s.kafka_bootstrap)
+        .set("group.id", format!("{}-{}", s.group_prefix, source.name()))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", s.session_timeout.as_millis().to_string())
+        .set("max.poll.interval.ms", s.max_poll_interval.as_millis().to_string())
+        .create_with_context(RebalanceLog::default())?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
+}
+
+/// Runs every configured source until `shutdown` turns true.
+pub async fn run_sources(s: Settings, health: Arc<Health>, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let registry = RegistryClient::new(&s.registry_url)?;
+    let writer = s.clickhouse(true).with_database(&s.database);
+    let mut tasks = Vec::new();
+    for (source, topic) in [
+        (Source::Events, s.events_topic.clone()),
+        (Source::Activity, s.activity_topic.clone()),
+        (Source::DeadLetters, s.deadletter_topic.clone()),
+    ] {
+        if topic.is_empty() {
+            continue;
+        }
+        let (s, registry, writer, health, shutdown) = (s.clone(), registry.clone(), writer.clone(), health.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            let l = Loop { source, settings: &s, consumer: consumer(&s, source, &topic)?, writer, health };
+            match source {
+                Source::Events => {
+                    let r = &registry;
+                    run_loop(l, "events", move |m| async move { convert_event(r, &m).await }, shutdown).await
+                }
+                Source::Activity => {
+                    let r = &registry;
+                    run_loop(l, "activity_tags", move |m| async move { convert_tag(r, &m).await }, shutdown).await
+                }
+                Source::DeadLetters => {
+                    run_loop(l, "dead_letters", |m| std::future::ready(Ok(Converted::Row(dead_letter_topic_row(&m)))), shutdown).await
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clickhouse_errors_are_classified() {
+        use clickhouse::error::Error;
+        assert!(retryable(&Error::TimedOut));
+        assert!(retryable(&Error::BadResponse("Code: 252, e.displayText() = DB::Exception: Too many parts".into())));
+        assert!(!retryable(&Error::BadResponse("Code: 53, e.displayText() = DB::Exception: Type mismatch".into())));
+    }
+
+    #[test]
+    fn dead_letter_times_parse() {
+        assert_eq!(time_micros("1970-01-01T00:00:01Z"), Some(1_000_000));
+        assert_eq!(time_micros("2025-10-09T08:55:00.5Z"), Some(1_760_000_100_500_000));
+        assert_eq!(time_micros("yesterday"), None);
+    }
+}

@@ -18,7 +18,13 @@ fn main() {
             SignalKind::Boolean => ("Option<bool>", "boolean"),
             SignalKind::String => ("Option<String>", "string"),
         };
-        let _ = writeln!(fields, "    /// {} ({})\n    pub {}: {ty},", s.doc.replace('\n', " "), s.unit, s.name);
+        let _ = writeln!(
+            fields,
+            "    /// {} ({})\n    pub {}: {ty},",
+            s.doc.replace('\n', " "),
+            s.unit,
+            s.name
+        );
         let _ = writeln!(assigns, "            {}: {getter}(e.signals.at({})),", s.name, s.index);
     }
     let code = format!(

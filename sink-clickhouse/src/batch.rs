@@ -69,7 +69,11 @@ impl<R> Batch<R> {
 /// retry cannot fix, splits the rows in halves until the refused rows are
 /// single, inserts everything else, and returns the refused rows with the
 /// error. Retryable errors are returned as they are.
-pub async fn insert_or_isolate<R, E, F, Fut>(rows: Vec<R>, insert: &F, retryable: fn(&E) -> bool) -> Result<Vec<(R, String)>, E>
+pub async fn insert_or_isolate<R, E, F, Fut>(
+    rows: Vec<R>,
+    insert: &F,
+    retryable: fn(&E) -> bool,
+) -> Result<Vec<(R, String)>, E>
 where
     R: Clone,
     E: std::fmt::Display,
@@ -110,7 +114,13 @@ mod tests {
             if ok {
                 inserted.lock().unwrap().extend(rows.clone());
             }
-            async move { if ok { Ok(()) } else { Err("Code: 53, type mismatch".to_string()) } }
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err("Code: 53, type mismatch".to_string())
+                }
+            }
         };
         let refused = insert_or_isolate((0..64).collect(), &insert, |_| false).await.unwrap();
         let bad: Vec<u32> = refused.iter().map(|(r, _)| *r).collect();

@@ -130,10 +130,8 @@ pub fn views(db: &str) -> Vec<String> {
     vec![
         format!("CREATE VIEW IF NOT EXISTS `{db}`.`events_latest` AS SELECT * FROM `{db}`.`events` FINAL"),
         format!(
-            "CREATE VIEW IF NOT EXISTS `{db}`.`activity_latest` AS SELECT event_id, model_version, \
-             argMax(activity, tagged_at_us) AS activity, argMax(confidence, tagged_at_us) AS confidence, \
-             any(app_id) AS app_id, any(event_time) AS event_time, max(tagged_at_us) AS tagged_at_us \
-             FROM `{db}`.`activity_tags` GROUP BY event_id, model_version"
+            "CREATE VIEW IF NOT EXISTS `{db}`.`activity_latest` AS SELECT * FROM `{db}`.`activity_tags` \
+             ORDER BY tagged_at_us DESC LIMIT 1 BY event_id, model_version"
         ),
     ]
 }

@@ -85,10 +85,20 @@ pub async fn start(settings: Settings, metrics: Option<PrometheusHandle>) -> any
     .workers(1)
     .disable_signals()
     .bind(settings.admin_listen)?;
-    let admin_addr = server.addrs().first().copied().ok_or_else(|| anyhow::anyhow!("no admin address"))?;
+    let admin_addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("no admin address"))?;
     let server = server.run();
     let admin = server.handle();
     tokio::spawn(server);
     tracing::info!(%admin_addr, database = %settings.database, "sink-clickhouse running");
-    Ok(Running { admin_addr, health, stop, sources, admin })
+    Ok(Running {
+        admin_addr,
+        health,
+        stop,
+        sources,
+        admin,
+    })
 }

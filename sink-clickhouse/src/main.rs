@@ -40,7 +40,9 @@ enum Command {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::io::stderr().is_terminal() {
         builder.init();
     } else {
@@ -86,7 +88,10 @@ async fn main() -> ExitCode {
                     }
                 }
                 Err(e) => {
-                    eprintln!("sink-clickhouse migrate: ClickHouse at {} failed: {e}", s.clickhouse_url);
+                    eprintln!(
+                        "sink-clickhouse migrate: ClickHouse at {} failed: {e}",
+                        s.clickhouse_url
+                    );
                     ExitCode::FAILURE
                 }
             }
@@ -96,7 +101,9 @@ async fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
+            let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .ok();
             let mut running = match sink_clickhouse::start(s, metrics).await {
                 Ok(r) => r,
                 Err(e) => {

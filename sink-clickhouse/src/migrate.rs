@@ -51,9 +51,10 @@ pub async fn migrate(client: &clickhouse::Client, db: &str) -> Result<Report, cl
                     client.query(&sql).execute().await?;
                     report.applied.push(sql);
                 }
-                Some(t) if t != ty => report
-                    .conflicts
-                    .push(format!("{db}.{}.{name} is {t} in ClickHouse but {ty} in the schema", table.name)),
+                Some(t) if t != ty => report.conflicts.push(format!(
+                    "{db}.{}.{name} is {t} in ClickHouse but {ty} in the schema",
+                    table.name
+                )),
                 Some(_) => {}
             }
         }

@@ -142,13 +142,20 @@ pub fn retryable(e: &clickhouse::error::Error) -> bool {
                 .and_then(|c| c.parse::<u32>().ok());
             // too many parts, memory limit, timeouts, network, read-only replica,
             // too many queries, unknown insert status, keeper: a retry may help.
-            matches!(code, None | Some(3 | 159 | 164 | 202 | 209 | 210 | 241 | 242 | 252 | 319 | 425 | 999))
+            matches!(
+                code,
+                None | Some(3 | 159 | 164 | 202 | 209 | 210 | 241 | 242 | 252 | 319 | 425 | 999)
+            )
         }
         _ => false,
     }
 }
 
-async fn insert_rows<R: RowOwned + RowWrite>(client: &clickhouse::Client, table: &str, rows: Vec<R>) -> Result<(), clickhouse::error::Error> {
+async fn insert_rows<R: RowOwned + RowWrite>(
+    client: &clickhouse::Client,
+    table: &str,
+    rows: Vec<R>,
+) -> Result<(), clickhouse::error::Error> {
     let mut insert = client.insert::<R>(table).await?;
     for r in &rows {
         insert.write(r).await?;
@@ -157,7 +164,10 @@ async fn insert_rows<R: RowOwned + RowWrite>(client: &clickhouse::Client, table:
 }
 
 fn jitter(base: Duration) -> Duration {
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     base + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
 }
 
@@ -180,7 +190,8 @@ impl Loop<'_> {
             let insert = |part: Vec<R>| insert_rows(&self.writer, table, part);
             match insert_or_isolate(rows.clone(), &insert, retryable).await {
                 Ok(refused) => {
-                    metrics::histogram!("sink_insert_seconds", "table" => table.to_owned()).record(started.elapsed().as_secs_f64());
+                    metrics::histogram!("sink_insert_seconds", "table" => table.to_owned())
+                        .record(started.elapsed().as_secs_f64());
                     self.health.clickhouse_ok.store(true, Ordering::Relaxed);
                     break refused;
                 }
@@ -208,10 +219,19 @@ impl Loop<'_> {
         refused
     }
 
-    async fn flush<R: RowOwned + RowWrite + Clone>(&self, table: &str, batch: &mut Batch<R>, dead: &mut Vec<(i32, DeadLetterRow)>) {
+    async fn flush<R: RowOwned + RowWrite + Clone>(
+        &self,
+        table: &str,
+        batch: &mut Batch<R>,
+        dead: &mut Vec<(i32, DeadLetterRow)>,
+    ) {
         let rows: Vec<R> = std::mem::take(&mut batch.rows).into_iter().map(|(_, r)| r).collect();
         let n = rows.len();
-        let refused = if rows.is_empty() { Vec::new() } else { self.insert_with_retry(table, rows).await };
+        let refused = if rows.is_empty() {
+            Vec::new()
+        } else {
+            self.insert_with_retry(table, rows).await
+        };
         let mut dead_rows: Vec<DeadLetterRow> = std::mem::take(dead).into_iter().map(|(_, r)| r).collect();
         for (_, error) in &refused {
             dead_rows.push(DeadLetterRow::from_dead_letter(DeadLetter {
@@ -283,9 +303,13 @@ async fn convert_tag(registry: &RegistryClient, msg: &OwnedMessage) -> Result<Co
     }
 }
 
-
 /// Runs one source until `shutdown` turns true, then flushes and commits.
-async fn run_loop<R, F, Fut>(l: Loop<'_>, table: &str, convert: F, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()>
+async fn run_loop<R, F, Fut>(
+    l: Loop<'_>,
+    table: &str,
+    convert: F,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()>
 where
     R: RowOwned + RowWrite + Clone,
     F: Fn(OwnedMessage) -> Fut,
@@ -372,20 +396,50 @@ pub async fn run_sources(s: Settings, health: Arc<Health>, shutdown: watch::Rece
         if topic.is_empty() {
             continue;
         }
-        let (s, registry, writer, health, shutdown) = (s.clone(), registry.clone(), writer.clone(), health.clone(), shutdown.clone());
+        let (s, registry, writer, health, shutdown) = (
+            s.clone(),
+            registry.clone(),
+            writer.clone(),
+            health.clone(),
+            shutdown.clone(),
+        );
         tasks.push(tokio::spawn(async move {
-            let l = Loop { source, settings: &s, consumer: consumer(&s, source, &topic)?, writer, health };
+            let l = Loop {
+                source,
+                settings: &s,
+                consumer: consumer(&s, source, &topic)?,
+                writer,
+                health,
+            };
             match source {
                 Source::Events => {
                     let r = &registry;
-                    run_loop(l, "events", move |m| async move { convert_event(r, &m).await }, shutdown).await
+                    run_loop(
+                        l,
+                        "events",
+                        move |m| async move { convert_event(r, &m).await },
+                        shutdown,
+                    )
+                    .await
                 }
                 Source::Activity => {
                     let r = &registry;
-                    run_loop(l, "activity_tags", move |m| async move { convert_tag(r, &m).await }, shutdown).await
+                    run_loop(
+                        l,
+                        "activity_tags",
+                        move |m| async move { convert_tag(r, &m).await },
+                        shutdown,
+                    )
+                    .await
                 }
                 Source::DeadLetters => {
-                    run_loop(l, "dead_letters", |m| std::future::ready(Ok(Converted::Row(dead_letter_topic_row(&m)))), shutdown).await
+                    run_loop(
+                        l,
+                        "dead_letters",
+                        |m| std::future::ready(Ok(Converted::Row(dead_letter_topic_row(&m)))),
+                        shutdown,
+                    )
+                    .await
                 }
             }
         }));
@@ -404,8 +458,12 @@ mod tests {
     fn clickhouse_errors_are_classified() {
         use clickhouse::error::Error;
         assert!(retryable(&Error::TimedOut));
-        assert!(retryable(&Error::BadResponse("Code: 252, e.displayText() = DB::Exception: Too many parts".into())));
-        assert!(!retryable(&Error::BadResponse("Code: 53, e.displayText() = DB::Exception: Type mismatch".into())));
+        assert!(retryable(&Error::BadResponse(
+            "Code: 252, e.displayText() = DB::Exception: Too many parts".into()
+        )));
+        assert!(!retryable(&Error::BadResponse(
+            "Code: 53, e.displayText() = DB::Exception: Type mismatch".into()
+        )));
     }
 
     #[test]

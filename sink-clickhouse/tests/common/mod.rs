@@ -1,0 +1,143 @@
+//! A database, topics and a registered schema per test, against the stack.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use context_integration::{clickhouse_reader, create_topic, kafka_bootstrap, producer, unique};
+use context_schemas::sample::{self, SampleOptions};
+use context_schemas::{AvroRecord, ContextEvent};
+use rdkafka::producer::FutureRecord;
+use schema_registry::RegistryClient;
+use sink_clickhouse::Config;
+
+pub fn registry_url() -> String {
+    std::env::var("SCHEMA_REGISTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".into())
+}
+
+pub struct Setup {
+    pub database: String,
+    pub events_topic: String,
+    pub activity_topic: String,
+    pub deadletter_topic: String,
+    pub group_prefix: String,
+    pub event_schema_id: u32,
+    pub registry: RegistryClient,
+}
+
+pub async fn setup() -> Setup {
+    let s = Setup {
+        database: unique("ctx_it"),
+        events_topic: unique("it_sink_events"),
+        activity_topic: unique("it_sink_activity"),
+        deadletter_topic: unique("it_sink_dead"),
+        group_prefix: unique("it_sink"),
+        event_schema_id: 0,
+        registry: RegistryClient::new(&registry_url()).unwrap(),
+    };
+    create_topic(&s.events_topic, 2).await.unwrap();
+    create_topic(&s.activity_topic, 1).await.unwrap();
+    create_topic(&s.deadletter_topic, 1).await.unwrap();
+    let id = s
+        .registry
+        .register(&format!("{}-value", s.events_topic), ContextEvent::AVSC)
+        .await
+        .unwrap();
+    let settings = s.config().validate().unwrap();
+    sink_clickhouse::migrate::migrate(&settings.clickhouse(false), &s.database)
+        .await
+        .unwrap();
+    Setup {
+        event_schema_id: id,
+        ..s
+    }
+}
+
+impl Setup {
+    pub fn config(&self) -> Config {
+        let mut c = Config {
+            admin_listen: "127.0.0.1:0".into(),
+            kafka_bootstrap: kafka_bootstrap(),
+            registry_url: registry_url(),
+            database: self.database.clone(),
+            events_topic: self.events_topic.clone(),
+            activity_topic: self.activity_topic.clone(),
+            deadletter_topic: self.deadletter_topic.clone(),
+            group_prefix: self.group_prefix.clone(),
+            session_timeout: "6s".into(),
+            max_poll_interval: "10s".into(),
+            max_backoff: "2s".into(),
+            ..Config::default()
+        };
+        c.batch.max_rows = 200;
+        c.batch.max_age = "500ms".into();
+        c
+    }
+
+    /// Produces `n` events (seeded) and returns them.
+    pub async fn produce_events(&self, seed: u64, n: usize) -> Vec<ContextEvent> {
+        let p = producer().unwrap();
+        let mut events = Vec::with_capacity(n);
+        let mut pending = Vec::new();
+        for i in 0..n as u64 {
+            let e = sample::event(seed * 100_000 + i, &SampleOptions::default());
+            let payload = e.to_wire(self.event_schema_id).unwrap();
+            let key = e.install_id.to_string();
+            pending.push(
+                p.send_result(FutureRecord::to(&self.events_topic).key(&key).payload(&payload))
+                    .map_err(|(e, _)| e)
+                    .unwrap(),
+            );
+            events.push(e);
+        }
+        for f in pending {
+            f.await.unwrap().map_err(|(e, _)| e).unwrap();
+        }
+        events
+    }
+
+    pub async fn produce_raw(&self, topic: &str, payload: &[u8], headers: &[(&str, &str)]) {
+        let p = producer().unwrap();
+        let mut h = rdkafka::message::OwnedHeaders::new();
+        for (k, v) in headers {
+            h = h.insert(rdkafka::message::Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        p.send(
+            FutureRecord::to(topic).key("k").payload(payload).headers(h),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+
+    pub async fn distinct_events(&self) -> u64 {
+        clickhouse_reader()
+            .query(&format!("SELECT uniqExact(event_id) FROM `{}`.events", self.database))
+            .fetch_one::<u64>()
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Waits until `distinct_events() >= n`, up to `timeout`; returns the last count.
+    pub async fn wait_for_events(&self, n: u64, timeout: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let got = self.distinct_events().await;
+            if got >= n || tokio::time::Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub async fn drop_database(&self) {
+        let _ = clickhouse_reader()
+            .query(&format!("DROP DATABASE IF EXISTS `{}`", self.database))
+            .execute()
+            .await;
+    }
+}

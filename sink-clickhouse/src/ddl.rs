@@ -61,8 +61,15 @@ pub fn event_columns() -> Vec<(String, String)> {
         ("gyro_x", "Array(Float32)"),
         ("gyro_y", "Array(Float32)"),
         ("gyro_z", "Array(Float32)"),
+        // Set by ClickHouse: end-to-end lag is inserted_at - received_at_us.
+        ("inserted_at", "DateTime DEFAULT now()"),
     ]));
     c
+}
+
+/// The column type without its `DEFAULT` clause, as `system.columns` shows it.
+pub fn bare_type(spec: &str) -> &str {
+    spec.split(" DEFAULT ").next().unwrap_or(spec)
 }
 
 /// Every table of the sink. Duplicates of one event share `client_time`
@@ -143,7 +150,8 @@ mod tests {
     #[test]
     fn events_have_a_column_per_signal_and_no_new_types() {
         let c = event_columns();
-        assert_eq!(c.len(), catalog().len() + 25);
+        assert_eq!(c.len(), catalog().len() + 26);
+        assert_eq!(bare_type("DateTime DEFAULT now()"), "DateTime");
         assert!(c.iter().any(|(n, t)| n == "battery_level" && t == "Nullable(Float64)"));
         let sql: String = tables().iter().map(|t| create_table("context", t)).collect();
         for banned in ["LowCardinality", "Map(", "DateTime64", "JSON", "TTL"] {

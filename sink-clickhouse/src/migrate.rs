@@ -51,7 +51,7 @@ pub async fn migrate(client: &clickhouse::Client, db: &str) -> Result<Report, cl
                     client.query(&sql).execute().await?;
                     report.applied.push(sql);
                 }
-                Some(t) if t != ty => report.conflicts.push(format!(
+                Some(t) if *t != ddl::bare_type(ty) => report.conflicts.push(format!(
                     "{db}.{}.{name} is {t} in ClickHouse but {ty} in the schema",
                     table.name
                 )),

@@ -134,10 +134,45 @@ impl Setup {
         }
     }
 
+    /// Writes this setup's configuration as a TOML file for the binary.
+    pub fn write_config(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let c = self.config();
+        let path = dir.join("sink.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "admin_listen = \"127.0.0.1:0\"\nkafka_bootstrap = \"{}\"\nregistry_url = \"{}\"\ndatabase = \"{}\"\n\
+                 events_topic = \"{}\"\nactivity_topic = \"{}\"\ndeadletter_topic = \"{}\"\ngroup_prefix = \"{}\"\n\
+                 session_timeout = \"6s\"\nmax_poll_interval = \"10s\"\nmax_backoff = \"2s\"\n\
+                 [batch]\nmax_rows = 100\nmax_age = \"300ms\"\n",
+                c.kafka_bootstrap,
+                c.registry_url,
+                c.database,
+                c.events_topic,
+                c.activity_topic,
+                c.deadletter_topic,
+                c.group_prefix
+            ),
+        )
+        .unwrap();
+        path
+    }
+
     pub async fn drop_database(&self) {
         let _ = clickhouse_reader()
             .query(&format!("DROP DATABASE IF EXISTS `{}`", self.database))
             .execute()
             .await;
     }
+}
+
+/// Runs the `sink-clickhouse` binary with `config`, logging to `log`.
+pub fn spawn_sink(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sink-clickhouse"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("start sink-clickhouse")
 }

@@ -1,0 +1,120 @@
+//! The first end-to-end path: batches posted over HTTP to the gateway, the
+//! sink (a separate process, killed with -9 and restarted in between) puts
+//! them in ClickHouse, and every accepted event_id is there exactly once
+//! after dedup.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{setup, spawn_sink};
+use context_integration::{clickhouse_reader, unique};
+use context_schemas::sample::{self, SampleOptions};
+use ingest_gateway::auth::{hash_key, key_from_random};
+use ingest_gateway::{sdk, Config};
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn posted_batches_land_in_clickhouse_once_across_a_sink_kill() {
+    let s = setup().await;
+    let dir = std::env::temp_dir().join(unique("e2e"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut random = [0u8; 32];
+    random[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    random[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    let key = key_from_random(random);
+    let keys = dir.join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!(
+            "[[keys]]\napp_id = \"e2e-app\"\nhash = \"{}\"\nrate_limit_per_s = 100000\n",
+            hash_key(&key)
+        ),
+    )
+    .unwrap();
+    let gateway = ingest_gateway::start(
+        Config {
+            listen: "127.0.0.1:0".into(),
+            kafka_bootstrap: context_integration::kafka_bootstrap(),
+            registry_url: common::registry_url(),
+            events_topic: s.events_topic.clone(),
+            deadletter_topic: s.deadletter_topic.clone(),
+            keys_file: keys,
+            ..Config::default()
+        }
+        .validate()
+        .unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    let config = s.write_config(&dir);
+    let mut sink = spawn_sink(&config, &dir.join("sink1.log"));
+
+    let http = reqwest::Client::new();
+    let post = |body: Vec<u8>| {
+        let req = http
+            .post(format!("http://{}/v1/batch", gateway.addr))
+            .header("Authorization", format!("Bearer {key}"))
+            .header("Content-Type", "application/json")
+            .body(body);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+    let mut accepted = Vec::new();
+    for b in 0..20u64 {
+        let t = now();
+        let events = sdk::as_session(
+            (0..25)
+                .map(|i| {
+                    sample::event(
+                        b * 1000 + i,
+                        &SampleOptions {
+                            timestamp: t,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect(),
+            t,
+        );
+        let (status, answer) = post(sdk::batch_json(&events, t).to_string().into_bytes()).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["accepted"], 25);
+        accepted.extend(events.iter().map(|e| e.event_id));
+        if b == 9 {
+            sink.kill().unwrap();
+            sink.wait().unwrap();
+        }
+        if b == 12 {
+            sink = spawn_sink(&config, &dir.join("sink2.log"));
+        }
+    }
+    let got = s.wait_for_events(accepted.len() as u64, Duration::from_secs(120)).await;
+    sink.kill().unwrap();
+    sink.wait().unwrap();
+    assert_eq!(got, accepted.len() as u64, "see {}", dir.display());
+
+    let ids: Vec<(String, String)> = clickhouse_reader()
+        .query(&format!(
+            "SELECT toString(event_id), app_id FROM `{}`.events FINAL",
+            s.database
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), accepted.len(), "exactly once after dedup");
+    for id in &accepted {
+        assert!(ids.iter().any(|(i, app)| *i == id.to_string() && app == "e2e-app"));
+    }
+    s.drop_database().await;
+}

@@ -43,13 +43,21 @@ pub trait AvroRecord: Sized {
         decode_body(body, Self::schema(), None)
     }
 
-    /// Decodes a body written with `writer`, resolving it into the current schema.
+    /// Decodes a body written with `writer`, resolving it into the current
+    /// schema. Callers that decode many records of one writer should check
+    /// [`Self::is_current`] once and call [`Self::decode`] when it holds.
     fn decode_from(body: &[u8], writer: &Schema) -> Result<Self, SchemaError> {
-        if writer.canonical_form() == Self::schema().canonical_form() {
+        if Self::is_current(writer) {
             decode_body(body, writer, None)
         } else {
             decode_body(body, writer, Some(Self::schema()))
         }
+    }
+
+    /// Whether `writer` is the schema of this build (same Parsing Canonical
+    /// Form), so that no resolution is needed.
+    fn is_current(writer: &Schema) -> bool {
+        std::ptr::eq(writer, Self::schema()) || writer == Self::schema()
     }
 
     /// Confluent wire format: magic byte, `schema_id`, Avro body.
@@ -433,6 +441,179 @@ mod fast {
     }
 }
 
+/// The reading side of [`fast`]: `ContextEvent` bodies of the current
+/// schema read straight from bytes, strictly (a truncated body, an unknown
+/// union branch or trailing bytes are errors). Older writer schemas go
+/// through `apache_avro`'s resolution instead.
+mod fast_read {
+    use super::*;
+
+    pub struct Reader<'a> {
+        pub bytes: &'a [u8],
+        pub pos: usize,
+    }
+
+    type R<T> = Result<T, String>;
+
+    impl<'a> Reader<'a> {
+        fn take(&mut self, n: usize) -> R<&'a [u8]> {
+            let end = self
+                .pos
+                .checked_add(n)
+                .filter(|&e| e <= self.bytes.len())
+                .ok_or("the body is truncated")?;
+            let s = &self.bytes[self.pos..end];
+            self.pos = end;
+            Ok(s)
+        }
+
+        pub fn long(&mut self) -> R<i64> {
+            let mut z: u64 = 0;
+            for shift in (0..64).step_by(7) {
+                let b = self.take(1)?[0];
+                z |= u64::from(b & 0x7f) << shift;
+                if b & 0x80 == 0 {
+                    return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
+                }
+            }
+            Err("a varint is longer than 10 bytes".into())
+        }
+
+        fn len(&mut self) -> R<usize> {
+            usize::try_from(self.long()?).map_err(|_| "a negative length".to_string())
+        }
+
+        pub fn string(&mut self) -> R<String> {
+            let n = self.len()?;
+            String::from_utf8(self.take(n)?.to_vec()).map_err(|e| format!("a string is not UTF-8: {e}"))
+        }
+
+        pub fn uuid(&mut self) -> R<Uuid> {
+            let n = self.len()?;
+            let s = std::str::from_utf8(self.take(n)?).map_err(|e| e.to_string())?;
+            Uuid::parse_str(s).map_err(|e| format!("`{s}` is not a UUID: {e}"))
+        }
+
+        fn f64(&mut self) -> R<f64> {
+            Ok(f64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        }
+
+        fn branch(&mut self) -> R<bool> {
+            match self.long()? {
+                0 => Ok(false),
+                1 => Ok(true),
+                n => Err(format!("union branch {n} does not exist")),
+            }
+        }
+
+        fn floats(&mut self) -> R<Vec<f32>> {
+            let mut out = Vec::new();
+            loop {
+                let mut n = self.long()?;
+                if n == 0 {
+                    return Ok(out);
+                }
+                if n < 0 {
+                    n = -n;
+                    self.long()?; // block size in bytes
+                }
+                let n = n as usize;
+                let raw = self.take(n.checked_mul(4).ok_or("an array is too long")?)?;
+                out.extend(
+                    raw.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))),
+                );
+            }
+        }
+
+        fn axes(&mut self) -> R<Axes3> {
+            Ok(Axes3 {
+                x: self.floats()?,
+                y: self.floats()?,
+                z: self.floats()?,
+            })
+        }
+    }
+
+    pub fn context_event(bytes: &[u8]) -> R<ContextEvent> {
+        let mut r = Reader { bytes, pos: 0 };
+        let event_id = r.uuid()?;
+        let batch_id = r.uuid()?;
+        let app_id = r.string()?;
+        let session_id = r.uuid()?;
+        let install_id = r.uuid()?;
+        let sdk = Sdk {
+            name: r.string()?,
+            version: r.string()?,
+        };
+        let (model, os_name, os_version) = (r.string()?, r.string()?, r.string()?);
+        let mut extra = BTreeMap::new();
+        loop {
+            let mut n = r.long()?;
+            if n == 0 {
+                break;
+            }
+            if n < 0 {
+                n = -n;
+                r.long()?;
+            }
+            for _ in 0..n {
+                let k = r.string()?;
+                extra.insert(k, r.string()?);
+            }
+        }
+        let (client_timestamp, sent_at, received_at, timestamp) = (r.long()?, r.long()?, r.long()?, r.long()?);
+        let mut signals = Signals::default();
+        for spec in &catalog().signals {
+            if r.branch()? {
+                let v = match spec.kind {
+                    crate::catalog::SignalKind::Double => SignalValue::Double(r.f64()?),
+                    crate::catalog::SignalKind::Long => SignalValue::Long(r.long()?),
+                    crate::catalog::SignalKind::Boolean => match r.take(1)?[0] {
+                        0 => SignalValue::Boolean(false),
+                        1 => SignalValue::Boolean(true),
+                        b => return Err(format!("boolean byte {b}")),
+                    },
+                    crate::catalog::SignalKind::String => SignalValue::String(r.string()?),
+                };
+                signals.set_at(spec, v).map_err(|e| e.to_string())?;
+            }
+        }
+        let motion = if r.branch()? {
+            Some(Motion {
+                sample_rate_hz: r.f64()?,
+                accelerometer: r.axes()?,
+                gyroscope: r.axes()?,
+            })
+        } else {
+            None
+        };
+        if r.pos != bytes.len() {
+            return Err(format!("{} bytes left over after the record", bytes.len() - r.pos));
+        }
+        Ok(ContextEvent {
+            event_id,
+            batch_id,
+            app_id,
+            session_id,
+            install_id,
+            sdk,
+            device: DeviceFacts {
+                model,
+                os_name,
+                os_version,
+                extra,
+            },
+            client_timestamp,
+            sent_at,
+            received_at,
+            timestamp,
+            signals,
+            motion,
+        })
+    }
+}
+
 impl AvroRecord for ContextEvent {
     const NAME: &'static str = "ContextEvent";
     const AVSC: &'static str = contract::CONTEXT_EVENT_AVSC;
@@ -445,6 +626,10 @@ impl AvroRecord for ContextEvent {
         let mut buf = Vec::with_capacity(4096);
         fast::context_event(self, &mut buf);
         Ok(buf)
+    }
+
+    fn decode(body: &[u8]) -> Result<Self, SchemaError> {
+        fast_read::context_event(body).map_err(|problem| SchemaError::shape(Self::NAME, "<body>", problem))
     }
 
     fn to_wire(&self, schema_id: u32) -> Result<Vec<u8>, SchemaError> {
@@ -704,6 +889,12 @@ impl AvroRecord for DeadLetter {
             payload,
         })
     }
+}
+
+/// Decodes a body of the current schema through `apache_avro`'s generic
+/// reader (the value tree), the reference the fast readers are tested against.
+pub fn decode_generic<T: AvroRecord>(body: &[u8]) -> Result<T, SchemaError> {
+    decode_body(body, T::schema(), None)
 }
 
 /// Avro binary of `record` through `apache_avro`'s generic writer (the value

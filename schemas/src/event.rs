@@ -172,6 +172,11 @@ impl Signals {
         catalog().signals.iter().zip(self.values.iter().map(Option::as_ref))
     }
 
+    /// The slots in catalogue order, for consumers that move values out.
+    pub fn into_values(self) -> Vec<Option<SignalValue>> {
+        self.values
+    }
+
     /// How many signals are set.
     pub fn count_set(&self) -> usize {
         self.values.iter().filter(|v| v.is_some()).count()

@@ -129,6 +129,16 @@ proptest! {
             prop_assert_eq!(fast.len(), generic.len());
         }
         prop_assert_eq!(ContextEvent::decode(&generic).unwrap(), ContextEvent::decode(&fast).unwrap());
+        prop_assert_eq!(context_schemas::codec::decode_generic::<ContextEvent>(&fast).unwrap(), e);
+    }
+
+    #[test]
+    fn the_fast_event_reader_refuses_garbage_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+        // Whatever it returns for random bytes, the generic reader must agree it is an error
+        // or the same event.
+        if let Ok(e) = ContextEvent::decode(&bytes) {
+            prop_assert_eq!(context_schemas::codec::decode_generic::<ContextEvent>(&bytes).unwrap(), e);
+        }
     }
 
     #[test]

@@ -7,30 +7,30 @@ fn seconds(micros: i64) -> u32 {
     u32::try_from(micros.div_euclid(1_000_000)).unwrap_or(if micros < 0 { 0 } else { u32::MAX })
 }
 
-fn double(v: Option<&SignalValue>) -> Option<f64> {
+fn double(v: Option<SignalValue>) -> Option<f64> {
     match v {
-        Some(SignalValue::Double(d)) => Some(*d),
+        Some(SignalValue::Double(d)) => Some(d),
         _ => None,
     }
 }
 
-fn long(v: Option<&SignalValue>) -> Option<i64> {
+fn long(v: Option<SignalValue>) -> Option<i64> {
     match v {
-        Some(SignalValue::Long(l)) => Some(*l),
+        Some(SignalValue::Long(l)) => Some(l),
         _ => None,
     }
 }
 
-fn boolean(v: Option<&SignalValue>) -> Option<bool> {
+fn boolean(v: Option<SignalValue>) -> Option<bool> {
     match v {
-        Some(SignalValue::Boolean(b)) => Some(*b),
+        Some(SignalValue::Boolean(b)) => Some(b),
         _ => None,
     }
 }
 
-fn string(v: Option<&SignalValue>) -> Option<String> {
+fn string(v: Option<SignalValue>) -> Option<String> {
     match v {
-        Some(SignalValue::String(s)) => Some(s.clone()),
+        Some(SignalValue::String(s)) => Some(s),
         _ => None,
     }
 }
@@ -152,10 +152,10 @@ mod tests {
     #[test]
     fn event_rows_carry_every_signal() {
         let e = sample::event(3, &SampleOptions::default());
-        let row = EventRow::from_event(&e);
+        let row = EventRow::from_event(e.clone());
         assert_eq!(row.event_id, e.event_id);
-        assert_eq!(row.battery_level, double(e.signals.get("battery_level")));
-        assert_eq!(row.network_type, string(e.signals.get("network_type")));
+        assert_eq!(row.battery_level, double(e.signals.get("battery_level").cloned()));
+        assert_eq!(row.network_type, string(e.signals.get("network_type").cloned()));
         assert_eq!(row.accel_y, e.motion.as_ref().unwrap().accelerometer.y);
         assert_eq!(row.event_time as i64, e.timestamp / 1_000_000);
     }

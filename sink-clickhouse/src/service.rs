@@ -289,7 +289,7 @@ enum Converted<R> {
 
 async fn convert_event(registry: &RegistryClient, msg: &OwnedMessage) -> Result<Converted<EventRow>, DecodeError> {
     match registry.decode::<ContextEvent>(msg.payload().unwrap_or_default()).await {
-        Ok((_, e)) => Ok(Converted::Row(EventRow::from_event(&e))),
+        Ok((_, e)) => Ok(Converted::Row(EventRow::from_event(e))),
         Err(e) if e.is_retryable() => Err(e),
         Err(e) => Ok(Converted::Dead(Box::new(dead_row(msg, "undecodable", e.to_string())))),
     }

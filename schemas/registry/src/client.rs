@@ -22,6 +22,8 @@ pub struct RegistryClient {
     base: String,
     http: reqwest::Client,
     by_id: Arc<RwLock<HashMap<u32, Arc<Schema>>>>,
+    /// Whether the schema of an id is the current schema of a type.
+    current: Arc<RwLock<HashMap<(u32, std::any::TypeId), bool>>>,
 }
 
 #[derive(Deserialize)]
@@ -54,6 +56,7 @@ impl RegistryClient {
             base: base_url.trim_end_matches('/').to_owned(),
             http,
             by_id: Arc::default(),
+            current: Arc::default(),
         })
     }
 
@@ -148,10 +151,26 @@ impl RegistryClient {
 
     /// Decodes a Confluent-framed record, resolving an older writer schema
     /// into the current type `T`. Returns the writer's schema id too.
-    pub async fn decode<T: AvroRecord>(&self, bytes: &[u8]) -> Result<(u32, T), DecodeError> {
+    pub async fn decode<T: AvroRecord + 'static>(&self, bytes: &[u8]) -> Result<(u32, T), DecodeError> {
         let (id, body) = wire::unframe(bytes).map_err(DecodeError::Record)?;
-        let writer = self.schema_by_id(id).await.map_err(DecodeError::Registry)?;
-        let record = T::decode_from(body, &writer).map_err(DecodeError::Record)?;
+        let key = (id, std::any::TypeId::of::<T>());
+        let current = self.current.read().expect("cache lock").get(&key).copied();
+        let current = match current {
+            Some(c) => c,
+            None => {
+                let writer = self.schema_by_id(id).await.map_err(DecodeError::Registry)?;
+                let c = T::is_current(&writer);
+                self.current.write().expect("cache lock").insert(key, c);
+                c
+            }
+        };
+        let record = if current {
+            T::decode(body)
+        } else {
+            let writer = self.schema_by_id(id).await.map_err(DecodeError::Registry)?;
+            T::decode_from(body, &writer)
+        }
+        .map_err(DecodeError::Record)?;
         Ok((id, record))
     }
 }

@@ -1,6 +1,5 @@
 //! `ingest-gateway`: the HTTPS batch endpoint for the mobile SDKs.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -61,18 +60,6 @@ enum KeysCommand {
     },
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
-        builder.init();
-    } else {
-        builder.json().init();
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -84,7 +71,7 @@ async fn main() -> ExitCode {
             command: KeysCommand::New { app, rate_limit, burst },
         } => new_key(&app, rate_limit, burst),
         Command::Serve { config, drain_seconds } => {
-            init_tracing();
+            context_runtime::init_tracing();
             serve(config, Duration::from_secs(drain_seconds)).await
         }
     }
@@ -117,10 +104,7 @@ async fn serve(config: Option<PathBuf>, drain: Duration) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| tracing::warn!(error = %e, "metrics disabled"))
-        .ok();
+    let metrics = context_runtime::install_metrics();
     let running = match ingest_gateway::start(settings, metrics).await {
         Ok(r) => r,
         Err(e) => {

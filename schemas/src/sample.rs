@@ -186,3 +186,48 @@ pub fn largest_event(seed: u64) -> ContextEvent {
     }
     e
 }
+
+/// The `ContextEvent` schema text after `edit` changed its signal groups
+/// (each a record field of `signals`): how tests build older and newer
+/// versions of the contract.
+pub fn edit_signal_groups(edit: impl FnOnce(&mut Vec<serde_json::Value>)) -> String {
+    let mut json: serde_json::Value =
+        serde_json::from_str(crate::contract::CONTEXT_EVENT_AVSC).expect("the embedded schema is JSON");
+    let signals = json["fields"]
+        .as_array_mut()
+        .and_then(|f| f.iter_mut().find(|f| f["name"] == "signals"))
+        .expect("ContextEvent has signals");
+    let groups = signals["type"]["fields"].as_array_mut().expect("signals has groups");
+    edit(groups);
+    json.to_string()
+}
+
+/// The contract as it was before `signal` existed.
+pub fn schema_without_signal(signal: &str) -> String {
+    edit_signal_groups(|groups| {
+        for group in groups {
+            if let Some(fields) = group["type"]["fields"].as_array_mut() {
+                fields.retain(|f| f["name"] != signal);
+            }
+        }
+    })
+}
+
+/// The Avro value of `event` as a writer of [`schema_without_signal`] makes
+/// it: the same, without the field of `signal`.
+pub fn value_without_signal(event: &ContextEvent, signal: &str) -> apache_avro::types::Value {
+    use apache_avro::types::Value;
+    let mut value = crate::AvroRecord::to_value(event);
+    if let Value::Record(fields) = &mut value {
+        for (name, v) in fields.iter_mut() {
+            if let (true, Value::Record(groups)) = (name == "signals", v) {
+                for (_, group) in groups.iter_mut() {
+                    if let Value::Record(signals) = group {
+                        signals.retain(|(k, _)| k != signal);
+                    }
+                }
+            }
+        }
+    }
+    value
+}

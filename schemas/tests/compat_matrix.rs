@@ -297,16 +297,11 @@ fn messages_name_the_field_that_broke() {
 fn the_contract_evolves_compatibly_when_a_signal_is_added() {
     use context_schemas::{AvroRecord, ContextEvent};
     let current = ContextEvent::schema();
-    let mut json: serde_json::Value = serde_json::from_str(ContextEvent::AVSC).unwrap();
-    let signals = json["fields"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|f| f["name"] == "signals")
-        .unwrap();
-    signals["type"]["fields"][0]["type"]["fields"].as_array_mut().unwrap().push(serde_json::json!(
-        {"name": "new_signal", "type": ["null", "double"], "default": null, "doc": "d", "unit": "u", "min": 0, "max": 1}
-    ));
-    let next = Schema::parse(&json).unwrap();
+    let next = context_schemas::sample::edit_signal_groups(|groups| {
+        groups[0]["type"]["fields"].as_array_mut().unwrap().push(serde_json::json!(
+            {"name": "new_signal", "type": ["null", "double"], "default": null, "doc": "d", "unit": "u", "min": 0, "max": 1}
+        ))
+    });
+    let next = Schema::parse_str(&next).unwrap();
     assert!(check(Compatibility::FullTransitive, &next, &[current]).is_empty());
 }

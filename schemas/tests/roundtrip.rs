@@ -1,6 +1,5 @@
 //! Lossless round trips of every record type through Avro and the wire format.
 
-use apache_avro::types::Value;
 use apache_avro::Schema;
 use context_schemas::codec::decode_wire;
 use context_schemas::sample::{self, SampleOptions};
@@ -190,41 +189,12 @@ fn realistic_event_matches_the_documented_size() {
     assert_roundtrip(&w, 3);
 }
 
-/// An older writer schema: the current ContextEvent without one signal.
-fn schema_without(signal: &str) -> Schema {
-    let mut json: serde_json::Value = serde_json::from_str(ContextEvent::AVSC).unwrap();
-    let signals = json["fields"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|f| f["name"] == "signals")
-        .unwrap();
-    for group in signals["type"]["fields"].as_array_mut().unwrap() {
-        group["type"]["fields"]
-            .as_array_mut()
-            .unwrap()
-            .retain(|f| f["name"] != signal);
-    }
-    Schema::parse(&json).unwrap()
-}
-
 #[test]
 fn records_of_an_older_schema_decode_into_the_current_type() {
-    let old = schema_without("optimized_charging");
+    let old = Schema::parse_str(&sample::schema_without_signal("optimized_charging")).unwrap();
     let mut e = sample::event(9, &SampleOptions::default());
     e.signals.clear(catalog().get("optimized_charging").unwrap().index);
-    // Write the event with the old schema: drop the field from the value.
-    let mut value = e.to_value();
-    if let Value::Record(fields) = &mut value {
-        let (_, signals) = fields.iter_mut().find(|(k, _)| k == "signals").unwrap();
-        if let Value::Record(groups) = signals {
-            for (_, g) in groups.iter_mut() {
-                if let Value::Record(sig) = g {
-                    sig.retain(|(k, _)| k != "optimized_charging");
-                }
-            }
-        }
-    }
+    let value = sample::value_without_signal(&e, "optimized_charging");
     let body = apache_avro::to_avro_datum(&old, value).unwrap();
     assert!(
         ContextEvent::decode(&body).is_err(),

@@ -115,13 +115,7 @@ pub struct Settings {
 
 impl Config {
     pub fn load(path: Option<&std::path::Path>) -> Result<Settings, String> {
-        let mut config = match path {
-            None => Config::default(),
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-                toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
-            }
-        };
+        let mut config: Config = context_runtime::read_config(path)?;
         config.apply_env(|k| std::env::var(k).ok());
         config.validate()
     }

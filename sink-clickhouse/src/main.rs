@@ -1,6 +1,5 @@
 //! `sink-clickhouse`: Kafka to ClickHouse in few, large inserts.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -38,18 +37,6 @@ enum Command {
     },
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
-        builder.init();
-    } else {
-        builder.json().init();
-    }
-}
-
 fn settings(config: Option<PathBuf>) -> Result<sink_clickhouse::Settings, ExitCode> {
     Config::load(config.as_deref()).map_err(|problems| {
         eprintln!("sink-clickhouse: the configuration is incomplete:\n{problems}");
@@ -60,7 +47,7 @@ fn settings(config: Option<PathBuf>) -> Result<sink_clickhouse::Settings, ExitCo
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    context_runtime::init_tracing();
     match cli.command {
         Command::Migrate { config } => {
             let s = match settings(config) {
@@ -101,9 +88,7 @@ async fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-                .install_recorder()
-                .ok();
+            let metrics = context_runtime::install_metrics();
             let mut running = match sink_clickhouse::start(s, metrics).await {
                 Ok(r) => r,
                 Err(e) => {

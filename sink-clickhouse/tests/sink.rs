@@ -17,34 +17,10 @@ use rdkafka::producer::FutureRecord;
 
 /// The contract as it was before `signal` existed, and an event written with it.
 fn old_version(signal: &str, seed: u64) -> (String, ContextEvent, Value) {
-    let mut json: serde_json::Value = serde_json::from_str(ContextEvent::AVSC).unwrap();
-    let signals = json["fields"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|f| f["name"] == "signals")
-        .unwrap();
-    for group in signals["type"]["fields"].as_array_mut().unwrap() {
-        group["type"]["fields"]
-            .as_array_mut()
-            .unwrap()
-            .retain(|f| f["name"] != signal);
-    }
     let mut e = sample::event(seed, &SampleOptions::default());
     e.signals.clear(context_schemas::catalog().get(signal).unwrap().index);
-    let mut value = e.to_value();
-    if let Value::Record(fields) = &mut value {
-        for (name, v) in fields.iter_mut() {
-            if let (true, Value::Record(groups)) = (name == "signals", v) {
-                for (_, g) in groups.iter_mut() {
-                    if let Value::Record(sig) = g {
-                        sig.retain(|(k, _)| k != signal);
-                    }
-                }
-            }
-        }
-    }
-    (json.to_string(), e, value)
+    let value = sample::value_without_signal(&e, signal);
+    (sample::schema_without_signal(signal), e, value)
 }
 
 #[tokio::test(flavor = "multi_thread")]

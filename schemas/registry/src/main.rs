@@ -1,7 +1,6 @@
 //! `schema-registry`: the Confluent-compatible registry server, and the
 //! `register` command that registers the repository's schemas.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -55,22 +54,10 @@ enum Command {
     },
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
-        builder.init();
-    } else {
-        builder.json().init();
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    context_runtime::init_tracing();
     match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Serve { config } => serve(config).await,
         Command::Register {
@@ -90,10 +77,7 @@ async fn serve(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| tracing::warn!(error = %e, "metrics disabled"))
-        .ok();
+    let metrics = context_runtime::install_metrics();
     let running = match schema_registry::start(settings, metrics).await {
         Ok(r) => r,
         Err(e) => {

@@ -17,7 +17,7 @@ use crate::error::RegistryError;
 use crate::log::SchemaLog;
 use crate::store::{parse_avro, ConfigValue, DeleteSubjectValue, LogKey, SchemaValue, Store, StoredSchema, Version};
 
-const CLAIM_ATTEMPTS: usize = 8;
+const CLAIM_ATTEMPTS: u32 = 32;
 
 /// A version selector: a number or `latest`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,7 +217,16 @@ impl Registry {
             return Err(RegistryError::NotReady);
         }
         let _guard = self.write_lock.lock().await;
-        for _ in 0..CLAIM_ATTEMPTS {
+        for attempt in 0..CLAIM_ATTEMPTS {
+            if attempt > 0 {
+                // Another replica claimed first: wait a random while so that two
+                // busy replicas do not keep claiming the same next id in lockstep.
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                let ceiling_ms = 5 * u64::from(attempt.min(10));
+                tokio::time::sleep(std::time::Duration::from_millis(u64::from(nanos) % (ceiling_ms + 1))).await;
+            }
             self.log.catch_up().await?;
             let claim = {
                 let store = self.store()?;

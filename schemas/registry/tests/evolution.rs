@@ -5,36 +5,17 @@ mod common;
 
 use common::{start_registry, state_topic, url};
 use context_integration::unique;
-use context_schemas::apache_avro::types::Value;
 use context_schemas::apache_avro::{self, Schema};
 use context_schemas::sample::{self, SampleOptions};
 use context_schemas::{catalog, wire, AvroRecord, ContextEvent};
 use schema_registry::RegistryClient;
-
-/// The contract as it was before `signal` existed.
-fn older_contract(signal: &str) -> String {
-    let mut json: serde_json::Value = serde_json::from_str(ContextEvent::AVSC).unwrap();
-    let signals = json["fields"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|f| f["name"] == "signals")
-        .unwrap();
-    for group in signals["type"]["fields"].as_array_mut().unwrap() {
-        group["type"]["fields"]
-            .as_array_mut()
-            .unwrap()
-            .retain(|f| f["name"] != signal);
-    }
-    json.to_string()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn records_of_an_older_version_decode_into_the_current_type() {
     let registry = start_registry(&state_topic().await).await;
     let client = RegistryClient::new(&url(&registry)).unwrap();
     let subject = format!("{}-value", unique("it_events"));
-    let old_text = older_contract("screen_on_seconds");
+    let old_text = sample::schema_without_signal("screen_on_seconds");
     let old_id = client.register(&subject, &old_text).await.unwrap();
     let new_id = client.register(&subject, ContextEvent::AVSC).await.unwrap();
     assert_ne!(old_id, new_id, "adding a signal is a new version");
@@ -42,18 +23,7 @@ async fn records_of_an_older_version_decode_into_the_current_type() {
     // An old producer wrote this event: no `screen_on_seconds` field at all.
     let mut event = sample::event(11, &SampleOptions::default());
     event.signals.clear(catalog().get("screen_on_seconds").unwrap().index);
-    let mut value = event.to_value();
-    if let Value::Record(fields) = &mut value {
-        for (name, v) in fields.iter_mut() {
-            if let (true, Value::Record(groups)) = (name == "signals", v) {
-                for (_, g) in groups.iter_mut() {
-                    if let Value::Record(sig) = g {
-                        sig.retain(|(k, _)| k != "screen_on_seconds");
-                    }
-                }
-            }
-        }
-    }
+    let value = sample::value_without_signal(&event, "screen_on_seconds");
     let old_schema = Schema::parse_str(&old_text).unwrap();
     let bytes = wire::frame(old_id, &apache_avro::to_avro_datum(&old_schema, value).unwrap());
 

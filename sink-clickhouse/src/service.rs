@@ -41,7 +41,19 @@ struct RebalanceLog {
     revoked: Mutex<Vec<i32>>,
 }
 
-impl ClientContext for RebalanceLog {}
+impl ClientContext for RebalanceLog {
+    /// librdkafka's statistics (every 2 s): the lag of each assigned partition.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!("sink_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceLog {
     fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -378,6 +390,7 @@ fn consumer(s: &Settings, source: Source, topic: &str) -> anyhow::Result<Sink> {
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", s.session_timeout.as_millis().to_string())
         .set("max.poll.interval.ms", s.max_poll_interval.as_millis().to_string())
+        .set("statistics.interval.ms", "2000")
         .create_with_context(RebalanceLog::default())?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)

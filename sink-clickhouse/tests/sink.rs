@@ -38,7 +38,8 @@ async fn every_event_once_poison_in_dead_letters_old_and_new_versions_together()
         &apache_avro::to_avro_datum(&Schema::parse_str(&old_text).unwrap(), old_value).unwrap(),
     );
 
-    let running = sink_clickhouse::start(s.config().validate().unwrap(), None)
+    let metrics = context_runtime::install_metrics();
+    let running = sink_clickhouse::start(s.config().validate().unwrap(), metrics)
         .await
         .unwrap();
     let mut sent = s.produce_events(1, 500).await;
@@ -167,6 +168,28 @@ async fn every_event_once_poison_in_dead_letters_old_and_new_versions_together()
     assert_eq!(tags, vec![("walking".to_string(), "m1".to_string())]);
 
     assert_eq!(reqwest_get(&format!("http://{}/readyz", running.admin_addr)).await, 200);
+    // Metrics: rows inserted and the lag of every partition (from librdkafka's statistics).
+    let mut text = String::new();
+    for _ in 0..40 {
+        text = reqwest::get(format!("http://{}/metrics", running.admin_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("sink_consumer_lag") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(text.contains("sink_rows_inserted_total{table=\"events\"}"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "sink_consumer_lag{{topic=\"{}\",partition=\"0\"}}",
+            s.events_topic
+        )),
+        "{text}"
+    );
     running.shutdown().await.unwrap();
     s.drop_database().await;
 }

@@ -1,4 +1,13 @@
-//! `enrich-activity`: tags motion windows with activities using a linfa model,
-//! and replays history with new model versions.
+//! `enrich-activity`: turns accelerometer and gyroscope windows into
+//! activities (standing, walking, running…).
 //!
-//! Not built yet: an empty member of the workspace that the enrichment issue fills.
+//! Built so far, with no I/O:
+//! - [`dataset`]: labelled windows from the UEA/sktime `.ts` format;
+//! - [`features`]: the feature vector of a window (statistics, correlations,
+//!   jerk, spectrum, gravity angles), resampled to the model's rate.
+//!
+//! The linfa model, `train`/`eval`, `serve` and `replay` come next (see the
+//! enrichment issue); until then this crate has no binary.
+
+pub mod dataset;
+pub mod features;

@@ -39,10 +39,8 @@ pub fn parse_ts(text: &str, rate_hz: f64) -> Result<Vec<LabelledWindow>, Dataset
         if let Some(header) = line.strip_prefix('@') {
             let mut words = header.split_whitespace();
             match words.next().map(str::to_ascii_lowercase).as_deref() {
-                Some("classlabel") => {
-                    if words.next() == Some("true") {
-                        labels = Some(words.map(str::to_owned).collect());
-                    }
+                Some("classlabel") if words.next() == Some("true") => {
+                    labels = Some(words.map(str::to_owned).collect());
                 }
                 Some("data") => in_data = true,
                 _ => {}

@@ -131,3 +131,99 @@ mod tests {
         assert_eq!(parse_ts("@data\n", 10.0).unwrap_err(), DatasetError::Empty);
     }
 }
+
+/// Parses the CSV format for new labelled data: a header line, then one row
+/// per sample, rows of one window together and in time order:
+///
+/// ```text
+/// window,label,rate_hz,acc_x,acc_y,acc_z,gyr_x,gyr_y,gyr_z
+/// w1,walking,50,0.01,-0.98,0.12,0.0,0.1,0.0
+/// ```
+///
+/// Acceleration in g, rotation rate in rad/s, as the SDK sends them.
+pub fn parse_csv(text: &str) -> Result<Vec<LabelledWindow>, DatasetError> {
+    let mut out: Vec<(String, LabelledWindow)> = Vec::new();
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let header = lines.next().map(|(_, h)| h.trim().to_owned()).unwrap_or_default();
+    if header != "window,label,rate_hz,acc_x,acc_y,acc_z,gyr_x,gyr_y,gyr_z" {
+        return Err(DatasetError::Line {
+            line: 1,
+            problem: "the header must be window,label,rate_hz,acc_x,acc_y,acc_z,gyr_x,gyr_y,gyr_z".into(),
+        });
+    }
+    for (i, line) in lines {
+        let bad = |problem: String| DatasetError::Line { line: i + 1, problem };
+        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+        if cells.len() != 9 {
+            return Err(bad(format!("expected 9 cells, found {}", cells.len())));
+        }
+        let nums = cells[2..]
+            .iter()
+            .map(|c| c.parse::<f64>())
+            .collect::<Result<Vec<f64>, _>>()
+            .map_err(|e| bad(format!("not a number: {e}")))?;
+        if out.last().map(|(id, _)| id.as_str()) != Some(cells[0]) {
+            if out.iter().any(|(id, _)| id == cells[0]) {
+                return Err(bad(format!("the rows of window `{}` are not together", cells[0])));
+            }
+            out.push((
+                cells[0].to_owned(),
+                LabelledWindow {
+                    label: cells[1].to_owned(),
+                    rate_hz: nums[0],
+                    accelerometer: Axes3::default(),
+                    gyroscope: Axes3::default(),
+                },
+            ));
+        }
+        let w = &mut out.last_mut().expect("pushed above").1;
+        for (axis, v) in [&mut w.accelerometer.x, &mut w.accelerometer.y, &mut w.accelerometer.z]
+            .into_iter()
+            .zip(&nums[1..4])
+        {
+            axis.push(*v as f32);
+        }
+        for (axis, v) in [&mut w.gyroscope.x, &mut w.gyroscope.y, &mut w.gyroscope.z]
+            .into_iter()
+            .zip(&nums[4..7])
+        {
+            axis.push(*v as f32);
+        }
+    }
+    if out.is_empty() {
+        return Err(DatasetError::Empty);
+    }
+    Ok(out.into_iter().map(|(_, w)| w).collect())
+}
+
+/// Reads a data file by its extension: `.ts` (at `ts_rate_hz`) or `.csv`.
+pub fn read(path: &std::path::Path, ts_rate_hz: f64) -> Result<Vec<LabelledWindow>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let parsed = match path.extension().and_then(|e| e.to_str()) {
+        Some("ts") => parse_ts(&text, ts_rate_hz),
+        Some("csv") => parse_csv(&text),
+        _ => return Err(format!("{}: expected a .ts or .csv file", path.display())),
+    };
+    parsed.map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod csv_tests {
+    use super::*;
+
+    #[test]
+    fn csv_windows_group_by_id() {
+        let text = "window,label,rate_hz,acc_x,acc_y,acc_z,gyr_x,gyr_y,gyr_z\n\
+                    a,walking,50,0.1,0.2,0.3,1,2,3\na,walking,50,0.4,0.5,0.6,4,5,6\nb,standing,50,0,0,1,0,0,0\n";
+        let w = parse_csv(text).unwrap();
+        assert_eq!(w.len(), 2);
+        assert_eq!(
+            (w[0].label.as_str(), w[0].accelerometer.y.clone()),
+            ("walking", vec![0.2, 0.5])
+        );
+        assert_eq!(w[1].gyroscope.len(), Some(1));
+        assert!(parse_csv("a,b\n").is_err());
+        let split = "window,label,rate_hz,acc_x,acc_y,acc_z,gyr_x,gyr_y,gyr_z\na,x,1,0,0,0,0,0,0\nb,x,1,0,0,0,0,0,0\na,x,1,0,0,0,0,0,0\n";
+        assert!(parse_csv(split).unwrap_err().to_string().contains("not together"));
+    }
+}

@@ -30,7 +30,7 @@ use rdkafka::ClientConfig;
 ///   context-load http --key $KEY --devices 8 --batches 200 --events 50 [--gzip]
 ///   context-load kafka --topic load.events.v1 --records 20000
 #[derive(Parser)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, verbatim_doc_comment)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -324,7 +324,7 @@ async fn run_loop<R, F, Fut>(
 ) -> anyhow::Result<()>
 where
     R: RowOwned + RowWrite + Clone,
-    F: Fn(OwnedMessage) -> Fut,
+    F: Fn(Arc<OwnedMessage>) -> Fut,
     Fut: std::future::Future<Output = Result<Converted<R>, DecodeError>>,
 {
     let s = l.settings;
@@ -344,12 +344,13 @@ where
                     Err(_) => {}
                     Ok(Err(e)) => tracing::warn!(error = %e, source = l.source.name(), "consumer error"),
                     Ok(Ok(msg)) => {
-                        let msg = msg.detach();
+                        // Shared, so a retry after a registry outage does not copy the payload.
+                        let msg = Arc::new(msg.detach());
                         metrics::counter!("sink_records_received_total", "source" => l.source.name()).increment(1);
                         let (p, o, len) = (msg.partition(), msg.offset(), msg.payload().map_or(0, <[u8]>::len));
                         let mut backoff = Duration::from_millis(500);
                         let converted = loop {
-                            match convert(msg.clone()).await {
+                            match convert(Arc::clone(&msg)).await {
                                 Ok(c) => break c,
                                 Err(e) => {
                                     tracing::warn!(error = %e, "schema registry unavailable; retrying the record");

@@ -1,13 +1,16 @@
 //! `enrich-activity`: turns accelerometer and gyroscope windows into
 //! activities (standing, walking, running…).
 //!
-//! Built so far, with no I/O:
-//! - [`dataset`]: labelled windows from the UEA/sktime `.ts` format;
+//! Built so far, with no I/O below the binary:
+//! - [`dataset`]: labelled windows from the UEA/sktime `.ts` format and CSV;
 //! - [`features`]: the feature vector of a window (statistics, correlations,
-//!   jerk, spectrum, gravity angles), resampled to the model's rate.
+//!   jerk, spectrum, gravity angles), resampled to the model's rate;
+//! - [`model`]: a linfa Gaussian naive Bayes model chosen by cross-validation,
+//!   its versioned artifact, evaluation.
 //!
-//! The linfa model, `train`/`eval`, `serve` and `replay` come next (see the
-//! enrichment issue); until then this crate has no binary.
+//! The binary has `train` and `eval`; `serve` and `replay` come next (see
+//! the enrichment issue).
 
 pub mod dataset;
 pub mod features;
+pub mod model;

@@ -1,0 +1,132 @@
+//! `enrich-activity`: train and evaluate the activity model.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use enrich_activity::dataset;
+use enrich_activity::features::FeatureSpec;
+use enrich_activity::model::{confusion_text, train, Model};
+
+/// Activity tagging of motion windows (standing, walking, running…).
+///
+/// `train` fits a model on labelled windows and writes a versioned artifact;
+/// `eval` measures a model on labelled windows. Data files are UEA/sktime
+/// `.ts` files (like data/BasicMotions_TRAIN.ts, 10 Hz) or CSV files with the
+/// header `window,label,rate_hz,acc_x,acc_y,acc_z,gyr_x,gyr_y,gyr_z`.
+/// (`serve` and `replay` are not built yet.)
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train on labelled windows: prints k-fold accuracy per candidate and the
+    /// confusion matrix, writes the chosen model.
+    Train {
+        /// Labelled data files (.ts or .csv).
+        #[arg(long, required = true, num_args = 1..)]
+        data: Vec<PathBuf>,
+        /// Where to write the model artifact (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the fold assignment; the same seed gives the same model.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Folds of the cross-validation.
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        /// Sample rate of the series in .ts files.
+        #[arg(long, default_value_t = 10.0)]
+        ts_rate_hz: f64,
+    },
+    /// Evaluate a model: accuracy, per-class precision and recall, confusion matrix.
+    Eval {
+        #[arg(long, required = true, num_args = 1..)]
+        data: Vec<PathBuf>,
+        #[arg(long)]
+        model: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 10.0)]
+        ts_rate_hz: f64,
+    },
+}
+
+fn load(paths: &[PathBuf], rate: f64) -> Result<Vec<dataset::LabelledWindow>, String> {
+    let mut all = Vec::new();
+    for p in paths {
+        all.extend(dataset::read(p, rate)?);
+    }
+    Ok(all)
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let spec = FeatureSpec::default();
+    match cli.command {
+        Command::Train {
+            data,
+            out,
+            seed,
+            folds,
+            ts_rate_hz,
+        } => {
+            let windows = load(&data, ts_rate_hz)?;
+            eprintln!(
+                "training on {} windows, {folds}-fold cross-validation, seed {seed}",
+                windows.len()
+            );
+            let (model, report) = train(&windows, &spec, seed, folds)?;
+            println!("{:<48} {:>9} {:>14}", "candidate", "accuracy", "µs per window");
+            for (name, acc, us) in &report.candidates {
+                println!("{name:<48} {acc:>9.3} {us:>14.1}");
+            }
+            println!(
+                "\nchosen: {} (cross-validated accuracy {:.3})\n",
+                model.description, model.cv_accuracy
+            );
+            print!("{}", confusion_text(&model.labels, &report.confusion));
+            std::fs::write(&out, model.to_json()).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+            println!("\nwrote {} (model_version {})", out.display(), model.model_version);
+        }
+        Command::Eval {
+            data,
+            model,
+            json,
+            ts_rate_hz,
+        } => {
+            let text = std::fs::read_to_string(&model).map_err(|e| format!("cannot read {}: {e}", model.display()))?;
+            let model = Model::from_json(&text, &spec).map_err(|e| format!("{}: {e}", model.display()))?;
+            let eval = model.evaluate(&load(&data, ts_rate_hz)?, &spec);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&eval).expect("serializes"));
+            } else {
+                println!(
+                    "model {} on {} windows: accuracy {:.3}\n",
+                    eval.model_version, eval.windows, eval.accuracy
+                );
+                println!("{:<12} {:>9} {:>7}", "label", "precision", "recall");
+                for (label, p, r) in &eval.per_class {
+                    println!("{label:<12} {p:>9.3} {r:>7.3}");
+                }
+                println!();
+                print!("{}", confusion_text(&eval.labels, &eval.confusion));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("enrich-activity: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

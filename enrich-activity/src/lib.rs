@@ -14,3 +14,4 @@
 pub mod dataset;
 pub mod features;
 pub mod model;
+pub mod serve;

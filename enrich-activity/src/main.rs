@@ -14,7 +14,8 @@ use enrich_activity::model::{confusion_text, train, Model};
 /// `eval` measures a model on labelled windows. Data files are UEA/sktime
 /// `.ts` files (like data/BasicMotions_TRAIN.ts, 10 Hz) or CSV files with the
 /// header `window,label,rate_hz,acc_x,acc_y,acc_z,gyr_x,gyr_y,gyr_z`.
-/// (`serve` and `replay` are not built yet.)
+/// `serve` tags every window of context.motion.v1 into context.activity.v1.
+/// (`replay` is not built yet.)
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -43,6 +44,22 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         ts_rate_hz: f64,
     },
+    /// Tag the motion windows of Kafka with the model, until SIGTERM; a changed
+    /// model file is picked up without a restart.
+    Serve {
+        #[arg(long, env = "ENRICH_MODEL")]
+        model: PathBuf,
+        #[arg(long, env = "ENRICH_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+        kafka_bootstrap: String,
+        #[arg(long, env = "ENRICH_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+        registry_url: String,
+        #[arg(long, env = "ENRICH_MOTION_TOPIC", default_value = "context.motion.v1")]
+        motion_topic: String,
+        #[arg(long, env = "ENRICH_ACTIVITY_TOPIC", default_value = "context.activity.v1")]
+        activity_topic: String,
+        #[arg(long, env = "ENRICH_GROUP_ID", default_value = "enrich-activity")]
+        group_id: String,
+    },
     /// Evaluate a model: accuracy, per-class precision and recall, confusion matrix.
     Eval {
         #[arg(long, required = true, num_args = 1..)]
@@ -68,6 +85,39 @@ fn load(paths: &[PathBuf], rate: f64) -> Result<Vec<dataset::LabelledWindow>, St
 fn run(cli: Cli) -> Result<(), String> {
     let spec = FeatureSpec::default();
     match cli.command {
+        Command::Serve {
+            model,
+            kafka_bootstrap,
+            registry_url,
+            motion_topic,
+            activity_topic,
+            group_id,
+        } => {
+            context_runtime::init_tracing();
+            let settings = enrich_activity::serve::ServeSettings {
+                kafka_bootstrap,
+                registry_url,
+                motion_topic,
+                activity_topic,
+                group_id,
+                model_path: model,
+                max_batch: 500,
+                session_timeout_ms: 10_000,
+            };
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let (stop, rx) = tokio::sync::watch::channel(false);
+                let task = tokio::spawn(enrich_activity::serve::run(settings, rx));
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .map_err(|e| e.to_string())?;
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                let _ = stop.send(true);
+                task.await.map_err(|e| e.to_string())?.map_err(|e| format!("{e:#}"))
+            })?;
+        }
         Command::Train {
             data,
             out,

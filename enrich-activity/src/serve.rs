@@ -73,6 +73,84 @@ pub fn tag(model: &Model, spec: &FeatureSpec, w: &MotionWindow) -> ActivityTag {
     }
 }
 
+/// Decodes motion windows, tags them and produces the tags, waiting for
+/// every acknowledgement. Shared by `serve` and `replay`.
+pub struct Tagger {
+    registry: RegistryClient,
+    producer: FutureProducer,
+    tag_schema_id: u32,
+    activity_topic: String,
+}
+
+impl Tagger {
+    pub async fn new(kafka_bootstrap: &str, registry_url: &str, activity_topic: &str) -> anyhow::Result<Self> {
+        let registry = RegistryClient::new(registry_url)?;
+        let tag_schema_id = registry
+            .register(&format!("{activity_topic}-value"), ActivityTag::AVSC)
+            .await?;
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_bootstrap)
+            .set("acks", "all")
+            .set("compression.type", "zstd")
+            .create()?;
+        Ok(Tagger {
+            registry,
+            producer,
+            tag_schema_id,
+            activity_topic: activity_topic.to_owned(),
+        })
+    }
+
+    /// Tags every decodable window of `batch`; returns once Kafka acknowledged all tags.
+    pub async fn process(&self, model: &Arc<Model>, batch: &[rdkafka::message::OwnedMessage]) -> anyhow::Result<usize> {
+        let (registry, producer, tag_schema_id) = (&self.registry, &self.producer, self.tag_schema_id);
+        // Decode, then features and inference off the reactor.
+        let mut windows = Vec::with_capacity(batch.len());
+        for msg in batch {
+            match registry.decode::<MotionWindow>(msg.payload().unwrap_or_default()).await {
+                Ok((_, w)) => windows.push(Some(w)),
+                Err(e) => {
+                    tracing::warn!(error = %e, offset = msg.offset(), "undecodable motion window skipped");
+                    metrics::counter!("enrich_undecodable_total").increment(1);
+                    windows.push(None);
+                }
+            }
+        }
+        let (m, started) = (model.clone(), std::time::Instant::now());
+        let tags: Vec<Option<ActivityTag>> = tokio::task::spawn_blocking(move || {
+            let spec = FeatureSpec::default();
+            windows.iter().map(|w| w.as_ref().map(|w| tag(&m, &spec, w))).collect()
+        })
+        .await?;
+        metrics::histogram!("enrich_inference_seconds").record(started.elapsed().as_secs_f64() / batch.len() as f64);
+        let mut pending = Vec::new();
+        for t in tags.iter().flatten() {
+            let payload = t.to_wire(tag_schema_id)?;
+            let key = t.install_id.to_string();
+            let delivery = producer
+                .send_result(FutureRecord::to(&self.activity_topic).key(&key).payload(&payload))
+                .map_err(|(e, _)| anyhow::anyhow!("queueing a tag failed: {e}"))?;
+            pending.push(delivery);
+            metrics::counter!("enrich_windows_tagged_total", "activity" => t.activity.clone(), "model_version" => t.model_version.clone()).increment(1);
+        }
+        for p in pending {
+            p.await?
+                .map_err(|(e, _)| anyhow::anyhow!("producing a tag failed: {e}"))?;
+        }
+        Ok(tags.iter().flatten().count())
+    }
+}
+
+/// Commits the offsets after the records of `batch`.
+pub fn commit_after<C: Consumer>(consumer: &C, batch: &[rdkafka::message::OwnedMessage]) -> anyhow::Result<()> {
+    let mut tpl = TopicPartitionList::new();
+    for msg in batch {
+        tpl.add_partition_offset(msg.topic(), msg.partition(), Offset::Offset(msg.offset() + 1))?;
+    }
+    consumer.commit(&tpl, CommitMode::Sync)?;
+    Ok(())
+}
+
 /// Runs until `shutdown` turns true.
 pub async fn run(s: ServeSettings, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let spec = FeatureSpec::default();
@@ -83,10 +161,7 @@ pub async fn run(s: ServeSettings, mut shutdown: watch::Receiver<bool>) -> anyho
     let mut model = Arc::new(load(&s.model_path)?);
     let mut model_mtime = modified(&s.model_path);
     tracing::info!(model_version = %model.model_version, "serving");
-    let registry = RegistryClient::new(&s.registry_url)?;
-    let tag_schema_id = registry
-        .register(&format!("{}-value", s.activity_topic), ActivityTag::AVSC)
-        .await?;
+    let tagger = Tagger::new(&s.kafka_bootstrap, &s.registry_url, &s.activity_topic).await?;
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &s.kafka_bootstrap)
         .set("group.id", &s.group_id)
@@ -95,11 +170,6 @@ pub async fn run(s: ServeSettings, mut shutdown: watch::Receiver<bool>) -> anyho
         .set("session.timeout.ms", s.session_timeout_ms.to_string())
         .create()?;
     consumer.subscribe(&[&s.motion_topic])?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &s.kafka_bootstrap)
-        .set("acks", "all")
-        .set("compression.type", "zstd")
-        .create()?;
     loop {
         // Collect a batch: up to max_batch records or 200 ms after the first.
         let mut batch = Vec::new();
@@ -133,43 +203,7 @@ pub async fn run(s: ServeSettings, mut shutdown: watch::Receiver<bool>) -> anyho
             }
             continue;
         }
-        // Decode, then features and inference off the reactor.
-        let mut windows = Vec::with_capacity(batch.len());
-        for msg in &batch {
-            match registry.decode::<MotionWindow>(msg.payload().unwrap_or_default()).await {
-                Ok((_, w)) => windows.push(Some(w)),
-                Err(e) => {
-                    tracing::warn!(error = %e, offset = msg.offset(), "undecodable motion window skipped");
-                    metrics::counter!("enrich_undecodable_total").increment(1);
-                    windows.push(None);
-                }
-            }
-        }
-        let (m, started) = (model.clone(), std::time::Instant::now());
-        let tags: Vec<Option<ActivityTag>> = tokio::task::spawn_blocking(move || {
-            let spec = FeatureSpec::default();
-            windows.iter().map(|w| w.as_ref().map(|w| tag(&m, &spec, w))).collect()
-        })
-        .await?;
-        metrics::histogram!("enrich_inference_seconds").record(started.elapsed().as_secs_f64() / batch.len() as f64);
-        let mut pending = Vec::new();
-        for t in tags.iter().flatten() {
-            let payload = t.to_wire(tag_schema_id)?;
-            let key = t.install_id.to_string();
-            let delivery = producer
-                .send_result(FutureRecord::to(&s.activity_topic).key(&key).payload(&payload))
-                .map_err(|(e, _)| anyhow::anyhow!("queueing a tag failed: {e}"))?;
-            pending.push(delivery);
-            metrics::counter!("enrich_windows_tagged_total", "activity" => t.activity.clone(), "model_version" => t.model_version.clone()).increment(1);
-        }
-        for p in pending {
-            p.await?
-                .map_err(|(e, _)| anyhow::anyhow!("producing a tag failed: {e}"))?;
-        }
-        let mut tpl = TopicPartitionList::new();
-        for msg in &batch {
-            tpl.add_partition_offset(msg.topic(), msg.partition(), Offset::Offset(msg.offset() + 1))?;
-        }
-        consumer.commit(&tpl, CommitMode::Sync)?;
+        tagger.process(&model, &batch).await?;
+        commit_after(&consumer, &batch)?;
     }
 }

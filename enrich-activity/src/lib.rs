@@ -14,4 +14,5 @@
 pub mod dataset;
 pub mod features;
 pub mod model;
+pub mod replay;
 pub mod serve;

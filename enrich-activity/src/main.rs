@@ -14,8 +14,9 @@ use enrich_activity::model::{confusion_text, train, Model};
 /// `eval` measures a model on labelled windows. Data files are UEA/sktime
 /// `.ts` files (like data/BasicMotions_TRAIN.ts, 10 Hz) or CSV files with the
 /// header `window,label,rate_hz,acc_x,acc_y,acc_z,gyr_x,gyr_y,gyr_z`.
-/// `serve` tags every window of context.motion.v1 into context.activity.v1.
-/// (`replay` is not built yet.)
+/// `serve` tags every window of context.motion.v1 into context.activity.v1;
+/// `replay` re-tags a range of history with another model through its own
+/// consumer group, resumable, with `--dry-run` to see the offset ranges first.
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -59,6 +60,32 @@ enum Command {
         activity_topic: String,
         #[arg(long, env = "ENRICH_GROUP_ID", default_value = "enrich-activity")]
         group_id: String,
+    },
+    /// Re-tag history with a model version, beside the tags of other versions.
+    Replay {
+        #[arg(long, env = "ENRICH_MODEL")]
+        model: PathBuf,
+        /// earliest, latest, an RFC 3339 time, or partition:offset,...
+        #[arg(long)]
+        from: String,
+        /// Where to stop (exclusive); default: the end of the topic at start.
+        #[arg(long, default_value = "latest")]
+        to: String,
+        /// Only print the offset ranges and the record count.
+        #[arg(long)]
+        dry_run: bool,
+        /// Consumer group (default enrich-activity-replay-<model_version>);
+        /// running again with the same group resumes.
+        #[arg(long)]
+        group_id: Option<String>,
+        #[arg(long, env = "ENRICH_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+        kafka_bootstrap: String,
+        #[arg(long, env = "ENRICH_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+        registry_url: String,
+        #[arg(long, env = "ENRICH_MOTION_TOPIC", default_value = "context.motion.v1")]
+        motion_topic: String,
+        #[arg(long, env = "ENRICH_ACTIVITY_TOPIC", default_value = "context.activity.v1")]
+        activity_topic: String,
     },
     /// Evaluate a model: accuracy, per-class precision and recall, confusion matrix.
     Eval {
@@ -142,6 +169,55 @@ fn run(cli: Cli) -> Result<(), String> {
             print!("{}", confusion_text(&model.labels, &report.confusion));
             std::fs::write(&out, model.to_json()).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
             println!("\nwrote {} (model_version {})", out.display(), model.model_version);
+        }
+        Command::Replay {
+            model,
+            from,
+            to,
+            dry_run,
+            group_id,
+            kafka_bootstrap,
+            registry_url,
+            motion_topic,
+            activity_topic,
+        } => {
+            use enrich_activity::replay::{self, Bound, ReplaySettings};
+            let text = std::fs::read_to_string(&model).map_err(|e| format!("cannot read {}: {e}", model.display()))?;
+            let version = Model::from_json(&text, &spec)
+                .map_err(|e| format!("{}: {e}", model.display()))?
+                .model_version;
+            let settings = ReplaySettings {
+                kafka_bootstrap,
+                registry_url,
+                motion_topic,
+                activity_topic,
+                model_path: model,
+                from: Bound::parse(&from)?,
+                to: Bound::parse(&to)?,
+                group_id,
+                max_batch: 500,
+                progress: true,
+            };
+            let plan = replay::plan(&settings, &version).map_err(|e| format!("{e:#}"))?;
+            eprintln!("{}", plan.describe());
+            if !dry_run {
+                let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+                let started = std::time::Instant::now();
+                let tagged = runtime.block_on(async {
+                    let (stop, rx) = tokio::sync::watch::channel(false);
+                    let task = tokio::spawn(replay::run(settings, rx));
+                    tokio::spawn(async move {
+                        let _ = tokio::signal::ctrl_c().await;
+                        let _ = stop.send(true);
+                    });
+                    task.await.map_err(|e| e.to_string())?.map_err(|e| format!("{e:#}"))
+                })?;
+                let secs = started.elapsed().as_secs_f64();
+                println!(
+                    "tagged {tagged} windows with {version} in {secs:.1} s ({:.0} events/s)",
+                    tagged as f64 / secs.max(1e-3)
+                );
+            }
         }
         Command::Eval {
             data,

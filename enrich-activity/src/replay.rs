@@ -1,0 +1,258 @@
+//! `replay`: re-tags history with another model version.
+//!
+//! It reads `context.motion.v1` between two bounds (earliest, latest, a
+//! time, or explicit `partition:offset` lists) through its own consumer group
+//! (`enrich-activity-replay-<model_version>` unless given), so the live
+//! `serve` group never moves. Offsets are committed after each batch's tags
+//! are acknowledged, so an interrupted replay resumes where it stopped.
+//! Tags carry the new `model_version` and sit beside the old ones.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::features::FeatureSpec;
+use crate::model::Model;
+use crate::serve::{commit_after, Tagger};
+
+/// Where a replay starts or ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Bound {
+    Earliest,
+    Latest,
+    /// Milliseconds since the epoch (Kafka record time).
+    Time(i64),
+    Offsets(BTreeMap<i32, i64>),
+}
+
+impl Bound {
+    /// `earliest`, `latest`, an RFC 3339 time, or `0:120,1:98`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "earliest" => return Ok(Bound::Earliest),
+            "latest" => return Ok(Bound::Latest),
+            _ => {}
+        }
+        if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+            return Ok(Bound::Time((t.unix_timestamp_nanos() / 1_000_000) as i64));
+        }
+        let mut offsets = BTreeMap::new();
+        for part in s.split(',') {
+            let (p, o) = part
+                .split_once(':')
+                .ok_or_else(|| format!("`{s}` is not earliest, latest, an RFC 3339 time or partition:offset,..."))?;
+            let p: i32 = p.trim().parse().map_err(|_| format!("`{p}` is not a partition"))?;
+            let o: i64 = o.trim().parse().map_err(|_| format!("`{o}` is not an offset"))?;
+            offsets.insert(p, o);
+        }
+        Ok(Bound::Offsets(offsets))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplaySettings {
+    pub kafka_bootstrap: String,
+    pub registry_url: String,
+    pub motion_topic: String,
+    pub activity_topic: String,
+    pub model_path: PathBuf,
+    pub from: Bound,
+    pub to: Bound,
+    /// Default: `enrich-activity-replay-<model_version>`.
+    pub group_id: Option<String>,
+    pub max_batch: usize,
+    /// Print progress to stderr about every second.
+    pub progress: bool,
+}
+
+/// The offsets a replay covers: per partition `[start, end)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub group_id: String,
+    pub model_version: String,
+    pub ranges: BTreeMap<i32, (i64, i64)>,
+}
+
+impl Plan {
+    pub fn total(&self) -> i64 {
+        self.ranges.values().map(|(s, e)| (e - s).max(0)).sum()
+    }
+
+    pub fn describe(&self) -> String {
+        let mut out = format!("replay with model {} as group {}\n", self.model_version, self.group_id);
+        for (p, (s, e)) in &self.ranges {
+            out.push_str(&format!(
+                "  partition {p}: offsets {s}..{e} ({} records)\n",
+                (e - s).max(0)
+            ));
+        }
+        out.push_str(&format!("  total: {} records", self.total()));
+        out
+    }
+}
+
+fn load_model(path: &PathBuf) -> anyhow::Result<Model> {
+    let text = std::fs::read_to_string(path)?;
+    Model::from_json(&text, &FeatureSpec::default()).map_err(anyhow::Error::msg)
+}
+
+fn resolve(
+    c: &BaseConsumer,
+    topic: &str,
+    bound: &Bound,
+    parts: &[i32],
+    marks: &BTreeMap<i32, (i64, i64)>,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let timeout = Duration::from_secs(10);
+    Ok(match bound {
+        Bound::Earliest => parts.iter().map(|p| (*p, marks[p].0)).collect(),
+        Bound::Latest => parts.iter().map(|p| (*p, marks[p].1)).collect(),
+        Bound::Offsets(o) => parts
+            .iter()
+            .map(|p| (*p, o.get(p).copied().unwrap_or(marks[p].1)))
+            .collect(),
+        Bound::Time(ms) => {
+            let mut tpl = TopicPartitionList::new();
+            for p in parts {
+                tpl.add_partition_offset(topic, *p, Offset::Offset(*ms))?;
+            }
+            let found = c.offsets_for_times(tpl, timeout)?;
+            parts
+                .iter()
+                .map(|p| {
+                    let o = found
+                        .find_partition(topic, *p)
+                        .and_then(|e| match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        })
+                        .unwrap_or(marks[p].1);
+                    (*p, o)
+                })
+                .collect()
+        }
+    })
+}
+
+/// Works out the offset ranges, resuming from the group's commits.
+pub fn plan(s: &ReplaySettings, model_version: &str) -> anyhow::Result<Plan> {
+    let group_id = s
+        .group_id
+        .clone()
+        .unwrap_or_else(|| format!("enrich-activity-replay-{model_version}"));
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &s.kafka_bootstrap)
+        .set("group.id", &group_id)
+        .create()?;
+    let timeout = Duration::from_secs(10);
+    let md = c.fetch_metadata(Some(&s.motion_topic), timeout)?;
+    let parts: Vec<i32> = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == s.motion_topic)
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    anyhow::ensure!(!parts.is_empty(), "topic {} has no partitions", s.motion_topic);
+    let mut marks = BTreeMap::new();
+    for p in &parts {
+        marks.insert(*p, c.fetch_watermarks(&s.motion_topic, *p, timeout)?);
+    }
+    let start = resolve(&c, &s.motion_topic, &s.from, &parts, &marks)?;
+    let end = resolve(&c, &s.motion_topic, &s.to, &parts, &marks)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in &parts {
+        tpl.add_partition(&s.motion_topic, *p);
+    }
+    let committed = c.committed_offsets(tpl, timeout)?;
+    let mut ranges = BTreeMap::new();
+    for p in parts {
+        let mut from = start[&p];
+        if let Some(Offset::Offset(done)) = committed.find_partition(&s.motion_topic, p).map(|e| e.offset()) {
+            if done > from && done <= end[&p] {
+                from = done; // resume
+            }
+        }
+        ranges.insert(p, (from, end[&p].max(from)));
+    }
+    Ok(Plan {
+        group_id,
+        model_version: model_version.to_owned(),
+        ranges,
+    })
+}
+
+/// Replays the plan; returns the number of tags written. Stops early (and
+/// can be resumed) when `shutdown` turns true.
+pub async fn run(s: ReplaySettings, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<usize> {
+    let model = Arc::new(load_model(&s.model_path)?);
+    let plan = {
+        let (s, v) = (s.clone(), model.model_version.clone());
+        tokio::task::spawn_blocking(move || plan(&s, &v)).await??
+    };
+    let total = plan.total();
+    if total == 0 {
+        return Ok(0);
+    }
+    let tagger = Tagger::new(&s.kafka_bootstrap, &s.registry_url, &s.activity_topic).await?;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &s.kafka_bootstrap)
+        .set("group.id", &plan.group_id)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    let mut open: BTreeMap<i32, i64> = BTreeMap::new();
+    for (p, (start, end)) in &plan.ranges {
+        if start < end {
+            tpl.add_partition_offset(&s.motion_topic, *p, Offset::Offset(*start))?;
+            open.insert(*p, *end);
+        }
+    }
+    consumer.assign(&tpl)?;
+    let (started, mut last_report, mut done, mut tagged) = (Instant::now(), Instant::now(), 0i64, 0usize);
+    while !open.is_empty() {
+        let mut batch = Vec::new();
+        while batch.len() < s.max_batch && !open.is_empty() {
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(tagged),
+                r = tokio::time::timeout(Duration::from_millis(300), consumer.recv()) => match r {
+                    Err(_) => break,
+                    Ok(Err(e)) => { tracing::warn!(error = %e, "consumer error"); break }
+                    Ok(Ok(msg)) => {
+                        let (p, o) = (msg.partition(), msg.offset());
+                        let Some(&end) = open.get(&p) else { continue };
+                        if o >= end {
+                            open.remove(&p);
+                            continue;
+                        }
+                        if o + 1 >= end {
+                            open.remove(&p);
+                        }
+                        batch.push(msg.detach());
+                    }
+                }
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        tagged += tagger.process(&model, &batch).await?;
+        commit_after(&consumer, &batch)?;
+        done += batch.len() as i64;
+        if s.progress && (last_report.elapsed() >= Duration::from_secs(1) || open.is_empty()) {
+            last_report = Instant::now();
+            let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            let eta = (total - done).max(0) as f64 / rate.max(1e-3);
+            eprintln!(
+                "replay: {done}/{total} ({:.0}%), {rate:.0} events/s, ETA {eta:.0} s",
+                100.0 * done as f64 / total as f64
+            );
+        }
+    }
+    Ok(tagged)
+}

@@ -1,0 +1,126 @@
+//! `replay` against the real broker: a time range re-tagged with a second
+//! model, exactly the events of that range, resumed after being killed midway.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use context_integration::{consume_n, consumer, create_topic, producer, unique};
+use context_schemas::sample::{self, SampleOptions};
+use context_schemas::{ActivityTag, AvroRecord, MotionWindow};
+use enrich_activity::dataset::parse_ts;
+use enrich_activity::features::FeatureSpec;
+use enrich_activity::model::train;
+use enrich_activity::replay::{plan, run, Bound, ReplaySettings};
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::FutureRecord;
+use schema_registry::RegistryClient;
+
+fn registry_url() -> String {
+    std::env::var("SCHEMA_REGISTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".into())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_a_time_range_with_a_new_model_and_resume_after_a_kill() {
+    let (motion, activity) = (unique("it_rmotion"), unique("it_ractivity"));
+    create_topic(&motion, 2).await.unwrap();
+    create_topic(&activity, 1).await.unwrap();
+    let registry = RegistryClient::new(&registry_url()).unwrap();
+    let id = registry
+        .register(&format!("{motion}-value"), MotionWindow::AVSC)
+        .await
+        .unwrap();
+    let p = producer().unwrap();
+    let produce = |seed: u64, n: u64| {
+        let p = p.clone();
+        let motion = motion.clone();
+        async move {
+            let mut ids = HashSet::new();
+            for i in 0..n {
+                let w = MotionWindow::from_event(&sample::event(seed * 100 + i, &SampleOptions::default())).unwrap();
+                ids.insert(w.event_id);
+                let payload = w.to_wire(id).unwrap();
+                p.send(
+                    FutureRecord::to(&motion)
+                        .key(&w.install_id.to_string())
+                        .payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+            }
+            ids
+        }
+    };
+    produce(1, 15).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let t1 = now_ms();
+    let middle = produce(2, 120).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let t2 = now_ms();
+    produce(3, 15).await;
+
+    let data = parse_ts(include_str!("../data/BasicMotions_TRAIN.ts"), 10.0).unwrap();
+    let (model, _) = train(&data, &FeatureSpec::default(), 99, 4).unwrap();
+    let model_path = std::env::temp_dir().join(format!("{}.json", unique("model_b")));
+    std::fs::write(&model_path, model.to_json()).unwrap();
+    let settings = ReplaySettings {
+        kafka_bootstrap: context_integration::kafka_bootstrap(),
+        registry_url: registry_url(),
+        motion_topic: motion.clone(),
+        activity_topic: activity.clone(),
+        model_path,
+        from: Bound::Time(t1),
+        to: Bound::Time(t2),
+        group_id: Some(unique("it_replay")),
+        max_batch: 1,
+        progress: false,
+    };
+    // --dry-run shows exactly the middle range.
+    let planned = plan(&settings, &model.model_version).unwrap();
+    assert_eq!(planned.total(), 120, "{}", planned.describe());
+
+    // Killed midway: abort the task once some tags are out.
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    let first = tokio::spawn(run(settings.clone(), rx.clone()));
+    let c = consumer(&unique("it_rtags")).unwrap();
+    c.subscribe(&[&activity]).unwrap();
+    let mut tags = consume_n(&c, 1, Duration::from_secs(60)).await.unwrap();
+    first.abort();
+    let _ = first.await;
+    let left = plan(&settings, &model.model_version).unwrap().total();
+    assert!(left > 0 && left < 120, "killed at {left} records left: not midway");
+
+    // Resumed: the rest of the range, and nothing outside it.
+    let resumed = run(settings.clone(), rx).await.unwrap();
+    assert!(
+        resumed as i64 >= left && (resumed as i64) < 120,
+        "resumed {resumed} with {left} left"
+    );
+    let mut seen = HashSet::new();
+    loop {
+        for (_, value) in &tags {
+            let (_, t) = registry.decode::<ActivityTag>(value).await.unwrap();
+            assert_eq!(t.model_version, model.model_version);
+            assert!(middle.contains(&t.event_id), "tagged an event outside the range");
+            seen.insert(t.event_id);
+        }
+        if seen == middle {
+            break;
+        }
+        tags = consume_n(&c, 1, Duration::from_secs(60)).await.unwrap();
+    }
+    assert_eq!(seen, middle);
+    assert_eq!(
+        plan(&settings, &model.model_version).unwrap().total(),
+        0,
+        "the replay is complete"
+    );
+}

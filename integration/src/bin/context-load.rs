@@ -82,6 +82,9 @@ enum Command {
         /// Schema id to put in the wire format.
         #[arg(long, default_value_t = 1)]
         schema_id: u32,
+        /// Send each event's MotionWindow (for context.motion.v1) instead of the event.
+        #[arg(long)]
+        motion: bool,
     },
 }
 
@@ -229,7 +232,14 @@ async fn http(
     Ok(())
 }
 
-async fn kafka(bootstrap: String, topic: String, records: usize, motion_seconds: f64, schema_id: u32) -> Result<()> {
+async fn kafka(
+    bootstrap: String,
+    topic: String,
+    records: usize,
+    motion_seconds: f64,
+    schema_id: u32,
+    motion: bool,
+) -> Result<()> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("acks", "all")
@@ -241,7 +251,14 @@ async fn kafka(bootstrap: String, topic: String, records: usize, motion_seconds:
     let payloads: Vec<(String, Vec<u8>)> = (0..records)
         .map(|i| {
             let e = &events(7_000_000 + i as u64, 1, motion_seconds, "load")[0];
-            (e.install_id.to_string(), e.to_wire(schema_id).expect("encode"))
+            let payload = if motion {
+                context_schemas::MotionWindow::from_event(e)
+                    .expect("sample events carry motion")
+                    .to_wire(schema_id)
+            } else {
+                e.to_wire(schema_id)
+            };
+            (e.install_id.to_string(), payload.expect("encode"))
         })
         .collect();
     let bytes: usize = payloads.iter().map(|(_, p)| p.len()).sum();
@@ -317,6 +334,7 @@ async fn main() -> Result<()> {
             records,
             motion_seconds,
             schema_id,
-        } => kafka(bootstrap, topic, records, motion_seconds, schema_id).await,
+            motion,
+        } => kafka(bootstrap, topic, records, motion_seconds, schema_id, motion).await,
     }
 }

@@ -60,6 +60,9 @@ enum Command {
         activity_topic: String,
         #[arg(long, env = "ENRICH_GROUP_ID", default_value = "enrich-activity")]
         group_id: String,
+        /// /healthz, /readyz and /metrics.
+        #[arg(long, env = "ENRICH_ADMIN_LISTEN", default_value = "127.0.0.1:9103")]
+        admin_listen: std::net::SocketAddr,
     },
     /// Re-tag history with a model version, beside the tags of other versions.
     Replay {
@@ -119,6 +122,7 @@ fn run(cli: Cli) -> Result<(), String> {
             motion_topic,
             activity_topic,
             group_id,
+            admin_listen,
         } => {
             context_runtime::init_tracing();
             let settings = enrich_activity::serve::ServeSettings {
@@ -130,11 +134,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 model_path: model,
                 max_batch: 500,
                 session_timeout_ms: 10_000,
+                admin_listen,
             };
             let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
             runtime.block_on(async {
                 let (stop, rx) = tokio::sync::watch::channel(false);
-                let task = tokio::spawn(enrich_activity::serve::run(settings, rx));
+                let metrics = context_runtime::install_metrics();
+                let task = tokio::spawn(enrich_activity::serve::run(settings, metrics, rx));
                 let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .map_err(|e| e.to_string())?;
                 tokio::select! {

@@ -33,6 +33,8 @@ pub struct ServeSettings {
     pub model_path: PathBuf,
     pub max_batch: usize,
     pub session_timeout_ms: u64,
+    /// /healthz, /readyz, /metrics.
+    pub admin_listen: std::net::SocketAddr,
 }
 
 fn now_micros() -> i64 {
@@ -151,8 +153,33 @@ pub fn commit_after<C: Consumer>(consumer: &C, batch: &[rdkafka::message::OwnedM
     Ok(())
 }
 
-/// Runs until `shutdown` turns true.
-pub async fn run(s: ServeSettings, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+/// Runs until `shutdown` turns true. `/readyz` is 200 once the model is
+/// loaded and the tag schema registered, 503 while a batch is failing.
+pub async fn run(
+    s: ServeSettings,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = ready.clone();
+    let admin = context_runtime::start_admin(s.admin_listen, metrics, move || {
+        if flag.load(std::sync::atomic::Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("starting, or the last batch failed".into())
+        }
+    })?;
+    tracing::info!(admin = %admin.addr, "admin endpoints");
+    let result = serve_loop(s, &ready, &mut shutdown).await;
+    admin.stop().await;
+    result
+}
+
+async fn serve_loop(
+    s: ServeSettings,
+    ready: &std::sync::atomic::AtomicBool,
+    shutdown: &mut watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let spec = FeatureSpec::default();
     let load = |path: &PathBuf| -> anyhow::Result<Model> {
         let text = std::fs::read_to_string(path)?;
@@ -170,6 +197,7 @@ pub async fn run(s: ServeSettings, mut shutdown: watch::Receiver<bool>) -> anyho
         .set("session.timeout.ms", s.session_timeout_ms.to_string())
         .create()?;
     consumer.subscribe(&[&s.motion_topic])?;
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     loop {
         // Collect a batch: up to max_batch records or 200 ms after the first.
         let mut batch = Vec::new();
@@ -203,7 +231,9 @@ pub async fn run(s: ServeSettings, mut shutdown: watch::Receiver<bool>) -> anyho
             }
             continue;
         }
-        tagger.process(&model, &batch).await?;
+        let processed = tagger.process(&model, &batch).await;
+        ready.store(processed.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        processed?;
         commit_after(&consumer, &batch)?;
     }
 }

@@ -66,7 +66,9 @@ async fn serve_tags_every_window_once() {
             model_path,
             max_batch: 8,
             session_timeout_ms: 6000,
+            admin_listen: "127.0.0.1:19103".parse().unwrap(),
         },
+        context_runtime::install_metrics(),
         rx,
     ));
 
@@ -82,6 +84,19 @@ async fn serve_tags_every_window_once() {
         assert!(tagged.insert(t.event_id), "tagged twice");
     }
     assert_eq!(tagged, sent);
+    let get = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", &format!("http://127.0.0.1:19103{path}")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(get("/readyz").ends_with("200"));
+    let metrics = get("/metrics");
+    assert!(
+        metrics.contains("enrich_windows_tagged_total{") && metrics.contains(&model.model_version),
+        "{metrics}"
+    );
     let _ = stop.send(true);
     task.await.unwrap().unwrap();
 }

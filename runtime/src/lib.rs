@@ -1,6 +1,6 @@
-//! What every service binary starts with, in one place: logs (JSON when not
-//! on a terminal), the Prometheus recorder, and reading its TOML
-//! configuration file. Libraries never call these; binaries do.
+//! What every service starts with, in one place: logs (JSON when not on a
+//! terminal), the Prometheus recorder, reading its TOML configuration file,
+//! and the admin endpoints `/healthz`, `/readyz`, `/metrics`.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -40,4 +40,65 @@ pub fn read_config<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result
             toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
         }
     }
+}
+
+/// The admin endpoints of a consumer service.
+pub struct Admin {
+    pub addr: std::net::SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Admin {
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+    }
+}
+
+type Readiness = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Serves `/healthz` (always 200), `/readyz` (200, or 503 with the reason
+/// `ready` gives) and `/metrics` (Prometheus text) on `addr`.
+pub fn start_admin(
+    addr: std::net::SocketAddr,
+    metrics: Option<PrometheusHandle>,
+    ready: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+) -> std::io::Result<Admin> {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    let ready: Readiness = std::sync::Arc::new(ready);
+    let (ready, metrics) = (web::Data::new(ready), web::Data::new(metrics));
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(ready.clone())
+            .app_data(metrics.clone())
+            .route("/healthz", web::get().to(|| async { HttpResponse::Ok().body("ok") }))
+            .route(
+                "/readyz",
+                web::get().to(|r: web::Data<Readiness>| async move {
+                    match (r.get_ref())() {
+                        Ok(()) => HttpResponse::Ok().body("ready"),
+                        Err(why) => HttpResponse::ServiceUnavailable().body(why),
+                    }
+                }),
+            )
+            .route(
+                "/metrics",
+                web::get().to(|m: web::Data<Option<PrometheusHandle>>| async move {
+                    HttpResponse::Ok()
+                        .content_type("text/plain; version=0.0.4")
+                        .body(m.get_ref().as_ref().map(|h| h.render()).unwrap_or_default())
+                }),
+            )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(addr)?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| std::io::Error::other("no admin address"))?;
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    Ok(Admin { addr, handle })
 }

@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
@@ -31,7 +30,7 @@ pub struct Running {
     pub health: Arc<Health>,
     stop: watch::Sender<bool>,
     sources: tokio::task::JoinHandle<anyhow::Result<()>>,
-    admin: actix_web::dev::ServerHandle,
+    admin: context_runtime::Admin,
 }
 
 impl Running {
@@ -39,21 +38,13 @@ impl Running {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         let result = self.sources.await?;
-        self.admin.stop(true).await;
+        self.admin.stop().await;
         result
     }
 
     /// Waits until the sources end on their own (an error).
     pub async fn wait(&mut self) -> anyhow::Result<()> {
         (&mut self.sources).await?
-    }
-}
-
-async fn readyz(health: web::Data<Arc<Health>>) -> HttpResponse {
-    if health.clickhouse_ok.load(Ordering::Relaxed) {
-        HttpResponse::Ok().body("ready")
-    } else {
-        HttpResponse::ServiceUnavailable().body("ClickHouse is not accepting inserts")
     }
 }
 
@@ -66,33 +57,15 @@ pub async fn start(settings: Settings, metrics: Option<PrometheusHandle>) -> any
     health.clickhouse_ok.store(ok, Ordering::Relaxed);
     let (stop, rx) = watch::channel(false);
     let sources = tokio::spawn(service::run_sources(settings.clone(), health.clone(), rx));
-    let (h, m) = (web::Data::new(health.clone()), web::Data::new(metrics));
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(h.clone())
-            .app_data(m.clone())
-            .route("/healthz", web::get().to(|| async { HttpResponse::Ok().body("ok") }))
-            .route("/readyz", web::get().to(readyz))
-            .route(
-                "/metrics",
-                web::get().to(|m: web::Data<Option<PrometheusHandle>>| async move {
-                    HttpResponse::Ok()
-                        .content_type("text/plain; version=0.0.4")
-                        .body(m.as_ref().as_ref().map(|h| h.render()).unwrap_or_default())
-                }),
-            )
-    })
-    .workers(1)
-    .disable_signals()
-    .bind(settings.admin_listen)?;
-    let admin_addr = server
-        .addrs()
-        .first()
-        .copied()
-        .ok_or_else(|| anyhow::anyhow!("no admin address"))?;
-    let server = server.run();
-    let admin = server.handle();
-    tokio::spawn(server);
+    let ready = health.clone();
+    let admin = context_runtime::start_admin(settings.admin_listen, metrics, move || {
+        if ready.clickhouse_ok.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("ClickHouse is not accepting inserts".into())
+        }
+    })?;
+    let admin_addr = admin.addr;
     tracing::info!(%admin_addr, database = %settings.database, "sink-clickhouse running");
     Ok(Running {
         admin_addr,

@@ -11,6 +11,7 @@
 //! The binary has `train` and `eval`; `serve` and `replay` come next (see
 //! the enrichment issue).
 
+pub mod config;
 pub mod dataset;
 pub mod features;
 pub mod model;

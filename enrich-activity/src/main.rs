@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use enrich_activity::config::Config;
 use enrich_activity::dataset;
 use enrich_activity::features::FeatureSpec;
 use enrich_activity::model::{confusion_text, train, Model};
@@ -48,26 +49,23 @@ enum Command {
     /// Tag the motion windows of Kafka with the model, until SIGTERM; a changed
     /// model file is picked up without a restart.
     Serve {
-        #[arg(long, env = "ENRICH_MODEL")]
-        model: PathBuf,
-        #[arg(long, env = "ENRICH_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-        kafka_bootstrap: String,
-        #[arg(long, env = "ENRICH_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
-        registry_url: String,
-        #[arg(long, env = "ENRICH_MOTION_TOPIC", default_value = "context.motion.v1")]
-        motion_topic: String,
-        #[arg(long, env = "ENRICH_ACTIVITY_TOPIC", default_value = "context.activity.v1")]
-        activity_topic: String,
-        #[arg(long, env = "ENRICH_GROUP_ID", default_value = "enrich-activity")]
-        group_id: String,
-        /// /healthz, /readyz and /metrics.
-        #[arg(long, env = "ENRICH_ADMIN_LISTEN", default_value = "127.0.0.1:9103")]
-        admin_listen: std::net::SocketAddr,
+        /// TOML file (kafka_bootstrap, registry_url, motion_topic,
+        /// activity_topic, group_id, admin_listen, model, max_batch);
+        /// ENRICH_* variables override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The model artifact (overrides the file and ENRICH_MODEL).
+        #[arg(long)]
+        model: Option<PathBuf>,
     },
     /// Re-tag history with a model version, beside the tags of other versions.
     Replay {
-        #[arg(long, env = "ENRICH_MODEL")]
-        model: PathBuf,
+        /// The same file as `serve`'s; ENRICH_* variables override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The model to tag with (overrides the file and ENRICH_MODEL).
+        #[arg(long)]
+        model: Option<PathBuf>,
         /// earliest, latest, an RFC 3339 time, or partition:offset,...
         #[arg(long)]
         from: String,
@@ -81,14 +79,6 @@ enum Command {
         /// running again with the same group resumes.
         #[arg(long)]
         group_id: Option<String>,
-        #[arg(long, env = "ENRICH_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-        kafka_bootstrap: String,
-        #[arg(long, env = "ENRICH_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
-        registry_url: String,
-        #[arg(long, env = "ENRICH_MOTION_TOPIC", default_value = "context.motion.v1")]
-        motion_topic: String,
-        #[arg(long, env = "ENRICH_ACTIVITY_TOPIC", default_value = "context.activity.v1")]
-        activity_topic: String,
     },
     /// Evaluate a model: accuracy, per-class precision and recall, confusion matrix.
     Eval {
@@ -115,26 +105,19 @@ fn load(paths: &[PathBuf], rate: f64) -> Result<Vec<dataset::LabelledWindow>, St
 fn run(cli: Cli) -> Result<(), String> {
     let spec = FeatureSpec::default();
     match cli.command {
-        Command::Serve {
-            model,
-            kafka_bootstrap,
-            registry_url,
-            motion_topic,
-            activity_topic,
-            group_id,
-            admin_listen,
-        } => {
+        Command::Serve { config, model } => {
+            let c = Config::load(config.as_deref(), model)?;
             context_runtime::init_tracing();
             let settings = enrich_activity::serve::ServeSettings {
-                kafka_bootstrap,
-                registry_url,
-                motion_topic,
-                activity_topic,
-                group_id,
-                model_path: model,
-                max_batch: 500,
-                session_timeout_ms: 10_000,
-                admin_listen,
+                kafka_bootstrap: c.kafka_bootstrap,
+                registry_url: c.registry_url,
+                motion_topic: c.motion_topic,
+                activity_topic: c.activity_topic,
+                group_id: c.group_id,
+                model_path: c.model,
+                max_batch: c.max_batch,
+                session_timeout_ms: c.session_timeout_ms,
+                admin_listen: c.admin_listen,
             };
             let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
             runtime.block_on(async {
@@ -177,31 +160,30 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("\nwrote {} (model_version {})", out.display(), model.model_version);
         }
         Command::Replay {
+            config,
             model,
             from,
             to,
             dry_run,
             group_id,
-            kafka_bootstrap,
-            registry_url,
-            motion_topic,
-            activity_topic,
         } => {
+            let c = Config::load(config.as_deref(), model)?;
+            let model = c.model.clone();
             use enrich_activity::replay::{self, Bound, ReplaySettings};
             let text = std::fs::read_to_string(&model).map_err(|e| format!("cannot read {}: {e}", model.display()))?;
             let version = Model::from_json(&text, &spec)
                 .map_err(|e| format!("{}: {e}", model.display()))?
                 .model_version;
             let settings = ReplaySettings {
-                kafka_bootstrap,
-                registry_url,
-                motion_topic,
-                activity_topic,
+                kafka_bootstrap: c.kafka_bootstrap,
+                registry_url: c.registry_url,
+                motion_topic: c.motion_topic,
+                activity_topic: c.activity_topic,
                 model_path: model,
                 from: Bound::parse(&from)?,
                 to: Bound::parse(&to)?,
                 group_id,
-                max_batch: 500,
+                max_batch: c.max_batch,
                 progress: true,
             };
             let plan = replay::plan(&settings, &version).map_err(|e| format!("{e:#}"))?;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::ops::Range;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -65,23 +66,24 @@ impl<R> Batch<R> {
     }
 }
 
-/// Inserts `rows`; when ClickHouse refuses the insert for a reason that a
-/// retry cannot fix, splits the rows in halves until the refused rows are
-/// single, inserts everything else, and returns the refused rows with the
-/// error. Retryable errors are returned as they are.
-pub async fn insert_or_isolate<R, E, F, Fut>(
-    rows: Vec<R>,
+/// Inserts rows `0..len` through `insert`, which receives index ranges into
+/// the caller's rows (so no row is copied); when ClickHouse refuses an insert
+/// for a reason that a retry cannot fix, splits the range in halves until the
+/// refused rows are single, inserts everything else, and returns the indices
+/// of the refused rows with the error. Retryable errors are returned as they are.
+pub async fn insert_or_isolate<E, F, Fut>(
+    len: usize,
     insert: &F,
     retryable: fn(&E) -> bool,
-) -> Result<Vec<(R, String)>, E>
+) -> Result<Vec<(usize, String)>, E>
 where
-    R: Clone,
     E: std::fmt::Display,
-    F: Fn(Vec<R>) -> Fut,
+    F: Fn(Range<usize>) -> Fut,
     Fut: Future<Output = Result<(), E>>,
 {
     let mut refused = Vec::new();
-    let mut stack = vec![rows];
+    let mut stack: Vec<Range<usize>> = Vec::with_capacity(16);
+    stack.push(0..len);
     while let Some(part) = stack.pop() {
         if part.is_empty() {
             continue;
@@ -89,12 +91,11 @@ where
         match insert(part.clone()).await {
             Ok(()) => {}
             Err(e) if retryable(&e) => return Err(e),
-            Err(e) if part.len() == 1 => refused.push((part.into_iter().next().expect("one row"), e.to_string())),
+            Err(e) if part.len() == 1 => refused.push((part.start, e.to_string())),
             Err(_) => {
-                let mut left = part;
-                let right = left.split_off(left.len() / 2);
-                stack.push(right);
-                stack.push(left);
+                let middle = part.start + part.len() / 2;
+                stack.push(middle..part.end);
+                stack.push(part.start..middle);
             }
         }
     }
@@ -109,10 +110,12 @@ mod tests {
     #[tokio::test]
     async fn refused_rows_are_isolated_and_the_rest_inserted() {
         let inserted = Mutex::new(Vec::new());
-        let insert = |rows: Vec<u32>| {
-            let ok = !rows.contains(&13) && !rows.contains(&40);
+        let rows: Vec<u32> = (100..164).collect();
+        let insert = |range: Range<usize>| {
+            let part = &rows[range];
+            let ok = !part.contains(&113) && !part.contains(&140);
             if ok {
-                inserted.lock().unwrap().extend(rows.clone());
+                inserted.lock().unwrap().extend_from_slice(part);
             }
             async move {
                 if ok {
@@ -122,14 +125,21 @@ mod tests {
                 }
             }
         };
-        let refused = insert_or_isolate((0..64).collect(), &insert, |_| false).await.unwrap();
-        let bad: Vec<u32> = refused.iter().map(|(r, _)| *r).collect();
-        assert_eq!(bad, vec![13, 40]);
+        let refused = insert_or_isolate(rows.len(), &insert, |_| false).await.unwrap();
+        let bad: Vec<u32> = refused.iter().map(|(i, _)| rows[*i]).collect();
+        assert_eq!(bad, vec![113, 140]);
+        assert!(refused.iter().all(|(_, e)| e.contains("type mismatch")));
         let mut got = inserted.lock().unwrap().clone();
         got.sort();
-        assert_eq!(got, (0..64).filter(|r| *r != 13 && *r != 40).collect::<Vec<_>>());
+        assert_eq!(
+            got,
+            rows.iter()
+                .copied()
+                .filter(|r| *r != 113 && *r != 140)
+                .collect::<Vec<_>>()
+        );
         // retryable errors are not split
-        let err = insert_or_isolate(vec![1, 2], &|_| async { Err::<(), _>("down".to_string()) }, |_| true).await;
+        let err = insert_or_isolate(2, &|_| async { Err::<(), _>("down".to_string()) }, |_| true).await;
         assert_eq!(err.unwrap_err(), "down");
     }
 

@@ -166,10 +166,10 @@ pub fn retryable(e: &clickhouse::error::Error) -> bool {
 async fn insert_rows<R: RowOwned + RowWrite>(
     client: &clickhouse::Client,
     table: &str,
-    rows: Vec<R>,
+    rows: &[R],
 ) -> Result<(), clickhouse::error::Error> {
     let mut insert = client.insert::<R>(table).await?;
-    for r in &rows {
+    for r in rows {
         insert.write(r).await?;
     }
     insert.end().await
@@ -193,14 +193,15 @@ struct Loop<'a> {
 
 impl Loop<'_> {
     /// Inserts `rows` into `table`, retrying while ClickHouse is unavailable
-    /// (partitions paused), isolating rows it refuses for good.
-    async fn insert_with_retry<R: RowOwned + RowWrite + Clone>(&self, table: &str, rows: Vec<R>) -> Vec<(R, String)> {
+    /// (partitions paused), isolating rows it refuses for good; returns the
+    /// refused rows' indices and errors.
+    async fn insert_with_retry<R: RowOwned + RowWrite>(&self, table: &str, rows: &[R]) -> Vec<(usize, String)> {
         let mut backoff = Duration::from_millis(500);
         let mut paused = false;
         let refused = loop {
             let started = std::time::Instant::now();
-            let insert = |part: Vec<R>| insert_rows(&self.writer, table, part);
-            match insert_or_isolate(rows.clone(), &insert, retryable).await {
+            let insert = |part: std::ops::Range<usize>| insert_rows(&self.writer, table, &rows[part]);
+            match insert_or_isolate(rows.len(), &insert, retryable).await {
                 Ok(refused) => {
                     metrics::histogram!("sink_insert_seconds", "table" => table.to_owned())
                         .record(started.elapsed().as_secs_f64());
@@ -231,7 +232,7 @@ impl Loop<'_> {
         refused
     }
 
-    async fn flush<R: RowOwned + RowWrite + Clone>(
+    async fn flush<R: RowOwned + RowWrite>(
         &self,
         table: &str,
         batch: &mut Batch<R>,
@@ -242,7 +243,7 @@ impl Loop<'_> {
         let refused = if rows.is_empty() {
             Vec::new()
         } else {
-            self.insert_with_retry(table, rows).await
+            self.insert_with_retry(table, &rows).await
         };
         let mut dead_rows: Vec<DeadLetterRow> = std::mem::take(dead).into_iter().map(|(_, r)| r).collect();
         for (_, error) in &refused {
@@ -260,7 +261,7 @@ impl Loop<'_> {
             }));
         }
         if !dead_rows.is_empty() {
-            let still_refused = self.insert_with_retry("dead_letters", dead_rows).await;
+            let still_refused = self.insert_with_retry("dead_letters", &dead_rows).await;
             for (_, error) in still_refused {
                 tracing::error!(error, "a dead-letter row was refused by ClickHouse");
             }
@@ -323,7 +324,7 @@ async fn run_loop<R, F, Fut>(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()>
 where
-    R: RowOwned + RowWrite + Clone,
+    R: RowOwned + RowWrite,
     F: Fn(Arc<OwnedMessage>) -> Fut,
     Fut: std::future::Future<Output = Result<Converted<R>, DecodeError>>,
 {

@@ -58,11 +58,6 @@ pub struct Config {
     /// `INGEST_PRODUCE_TIMEOUT`: how long a request waits for Kafka to
     /// acknowledge every event before it answers 503.
     pub produce_timeout: String,
-    /// `INGEST_IDEMPOTENCE`: idempotent producer (no duplicates from the
-    /// producer's own retries). Keep it on with Apache Kafka, Redpanda or MSK;
-    /// the tansu 0.6.0 broker of the local stack crashes when an idempotent
-    /// producer outlives a broker restart, so tests that restart it turn it off.
-    pub idempotence: bool,
     /// Producer queue bounds (librdkafka `queue.buffering.max.*`); a full
     /// queue answers 503 instead of buffering without limit.
     pub queue_max_messages: u32,
@@ -93,7 +88,6 @@ impl Default for Config {
             tls_key: None,
             limits: Limits::default(),
             produce_timeout: "10s".into(),
-            idempotence: true,
             queue_max_messages: 100_000,
             queue_max_kbytes: 256 * 1024,
             max_in_flight_bytes: 256 << 20,
@@ -118,7 +112,6 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub limits: Limits,
     pub produce_timeout: Duration,
-    pub idempotence: bool,
     pub queue_max_messages: u32,
     pub queue_max_kbytes: u32,
     pub max_in_flight_bytes: usize,
@@ -168,11 +161,6 @@ impl Config {
                 .map(|v| v.parse::<usize>().map_err(|e| format!("{var}=`{v}`: {e}")))
                 .transpose()
         };
-        if let Some(v) = get("INGEST_IDEMPOTENCE") {
-            self.idempotence = v
-                .parse()
-                .map_err(|_| format!("INGEST_IDEMPOTENCE=`{v}` must be true or false"))?;
-        }
         if let Some(n) = number("INGEST_MAX_BODY_BYTES")? {
             self.limits.max_body_bytes = n;
         }
@@ -246,7 +234,6 @@ impl Config {
                 tls,
                 limits: self.limits.clone(),
                 produce_timeout,
-                idempotence: self.idempotence,
                 queue_max_messages: self.queue_max_messages,
                 queue_max_kbytes: self.queue_max_kbytes,
                 max_in_flight_bytes: self.max_in_flight_bytes,

@@ -77,7 +77,8 @@ impl Kafka {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &s.kafka_bootstrap)
             .set("acks", "all")
-            .set("enable.idempotence", s.idempotence.to_string())
+            // Always idempotent: the producer's own retries never duplicate or reorder.
+            .set("enable.idempotence", "true")
             .set("compression.type", "zstd")
             .set("linger.ms", "5")
             .set("message.timeout.ms", s.produce_timeout.as_millis().to_string())

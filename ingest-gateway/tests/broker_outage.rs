@@ -13,14 +13,8 @@ use context_integration::stack;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_down_means_503_then_200_again_without_a_restart() {
-    let h = start(|c| {
-        c.produce_timeout = "3s".into();
-        // tansu 0.6.0 panics in its idempotence check when an idempotent
-        // producer's id outlives a broker restart (the broker then stays
-        // broken); Apache Kafka does not. So this one test produces without it.
-        c.idempotence = false;
-    })
-    .await;
+    // The idempotent producer (always on) outlives the broker restart.
+    let h = start(|c| c.produce_timeout = "3s".into()).await;
     let before = session(70, 10);
     assert_eq!(h.post(Some(&h.key), body(&before), &[]).await.0, 200);
 

@@ -62,8 +62,17 @@ fn base_config() -> ClientConfig {
 
 /// Creates a topic and waits until its metadata shows every partition.
 pub async fn create_topic(name: &str, partitions: i32) -> Result<()> {
+    create_topic_with(name, partitions, &[]).await
+}
+
+/// Creates a topic with topic-level configs (`cleanup.policy`, `segment.ms`…)
+/// and waits until its metadata shows every partition.
+pub async fn create_topic_with(name: &str, partitions: i32, configs: &[(&str, &str)]) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = base_config().create().context("admin client")?;
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (key, value) in configs {
+        topic = topic.set(key, value);
+    }
     let results = admin
         .create_topics(
             [&topic],

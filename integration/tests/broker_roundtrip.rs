@@ -54,3 +54,69 @@ async fn context_events_roundtrip_through_a_consumer_group() -> anyhow::Result<(
     }
     Ok(())
 }
+
+/// Kafka transactions: what a transactional producer aborts never reaches a
+/// `read_committed` consumer, what it commits does, once.
+#[tokio::test]
+async fn aborted_transactions_are_invisible_to_read_committed_consumers() -> anyhow::Result<()> {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use rdkafka::ClientConfig;
+
+    let topic = unique("it_txn");
+    create_topic(&topic, 2).await?;
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", context_integration::kafka_bootstrap())
+        .set("transactional.id", unique("it_txn_producer"))
+        .create()?;
+    let timeout = Duration::from_secs(30);
+    producer.init_transactions(timeout)?;
+    let send = |value: &str| {
+        producer
+            .send(BaseRecord::to(&topic).key(value).payload(value))
+            .map_err(|(e, _)| anyhow::anyhow!("enqueue {value}: {e}"))
+    };
+    for (batch, commit) in [
+        (["c1", "c2", "c3"], true),
+        (["a1", "a2", "a3"], false),
+        (["c4", "c5", "c6"], true),
+    ] {
+        producer.begin_transaction()?;
+        for v in batch {
+            send(v)?;
+        }
+        if commit {
+            producer.commit_transaction(timeout)?;
+        } else {
+            // Written to the log first, so that the abort has something to hide.
+            producer.flush(timeout)?;
+            producer.abort_transaction(timeout)?;
+        }
+    }
+
+    let read = |isolation: &'static str, n: usize| {
+        let topic = topic.clone();
+        async move {
+            let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
+                .set("bootstrap.servers", context_integration::kafka_bootstrap())
+                .set("group.id", unique("it_txn_group"))
+                .set("auto.offset.reset", "earliest")
+                .set("isolation.level", isolation)
+                .create()?;
+            consumer.subscribe(&[&topic])?;
+            let mut values: Vec<String> = consume_n(&consumer, n, Duration::from_secs(60))
+                .await?
+                .into_iter()
+                .map(|(_, v)| String::from_utf8(v).unwrap())
+                .collect();
+            // Nothing else arrives.
+            let extra = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await;
+            anyhow::ensure!(extra.is_err(), "{isolation}: more than {n} records");
+            values.sort();
+            anyhow::Ok(values)
+        }
+    };
+    assert_eq!(read("read_committed", 6).await?, ["c1", "c2", "c3", "c4", "c5", "c6"]);
+    // The aborted records are in the log: read_uncommitted sees them.
+    assert_eq!(read("read_uncommitted", 9).await?.len(), 9);
+    Ok(())
+}

@@ -23,6 +23,9 @@ pub struct Config {
     pub default_compatibility: String,
     /// How long a write waits for the broker, such as `10s` or `500ms`. `SCHEMA_REGISTRY_TIMEOUT`.
     pub timeout: String,
+    /// Create the state topic (compacted, one partition) when it is missing;
+    /// otherwise a missing topic stops the start. `SCHEMA_REGISTRY_CREATE_TOPIC`.
+    pub create_topic: bool,
 }
 
 impl Default for Config {
@@ -33,6 +36,7 @@ impl Default for Config {
             topic: "_schemas".into(),
             default_compatibility: "BACKWARD".into(),
             timeout: "10s".into(),
+            create_topic: false,
         }
     }
 }
@@ -45,6 +49,7 @@ pub struct Settings {
     pub topic: String,
     pub default_compatibility: Compatibility,
     pub timeout: Duration,
+    pub create_topic: bool,
 }
 
 impl Config {
@@ -52,11 +57,11 @@ impl Config {
     /// reports every problem at once.
     pub fn load(path: Option<&std::path::Path>) -> Result<Settings, String> {
         let mut config: Config = context_runtime::read_config(path)?;
-        config.apply_env(|k| std::env::var(k).ok());
+        config.apply_env(|k| std::env::var(k).ok())?;
         config.validate()
     }
 
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
         for (var, field) in [
             ("SCHEMA_REGISTRY_LISTEN", &mut self.listen),
             ("SCHEMA_REGISTRY_KAFKA_BOOTSTRAP", &mut self.kafka_bootstrap),
@@ -68,6 +73,12 @@ impl Config {
                 *field = v;
             }
         }
+        if let Some(v) = get("SCHEMA_REGISTRY_CREATE_TOPIC") {
+            self.create_topic = v
+                .parse()
+                .map_err(|_| format!("SCHEMA_REGISTRY_CREATE_TOPIC=`{v}` must be true or false"))?;
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<Settings, String> {
@@ -98,6 +109,7 @@ impl Config {
                 topic: self.topic.clone(),
                 default_compatibility,
                 timeout,
+                create_topic: self.create_topic,
             }),
             _ => Err(problems.join("\n")),
         }
@@ -111,7 +123,8 @@ mod tests {
     #[test]
     fn env_overrides_file_and_all_problems_are_reported() {
         let mut c: Config = toml::from_str("listen = \"127.0.0.1:9999\"\ntimeout = \"3s\"").unwrap();
-        c.apply_env(|k| (k == "SCHEMA_REGISTRY_TOPIC").then(|| "_other".to_string()));
+        c.apply_env(|k| (k == "SCHEMA_REGISTRY_TOPIC").then(|| "_other".to_string()))
+            .unwrap();
         let s = c.validate().unwrap();
         assert_eq!(
             (s.listen.port(), s.topic.as_str(), s.timeout),
@@ -130,5 +143,9 @@ mod tests {
             toml::from_str::<Config>("lisen = \"x\"").is_err(),
             "unknown keys are refused"
         );
+        let err = Config::default()
+            .apply_env(|k| (k == "SCHEMA_REGISTRY_CREATE_TOPIC").then(|| "yes".to_string()))
+            .unwrap_err();
+        assert!(err.contains("SCHEMA_REGISTRY_CREATE_TOPIC"), "{err}");
     }
 }

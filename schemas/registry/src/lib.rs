@@ -14,6 +14,7 @@ pub mod error;
 pub mod log;
 pub mod registry;
 pub mod store;
+pub mod topic;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,9 +60,17 @@ impl Running {
     }
 }
 
-/// Starts the registry: connects to the broker, starts reading `_schemas`,
-/// and serves the API. Readiness turns true once the topic is read.
+/// Starts the registry: checks that the state topic is compacted with one
+/// partition (creating it when missing and allowed), starts reading it, and
+/// serves the API. Readiness turns true once the topic is read.
 pub async fn start(settings: Settings, metrics: Option<PrometheusHandle>) -> anyhow::Result<Running> {
+    topic::ensure_state_topic(
+        &settings.kafka_bootstrap,
+        &settings.topic,
+        settings.create_topic,
+        settings.timeout,
+    )
+    .await?;
     let log = {
         let s = settings.clone();
         tokio::task::spawn_blocking(move || log::SchemaLog::start(&s.kafka_bootstrap, &s.topic, s.timeout)).await??

@@ -7,7 +7,9 @@
 //! already taken by an earlier record. The writer then waits until its own
 //! record is applied and checks whether its claim stands; if another
 //! replica's claim came first, it retries with fresh state. So ids never
-//! collide, without a leader election: the log's order decides.
+//! collide, without a leader election: the log's order decides. Each claim
+//! has a key of its own, so compaction of the topic keeps that order (see
+//! [`crate::store`]).
 
 use std::sync::Arc;
 
@@ -15,7 +17,9 @@ use context_schemas::compat::{self, Compatibility};
 
 use crate::error::RegistryError;
 use crate::log::SchemaLog;
-use crate::store::{parse_avro, ConfigValue, DeleteSubjectValue, LogKey, SchemaValue, Store, StoredSchema, Version};
+use crate::store::{
+    parse_avro, ConfigValue, DeleteSubjectValue, DeleteVersionValue, LogKey, SchemaValue, Store, StoredSchema, Version,
+};
 
 const CLAIM_ATTEMPTS: u32 = 32;
 
@@ -51,6 +55,9 @@ pub struct Registry {
     default_compatibility: Compatibility,
     write_lock: tokio::sync::Mutex<()>,
     conflicts: std::sync::atomic::AtomicU64,
+    /// Makes this process's claim keys unique: start time and process id.
+    claim_prefix: String,
+    claims: std::sync::atomic::AtomicU64,
 }
 
 impl Registry {
@@ -60,7 +67,20 @@ impl Registry {
             default_compatibility,
             write_lock: tokio::sync::Mutex::new(()),
             conflicts: std::sync::atomic::AtomicU64::new(0),
+            claim_prefix: {
+                let started = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                format!("{started:x}-{:x}", std::process::id())
+            },
+            claims: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// A claim key no other record of any replica has.
+    fn next_claim(&self) -> String {
+        let n = self.claims.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}-{n}", self.claim_prefix)
     }
 
     /// How many of this replica's claims lost to another replica's.
@@ -249,10 +269,7 @@ impl Registry {
                 }
                 SchemaValue {
                     subject: subject.to_owned(),
-                    version: store
-                        .versions(subject)
-                        .and_then(|vs| vs.keys().last())
-                        .map_or(1, |v| v + 1),
+                    version: store.next_version(subject),
                     id: store.id_of(&canonical).unwrap_or_else(|| store.next_id()),
                     schema: text.to_owned(),
                     deleted: false,
@@ -262,14 +279,19 @@ impl Registry {
                 subject: subject.to_owned(),
                 version: claim.version,
                 magic: 1,
+                claim: Some(self.next_claim()),
             };
             let value = serde_json::to_vec(&claim).map_err(|e| RegistryError::Store(e.to_string()))?;
             self.log.append_applied(&key, Some(value)).await?;
             let store = self.store()?;
+            // Won only if the version holds our id *and* the id names our
+            // schema: a rival claim of the same version and id for another
+            // schema passes the first test alone.
             let won = store
                 .versions(subject)
                 .and_then(|vs| vs.get(&claim.version))
-                .is_some_and(|v| v.id == claim.id);
+                .is_some_and(|v| v.id == claim.id)
+                && store.schema(claim.id).is_some_and(|s| s.canonical == canonical);
             if won {
                 tracing::info!(subject, version = claim.version, id = claim.id, "registered schema");
                 return Ok(claim.id);
@@ -325,12 +347,7 @@ impl Registry {
                 return Err(RegistryError::SubjectNotSoftDeleted(subject.to_owned()));
             }
             for (n, _) in &versions {
-                let key = LogKey::Schema {
-                    subject: subject.to_owned(),
-                    version: *n,
-                    magic: 1,
-                };
-                self.log.append_applied(&key, None).await?;
+                self.append_delete_version(subject, *n, true).await?;
             }
             return Ok(versions.into_iter().map(|(n, _)| n).collect());
         }
@@ -355,37 +372,34 @@ impl Registry {
     pub async fn delete_version(&self, subject: &str, sel: VersionSel, permanent: bool) -> Result<u32, RegistryError> {
         let _guard = self.write_lock.lock().await;
         self.log.catch_up().await?;
-        let (version, v, text) = {
+        let (version, v) = {
             let store = self.store()?;
             let include_deleted = permanent || matches!(sel, VersionSel::Number(_));
-            let (version, v) = Self::resolve(&store, subject, sel, include_deleted)?;
-            let text = store.schema(v.id).map(|s| s.text.clone()).unwrap_or_default();
-            (version, v, text)
+            Self::resolve(&store, subject, sel, include_deleted)?
         };
-        let key = LogKey::Schema {
-            subject: subject.to_owned(),
-            version,
-            magic: 1,
-        };
-        if permanent {
-            if !v.deleted {
-                return Err(RegistryError::VersionNotSoftDeleted(subject.to_owned(), version));
-            }
-            self.log.append_applied(&key, None).await?;
-        } else {
-            if v.deleted {
-                return Err(RegistryError::VersionSoftDeleted(subject.to_owned(), version));
-            }
-            let value = SchemaValue {
-                subject: subject.to_owned(),
-                version,
-                id: v.id,
-                schema: text,
-                deleted: true,
-            };
-            let value = serde_json::to_vec(&value).map_err(|e| RegistryError::Store(e.to_string()))?;
-            self.log.append_applied(&key, Some(value)).await?;
+        match (permanent, v.deleted) {
+            (true, false) => return Err(RegistryError::VersionNotSoftDeleted(subject.to_owned(), version)),
+            (false, true) => return Err(RegistryError::VersionSoftDeleted(subject.to_owned(), version)),
+            _ => self.append_delete_version(subject, version, permanent).await?,
         }
         Ok(version)
+    }
+
+    /// Deletes one version with a record of its own; the claim that gave the
+    /// version stays in the log, so its id keeps its schema.
+    async fn append_delete_version(&self, subject: &str, version: u32, permanent: bool) -> Result<(), RegistryError> {
+        let key = LogKey::DeleteVersion {
+            subject: subject.to_owned(),
+            version,
+            magic: 0,
+        };
+        let value = DeleteVersionValue {
+            subject: subject.to_owned(),
+            version,
+            permanent,
+        };
+        let value = serde_json::to_vec(&value).map_err(|e| RegistryError::Store(e.to_string()))?;
+        self.log.append_applied(&key, Some(value)).await?;
+        Ok(())
     }
 }

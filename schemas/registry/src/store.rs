@@ -2,6 +2,17 @@
 //! log order. Applying is deterministic: every replica that reads the same log
 //! reaches the same state, which is what makes id allocation safe across
 //! replicas (see [`Store::apply`]).
+//!
+//! The topic is compacted, which keeps only the latest record of each key.
+//! Two rules make that safe:
+//! - every claim (`SCHEMA` record) has a key no other record has (the
+//!   `claim` field) and is never rewritten, so compaction never drops a
+//!   winning claim nor moves it behind a losing one: the first claim of an id,
+//!   schema or version stays first, on every replay;
+//! - deletes are records of their own (`DELETE_SUBJECT`, `DELETE_VERSION`),
+//!   never tombstones of a claim. A permanent delete hides the version, but
+//!   the id keeps its schema (records in topics still carry it) and neither
+//!   the id nor the version number is ever given again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -14,10 +25,31 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "keytype", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum LogKey {
-    Schema { subject: String, version: u32, magic: u32 },
-    Config { subject: Option<String>, magic: u32 },
-    DeleteSubject { subject: String, magic: u32 },
-    Noop { magic: u32 },
+    Schema {
+        subject: String,
+        version: u32,
+        magic: u32,
+        /// Unique per claim, so that compaction keeps every claim (see the
+        /// module doc). Absent in records written by other registries.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        claim: Option<String>,
+    },
+    Config {
+        subject: Option<String>,
+        magic: u32,
+    },
+    DeleteSubject {
+        subject: String,
+        magic: u32,
+    },
+    DeleteVersion {
+        subject: String,
+        version: u32,
+        magic: u32,
+    },
+    Noop {
+        magic: u32,
+    },
 }
 
 /// Value of a `SCHEMA` record.
@@ -43,6 +75,15 @@ pub struct ConfigValue {
 pub struct DeleteSubjectValue {
     pub subject: String,
     pub version: u32,
+}
+
+/// Value of a `DELETE_VERSION` record: one version soft- or permanently deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteVersionValue {
+    pub subject: String,
+    pub version: u32,
+    #[serde(default)]
+    pub permanent: bool,
 }
 
 /// A registered schema.
@@ -81,6 +122,9 @@ pub struct Store {
     global: Option<Compatibility>,
     per_subject: HashMap<String, Compatibility>,
     max_id: u32,
+    /// The highest version ever claimed per subject, permanently deleted ones
+    /// included: a version number is never given twice.
+    highest_version: HashMap<String, u32>,
 }
 
 /// Parses an Avro schema text and returns it with its canonical form.
@@ -135,6 +179,22 @@ impl Store {
                 }
                 Applied::Accepted
             }
+            LogKey::DeleteVersion { subject, version, .. } => {
+                let permanent = value
+                    .and_then(|b| serde_json::from_slice::<DeleteVersionValue>(b).ok())
+                    .is_some_and(|d| d.permanent);
+                if let Some(versions) = self.subjects.get_mut(subject) {
+                    if permanent {
+                        versions.remove(version);
+                        if versions.is_empty() {
+                            self.subjects.remove(subject);
+                        }
+                    } else if let Some(v) = versions.get_mut(version) {
+                        v.deleted = true;
+                    }
+                }
+                Applied::Accepted
+            }
             LogKey::Noop { .. } => Applied::Accepted,
         }
     }
@@ -153,15 +213,27 @@ impl Store {
                 return Applied::Rejected(format!("id {} already names another schema", v.id));
             }
         }
-        let versions = self.subjects.entry(v.subject.clone()).or_default();
-        if let Some(existing) = versions.get(&v.version) {
-            if existing.id != v.id {
+        let highest = self.highest_version.get(&v.subject).copied().unwrap_or(0);
+        match self.subjects.get(&v.subject).and_then(|vs| vs.get(&v.version)) {
+            Some(existing) if existing.id != v.id => {
                 return Applied::Rejected(format!(
                     "{} version {} already holds id {}",
                     v.subject, v.version, existing.id
                 ));
             }
+            // The same claim again (a retried write), or another registry's
+            // soft delete rewriting its claim: the version stays as it is.
+            Some(_) => {}
+            None if v.version <= highest => {
+                return Applied::Rejected(format!(
+                    "{} version {} was given before and deleted",
+                    v.subject, v.version
+                ));
+            }
+            None => {}
         }
+        self.highest_version.insert(v.subject.clone(), highest.max(v.version));
+        let versions = self.subjects.entry(v.subject.clone()).or_default();
         versions.insert(
             v.version,
             Version {
@@ -192,6 +264,11 @@ impl Store {
 
     pub fn next_id(&self) -> u32 {
         self.max_id + 1
+    }
+
+    /// The version number the next schema of `subject` gets.
+    pub fn next_version(&self, subject: &str) -> u32 {
+        self.highest_version.get(subject).copied().unwrap_or(0) + 1
     }
 
     /// Subjects with at least one version (live ones only unless `deleted`).
@@ -263,6 +340,7 @@ mod tests {
             subject: subject.into(),
             version,
             magic: 1,
+            claim: Some(format!("{subject}-{version}-{id}-{schema}")),
         };
         let value = SchemaValue {
             subject: subject.into(),
@@ -297,12 +375,93 @@ mod tests {
         assert_eq!(store.usages(1).len(), 2);
     }
 
+    /// What Kafka's cleaner leaves of a log: the latest record of each key,
+    /// in the order of those latest records.
+    fn compact(log: &[(LogKey, Option<Vec<u8>>)]) -> Vec<(LogKey, Option<Vec<u8>>)> {
+        let last: HashMap<String, usize> = log
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (serde_json::to_string(k).unwrap(), i))
+            .collect();
+        log.iter()
+            .enumerate()
+            .filter(|(i, (k, _))| last[&serde_json::to_string(k).unwrap()] == *i)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    fn replay(log: &[(LogKey, Option<Vec<u8>>)]) -> Store {
+        let mut store = Store::default();
+        for (k, v) in log {
+            store.apply(k, v.as_deref());
+        }
+        store
+    }
+
+    fn delete_version(subject: &str, version: u32, permanent: bool) -> (LogKey, Option<Vec<u8>>) {
+        let key = LogKey::DeleteVersion {
+            subject: subject.into(),
+            version,
+            magic: 0,
+        };
+        let value = DeleteVersionValue {
+            subject: subject.into(),
+            version,
+            permanent,
+        };
+        (key, Some(serde_json::to_vec(&value).unwrap()))
+    }
+
+    #[test]
+    fn a_losing_claim_never_wins_after_compaction() {
+        // Two replicas claim version 1 and id 1 of one subject for two schemas.
+        let (k1, v1) = schema_record("s-value", 1, 1, r#""string""#);
+        let (k2, v2) = schema_record("s-value", 1, 1, r#""long""#);
+        // The loser retries with the next id and version.
+        let (k3, v3) = schema_record("s-value", 2, 2, r#""long""#);
+        let log = vec![(k1, Some(v1)), (k2, Some(v2)), (k3, Some(v3))];
+        let (full, compacted) = (replay(&log), replay(&compact(&log)));
+        for store in [&full, &compacted] {
+            assert_eq!(store.schema(1).unwrap().canonical, r#""string""#);
+            assert_eq!(store.schema(2).unwrap().canonical, r#""long""#);
+            assert_eq!(store.live_versions("s-value").len(), 2);
+        }
+    }
+
+    #[test]
+    fn a_permanent_delete_keeps_the_id_and_retires_the_version() {
+        let (k1, v1) = schema_record("s-value", 1, 1, r#""string""#);
+        let (k2, v2) = schema_record("s-value", 2, 2, r#""long""#);
+        let log = vec![
+            (k1, Some(v1)),
+            (k2, Some(v2)),
+            delete_version("s-value", 2, false),
+            delete_version("s-value", 2, true),
+        ];
+        for store in [replay(&log), replay(&compact(&log))] {
+            assert_eq!(store.live_versions("s-value").len(), 1);
+            assert!(store.versions("s-value").unwrap().get(&2).is_none());
+            assert_eq!(
+                store.schema(2).unwrap().canonical,
+                r#""long""#,
+                "the id keeps its schema"
+            );
+            assert_eq!(store.next_id(), 3, "the id is not given again");
+            assert_eq!(store.next_version("s-value"), 3, "the version is not given again");
+        }
+        // A stale replica's claim of the retired version is refused.
+        let mut store = replay(&log);
+        let (k, v) = schema_record("s-value", 2, 3, r#""double""#);
+        assert!(matches!(store.apply(&k, Some(&v)), Applied::Rejected(_)));
+    }
+
     #[test]
     fn keys_use_confluents_layout() {
         let key = LogKey::Schema {
             subject: "s".into(),
             version: 2,
             magic: 1,
+            claim: None,
         };
         assert_eq!(
             serde_json::to_string(&key).unwrap(),

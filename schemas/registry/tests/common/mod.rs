@@ -4,25 +4,31 @@
 
 use std::time::Duration;
 
-use context_integration::{create_topic, kafka_bootstrap, unique};
+use context_integration::{create_topic_with, kafka_bootstrap, unique};
 use schema_registry::{Config, Running};
 
-/// A fresh single-partition state topic.
+/// A fresh state topic as the registry needs it: one partition, compacted.
 pub async fn state_topic() -> String {
     let topic = unique("it_schemas");
-    create_topic(&topic, 1).await.expect("create the state topic");
+    create_topic_with(&topic, 1, &[("cleanup.policy", "compact")])
+        .await
+        .expect("create the state topic");
     topic
 }
 
-/// A registry on a free port, reading `topic`, ready to serve.
-pub async fn start_registry(topic: &str) -> Running {
-    let config = Config {
+/// The settings of a registry on a free port that reads `topic`.
+pub fn config(topic: &str) -> Config {
+    Config {
         listen: "127.0.0.1:0".into(),
         kafka_bootstrap: kafka_bootstrap(),
         topic: topic.into(),
         ..Config::default()
-    };
-    let running = schema_registry::start(config.validate().expect("valid config"), None)
+    }
+}
+
+/// A registry on a free port, reading `topic`, ready to serve.
+pub async fn start_registry(topic: &str) -> Running {
+    let running = schema_registry::start(config(topic).validate().expect("valid config"), None)
         .await
         .expect("start the registry");
     assert!(

@@ -1,6 +1,10 @@
 //! What every service starts with, in one place: logs (JSON when not on a
 //! terminal), the Prometheus recorder, reading its TOML configuration file,
-//! and the admin endpoints `/healthz`, `/readyz`, `/metrics`.
+//! the admin endpoints `/healthz`, `/readyz`, `/metrics`, and [`pipeline`]:
+//! consume → transform → produce in Kafka transactions.
+
+pub mod deadletter;
+pub mod pipeline;
 
 use std::io::IsTerminal;
 use std::path::Path;

@@ -1,0 +1,447 @@
+//! Consume → transform → produce with Kafka transactions, shared by the
+//! services that turn one topic into others (`stream-router`,
+//! `enrich-activity serve`).
+//!
+//! A [`Pipeline`] reads batches from its consumer group and commits each
+//! batch's outputs together with the batch's input offsets:
+//!
+//! - **exactly once** (the default): the outputs are produced inside a Kafka
+//!   transaction that also carries the input offsets
+//!   (`send_offsets_to_transaction` with the consumer's group metadata, so a
+//!   replica that lost its partitions in a rebalance is fenced and cannot
+//!   commit). Readers with `isolation.level=read_committed` see every output
+//!   exactly once, whatever crashes: an aborted or unfinished transaction is
+//!   invisible and its input is read again.
+//! - **at least once** (only when configured, e.g. a broker without
+//!   transactions): the outputs are produced and every acknowledgement awaited
+//!   before the offsets are committed. A crash between the two repeats outputs;
+//!   nothing is lost.
+//!
+//! A rebalance while a batch is being collected discards the batch before
+//! anything of it is produced and rewinds to the committed offsets, so no
+//! offset is ever committed past a record whose outputs were not written.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientConfig, ClientContext, Offset, Statistics, TopicPartitionList};
+
+/// How outputs and input offsets are committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    ExactlyOnce,
+    AtLeastOnce,
+}
+
+impl std::str::FromStr for Delivery {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "exactly-once" => Ok(Delivery::ExactlyOnce),
+            "at-least-once" => Ok(Delivery::AtLeastOnce),
+            other => Err(format!("`{other}` is not a delivery mode (exactly-once or at-least-once)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Delivery::ExactlyOnce => "exactly-once",
+            Delivery::AtLeastOnce => "at-least-once",
+        })
+    }
+}
+
+/// What a pipeline needs.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub kafka_bootstrap: String,
+    pub group_id: String,
+    pub topics: Vec<String>,
+    /// Prefix of the metric names (`<prefix>_consumer_lag`, ...).
+    pub metrics_prefix: &'static str,
+    pub delivery: Delivery,
+    /// With `ExactlyOnce`: fall back to at least once, with a warning, when
+    /// the broker has no transactions. Otherwise such a broker stops the start.
+    pub allow_fallback: bool,
+    /// Stable per replica (a pod name): a restarted replica with the same id
+    /// fences its predecessor and aborts its open transaction at once.
+    pub transactional_id: String,
+    pub session_timeout: Duration,
+    /// How long a Kafka call (commit, abort, init) may take.
+    pub timeout: Duration,
+}
+
+/// One record to produce.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Why a batch was not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The batch was given up (transaction aborted, group rebalanced); its
+    /// input will be read again. Retry by reading the next batch.
+    #[error("batch not committed, its records will be read again: {0}")]
+    Retry(String),
+    /// The producer or consumer cannot go on (fenced by a newer replica with
+    /// the same transactional id, or a fatal client error).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// The consumer's context: notices rebalances and exports the lag.
+pub struct PipelineContext {
+    rebalanced: AtomicBool,
+    prefix: &'static str,
+    pub rebalances: AtomicU64,
+}
+
+impl ClientContext for PipelineContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!(format!("{}_consumer_lag", self.prefix), "topic" => topic.clone(), "partition" => partition.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for PipelineContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if !matches!(rebalance, Rebalance::Error(_)) {
+            self.rebalanced.store(true, Ordering::SeqCst);
+            self.rebalances.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::info!(?rebalance, "rebalance");
+    }
+}
+
+/// A consumer group and a producer that commit together.
+pub struct Pipeline {
+    consumer: StreamConsumer<PipelineContext>,
+    producer: FutureProducer,
+    delivery: Delivery,
+    timeout: Duration,
+    prefix: &'static str,
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    // The services run on the multi-threaded runtime; elsewhere just call.
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+impl Pipeline {
+    /// Connects, and with `ExactlyOnce` initialises transactions (fencing any
+    /// earlier producer with the same transactional id). Then subscribes.
+    pub fn start(s: &PipelineSettings) -> Result<Self, String> {
+        let mut consumer_config = ClientConfig::new();
+        consumer_config
+            .set("bootstrap.servers", &s.kafka_bootstrap)
+            .set("group.id", &s.group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            // Only committed transactions of upstream producers.
+            .set("isolation.level", "read_committed")
+            // Eager assignors: a rebalance revokes every partition, and
+            // fetching restarts at the committed offsets.
+            .set("partition.assignment.strategy", "range,roundrobin")
+            .set("session.timeout.ms", s.session_timeout.as_millis().to_string())
+            .set("statistics.interval.ms", "5000");
+        let consumer: StreamConsumer<PipelineContext> = consumer_config
+            .create_with_context(PipelineContext {
+                rebalanced: AtomicBool::new(false),
+                prefix: s.metrics_prefix,
+                rebalances: AtomicU64::new(0),
+            })
+            .map_err(|e| format!("creating the consumer: {e}"))?;
+
+        let producer_config = |transactional: bool| {
+            let mut c = ClientConfig::new();
+            c.set("bootstrap.servers", &s.kafka_bootstrap)
+                .set("acks", "all")
+                .set("enable.idempotence", "true")
+                .set("compression.type", "zstd")
+                .set("linger.ms", "5")
+                .set("message.timeout.ms", s.timeout.as_millis().to_string());
+            if transactional {
+                c.set("transactional.id", &s.transactional_id)
+                    .set("transaction.timeout.ms", "60000");
+            }
+            c
+        };
+        let mut delivery = s.delivery;
+        let producer: FutureProducer = match delivery {
+            Delivery::AtLeastOnce => producer_config(false)
+                .create()
+                .map_err(|e| format!("creating the producer: {e}"))?,
+            Delivery::ExactlyOnce => {
+                let p: FutureProducer = producer_config(true)
+                    .create()
+                    .map_err(|e| format!("creating the producer: {e}"))?;
+                match blocking(|| p.init_transactions(s.timeout)) {
+                    Ok(()) => p,
+                    Err(e) if s.allow_fallback => {
+                        tracing::warn!(error = %e, "the broker gives no transactions: falling back to at-least-once delivery (outputs may repeat after a crash)");
+                        delivery = Delivery::AtLeastOnce;
+                        producer_config(false)
+                            .create()
+                            .map_err(|e| format!("creating the producer: {e}"))?
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "initialising Kafka transactions failed: {e}. A broker without transactions can run \
+                             at least once: set delivery = \"at-least-once\" or allow_fallback = true"
+                        ))
+                    }
+                }
+            }
+        };
+        let topics: Vec<&str> = s.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| format!("subscribing to {topics:?}: {e}"))?;
+        tracing::info!(%delivery, group = %s.group_id, ?topics, "pipeline started");
+        Ok(Pipeline {
+            consumer,
+            producer,
+            delivery,
+            timeout: s.timeout,
+            prefix: s.metrics_prefix,
+        })
+    }
+
+    /// The mode in force (after any fallback).
+    pub fn delivery(&self) -> Delivery {
+        self.delivery
+    }
+
+    /// How many rebalances this consumer has been through.
+    pub fn rebalances(&self) -> u64 {
+        self.consumer.context().rebalances.load(Ordering::Relaxed)
+    }
+
+    /// Reads up to `max` records, waiting at most `linger` after the first
+    /// (and `idle` for the first). An empty batch means nothing arrived, or a
+    /// rebalance discarded what had been read (it will be read again).
+    pub async fn next_batch(&self, max: usize, linger: Duration, idle: Duration) -> Result<Vec<OwnedMessage>, PipelineError> {
+        self.consumer.context().rebalanced.store(false, Ordering::SeqCst);
+        let mut batch = Vec::new();
+        let mut deadline = tokio::time::Instant::now() + idle;
+        while batch.len() < max {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    break;
+                }
+                Ok(Ok(msg)) => {
+                    if batch.is_empty() {
+                        deadline = tokio::time::Instant::now() + linger;
+                    }
+                    batch.push(msg.detach());
+                }
+            }
+        }
+        if self.consumer.context().rebalanced.load(Ordering::SeqCst) && !batch.is_empty() {
+            metrics::counter!(format!("{}_batches_discarded_total", self.prefix), "why" => "rebalance").increment(1);
+            tracing::info!(records = batch.len(), "a rebalance came while reading: batch discarded, reading again from the committed offsets");
+            self.rewind()?;
+            return Ok(Vec::new());
+        }
+        Ok(batch)
+    }
+
+    /// Produces `outputs` and commits the offsets after `batch`, as one
+    /// transaction (or outputs first, offsets after, at least once).
+    pub async fn commit(&self, batch: &[OwnedMessage], outputs: Vec<Output>) -> Result<(), PipelineError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let offsets = next_offsets(batch).map_err(|e| PipelineError::Fatal(e.to_string()))?;
+        match self.delivery {
+            Delivery::AtLeastOnce => {
+                self.produce_all(outputs).await?;
+                blocking(|| self.consumer.commit(&offsets, CommitMode::Sync))
+                    .map_err(|e| PipelineError::Retry(format!("committing offsets: {e}")))?;
+                Ok(())
+            }
+            Delivery::ExactlyOnce => {
+                let result = self.transaction(outputs, &offsets).await;
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "transaction failed");
+                }
+                result
+            }
+        }
+    }
+
+    async fn transaction(&self, outputs: Vec<Output>, offsets: &TopicPartitionList) -> Result<(), PipelineError> {
+        let classify = |what: &str, e: KafkaError| -> PipelineError {
+            match &e {
+                KafkaError::Transaction(t) if t.is_fatal() => PipelineError::Fatal(format!("{what}: {e}")),
+                _ => PipelineError::Retry(format!("{what}: {e}")),
+            }
+        };
+        self.producer
+            .begin_transaction()
+            .map_err(|e| classify("beginning a transaction", e))?;
+        let result = async {
+            let mut deliveries = Vec::with_capacity(outputs.len());
+            for o in &outputs {
+                deliveries.push(self.enqueue(o)?);
+            }
+            let metadata = self
+                .consumer
+                .group_metadata()
+                .ok_or_else(|| PipelineError::Retry("no consumer group metadata".into()))?;
+            blocking(|| {
+                self.producer
+                    .send_offsets_to_transaction(offsets, &metadata, self.timeout)
+            })
+            .map_err(|e| classify("adding the offsets to the transaction", e))?;
+            // Commit flushes, and fails when any output failed.
+            blocking(|| self.producer.commit_transaction(self.timeout))
+                .map_err(|e| classify("committing the transaction", e))?;
+            drop(deliveries);
+            Ok(())
+        }
+        .await;
+        if let Err(PipelineError::Retry(why)) = &result {
+            metrics::counter!(format!("{}_transactions_aborted_total", self.prefix)).increment(1);
+            if let Err(e) = blocking(|| self.producer.abort_transaction(self.timeout)) {
+                return Err(classify("aborting the transaction", e));
+            }
+            self.rewind()?;
+            return Err(PipelineError::Retry(why.clone()));
+        }
+        result
+    }
+
+    fn enqueue(&self, o: &Output) -> Result<rdkafka::producer::DeliveryFuture, PipelineError> {
+        let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
+        for (k, v) in &o.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_slice()),
+            });
+        }
+        let mut record = FutureRecord::to(&o.topic).payload(&o.payload).headers(headers);
+        if let Some(key) = &o.key {
+            record = record.key(key);
+        }
+        self.producer
+            .send_result(record)
+            .map_err(|(e, _)| PipelineError::Retry(format!("queueing an output for {}: {e}", o.topic)))
+    }
+
+    async fn produce_all(&self, outputs: Vec<Output>) -> Result<(), PipelineError> {
+        let mut deliveries = Vec::with_capacity(outputs.len());
+        for o in &outputs {
+            deliveries.push(self.enqueue(o)?);
+        }
+        let mut failed = None;
+        for d in deliveries {
+            match d.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => failed = Some(e.to_string()),
+                Err(_) => failed = Some("delivery cancelled".into()),
+            }
+        }
+        if let Some(e) = failed {
+            // Nothing is committed: read the batch again.
+            self.rewind()?;
+            return Err(PipelineError::Retry(format!("producing outputs: {e}")));
+        }
+        Ok(())
+    }
+
+    /// Moves every assigned partition back to its committed offset, so that
+    /// what was read but not committed is read again.
+    pub fn rewind(&self) -> Result<(), PipelineError> {
+        blocking(|| -> Result<(), KafkaError> {
+            let assignment = self.consumer.assignment()?;
+            if assignment.count() == 0 {
+                return Ok(());
+            }
+            let committed = self.consumer.committed_offsets(assignment, self.timeout)?;
+            let mut to = TopicPartitionList::new();
+            for e in committed.elements() {
+                let offset = match e.offset() {
+                    Offset::Offset(o) => Offset::Offset(o),
+                    // Nothing committed yet: where auto.offset.reset starts.
+                    _ => Offset::Beginning,
+                };
+                to.add_partition_offset(e.topic(), e.partition(), offset)?;
+            }
+            self.consumer.seek_partitions(to, self.timeout)?;
+            Ok(())
+        })
+        .map_err(|e| PipelineError::Fatal(format!("rewinding to the committed offsets failed: {e}")))
+    }
+}
+
+/// The offset after the last record of each partition in `batch`.
+pub fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, KafkaError> {
+    let mut next: std::collections::BTreeMap<(String, i32), i64> = std::collections::BTreeMap::new();
+    for m in batch {
+        let e = next.entry((m.topic().to_owned(), m.partition())).or_insert(0);
+        *e = (*e).max(m.offset() + 1);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in next {
+        tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
+    }
+    Ok(tpl)
+}
+
+/// The transactional id of this replica: `<prefix>-<host name>` (a pod's
+/// name in Kubernetes), or `<prefix>` when the host has no name.
+pub fn default_transactional_id(prefix: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .filter(|h| !h.is_empty());
+    match host {
+        Some(h) => format!("{prefix}-{h}"),
+        None => prefix.to_owned(),
+    }
+}
+
+/// Shared by the services: a flag that turns true on SIGTERM or SIGINT.
+pub fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing the SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown requested");
+        let _ = tx.send(true);
+    });
+    rx
+}

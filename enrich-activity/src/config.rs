@@ -26,6 +26,14 @@ pub struct Config {
     /// Records tagged per batch (and per commit).
     pub max_batch: usize,
     pub session_timeout_ms: u64,
+    /// `ENRICH_DEADLETTER_TOPIC`: where windows that cannot be decoded go.
+    pub deadletter_topic: String,
+    /// `ENRICH_DELIVERY`: `exactly-once` (tags and offsets in one Kafka
+    /// transaction) or `at-least-once` (a broker without transactions).
+    pub delivery: String,
+    /// `ENRICH_TRANSACTIONAL_ID`: stable per replica; empty means
+    /// `enrich-activity-<host name>`.
+    pub transactional_id: String,
 }
 
 impl Default for Config {
@@ -40,6 +48,9 @@ impl Default for Config {
             model: None,
             max_batch: 500,
             session_timeout_ms: 10_000,
+            deadletter_topic: topics::DEAD_LETTER.into(),
+            delivery: "exactly-once".into(),
+            transactional_id: String::new(),
         }
     }
 }
@@ -56,6 +67,9 @@ pub struct Settings {
     pub model: PathBuf,
     pub max_batch: usize,
     pub session_timeout_ms: u64,
+    pub deadletter_topic: String,
+    pub delivery: context_runtime::pipeline::Delivery,
+    pub transactional_id: String,
 }
 
 impl Config {
@@ -77,6 +91,9 @@ impl Config {
             ("ENRICH_ACTIVITY_TOPIC", &mut self.activity_topic),
             ("ENRICH_GROUP_ID", &mut self.group_id),
             ("ENRICH_ADMIN_LISTEN", &mut self.admin_listen),
+            ("ENRICH_DEADLETTER_TOPIC", &mut self.deadletter_topic),
+            ("ENRICH_DELIVERY", &mut self.delivery),
+            ("ENRICH_TRANSACTIONAL_ID", &mut self.transactional_id),
         ] {
             if let Some(v) = get(var) {
                 *field = v;
@@ -110,8 +127,13 @@ impl Config {
         if self.max_batch == 0 {
             problems.push("max_batch must be above 0".into());
         }
-        match (admin_listen, &self.model) {
-            (Some(admin_listen), Some(model)) if problems.is_empty() => Ok(Settings {
+        let delivery = self
+            .delivery
+            .parse::<context_runtime::pipeline::Delivery>()
+            .map_err(|e| problems.push(format!("delivery: {e}")))
+            .ok();
+        match (admin_listen, &self.model, delivery) {
+            (Some(admin_listen), Some(model), Some(delivery)) if problems.is_empty() => Ok(Settings {
                 kafka_bootstrap: self.kafka_bootstrap.clone(),
                 registry_url: self.registry_url.clone(),
                 motion_topic: self.motion_topic.clone(),
@@ -121,6 +143,13 @@ impl Config {
                 model: model.clone(),
                 max_batch: self.max_batch,
                 session_timeout_ms: self.session_timeout_ms,
+                deadletter_topic: self.deadletter_topic.clone(),
+                delivery,
+                transactional_id: if self.transactional_id.trim().is_empty() {
+                    context_runtime::pipeline::default_transactional_id("enrich-activity")
+                } else {
+                    self.transactional_id.clone()
+                },
             }),
             _ => Err(problems.join("\n")),
         }

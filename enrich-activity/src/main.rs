@@ -118,20 +118,18 @@ fn run(cli: Cli) -> Result<(), String> {
                 max_batch: c.max_batch,
                 session_timeout_ms: c.session_timeout_ms,
                 admin_listen: c.admin_listen,
+                deadletter_topic: c.deadletter_topic,
+                delivery: c.delivery,
+                transactional_id: c.transactional_id,
             };
             let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
             runtime.block_on(async {
-                let (stop, rx) = tokio::sync::watch::channel(false);
                 let metrics = context_runtime::install_metrics();
-                let task = tokio::spawn(enrich_activity::serve::run(settings, metrics, rx));
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .map_err(|e| e.to_string())?;
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-                let _ = stop.send(true);
-                task.await.map_err(|e| e.to_string())?.map_err(|e| format!("{e:#}"))
+                // Ends on SIGTERM/SIGINT after the batch in flight, or at once on an error.
+                let shutdown = context_runtime::pipeline::shutdown_signal();
+                enrich_activity::serve::run(settings, metrics, shutdown)
+                    .await
+                    .map_err(|e| format!("{e:#}"))
             })?;
         }
         Command::Train {

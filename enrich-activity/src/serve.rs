@@ -1,18 +1,21 @@
 //! `serve`: tags every motion window of `context.motion.v1` with the model
 //! and writes an `ActivityTag` to `context.activity.v1`.
 //!
-//! Records are read in small batches; features and inference run off the
-//! async reactor; the batch's tags are produced and every delivery report
-//! awaited before the batch's offsets are committed (at least once; the
-//! tags table deduplicates by `(event_id, model_version)`). A changed model
-//! file is picked up between batches without a restart.
+//! Records are read in small batches through the shared transactional
+//! pipeline (`context_runtime::pipeline`); features and inference run off the
+//! async reactor; a batch's tags (and the dead letters of windows that cannot
+//! be decoded) are committed with its offsets in one Kafka transaction, so a
+//! `read_committed` reader sees each tag exactly once (the tags table also
+//! deduplicates by `(event_id, model_version)`). A changed model file is
+//! picked up between batches without a restart.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use context_schemas::{ActivityTag, AvroRecord, ClassProbability, MotionWindow};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use context_runtime::pipeline::{Output, Pipeline, PipelineError, PipelineSettings};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -35,6 +38,10 @@ pub struct ServeSettings {
     pub session_timeout_ms: u64,
     /// /healthz, /readyz, /metrics.
     pub admin_listen: std::net::SocketAddr,
+    /// Where windows that cannot be decoded go, with their bytes.
+    pub deadletter_topic: String,
+    pub delivery: context_runtime::pipeline::Delivery,
+    pub transactional_id: String,
 }
 
 fn now_micros() -> i64 {
@@ -103,43 +110,83 @@ impl Tagger {
         })
     }
 
-    /// Tags every decodable window of `batch`; returns once Kafka acknowledged all tags.
-    pub async fn process(&self, model: &Arc<Model>, batch: &[rdkafka::message::OwnedMessage]) -> anyhow::Result<usize> {
-        let (registry, producer, tag_schema_id) = (&self.registry, &self.producer, self.tag_schema_id);
+    /// The tags of every decodable window of `batch` as records to produce,
+    /// and dead letters (to `deadletter_topic`; skipped when it is empty) for
+    /// the windows that cannot be decoded. A registry outage is an error: the
+    /// batch is tried again.
+    pub async fn outputs(
+        &self,
+        model: &Arc<Model>,
+        batch: &[rdkafka::message::OwnedMessage],
+        deadletter_topic: &str,
+    ) -> anyhow::Result<(Vec<Output>, usize)> {
+        let registry = &self.registry;
         // Decode, then features and inference off the reactor.
         let mut windows = Vec::with_capacity(batch.len());
+        let mut outputs = Vec::with_capacity(batch.len());
         for msg in batch {
             match registry.decode::<MotionWindow>(msg.payload().unwrap_or_default()).await {
                 Ok((_, w)) => windows.push(Some(w)),
-                Err(e) => {
-                    tracing::warn!(error = %e, offset = msg.offset(), "undecodable motion window skipped");
+                Err(e) if e.is_retryable() => anyhow::bail!("the registry is unavailable: {e}"),
+                Err(e) if deadletter_topic.is_empty() => {
                     metrics::counter!("enrich_undecodable_total").increment(1);
+                    tracing::warn!(error = %e, offset = msg.offset(), "undecodable motion window skipped");
+                    windows.push(None);
+                }
+                Err(e) => {
+                    metrics::counter!("enrich_undecodable_total").increment(1);
+                    outputs.push(context_runtime::deadletter::record(
+                        msg,
+                        deadletter_topic,
+                        "enrich-activity",
+                        "undecodable",
+                        &e.to_string(),
+                        None,
+                    ));
                     windows.push(None);
                 }
             }
         }
-        let (m, started) = (model.clone(), std::time::Instant::now());
-        let tags: Vec<Option<ActivityTag>> = tokio::task::spawn_blocking(move || {
+        let (m, started, n) = (model.clone(), std::time::Instant::now(), batch.len());
+        let tags: Vec<ActivityTag> = tokio::task::spawn_blocking(move || {
             let spec = FeatureSpec::default();
-            windows.iter().map(|w| w.as_ref().map(|w| tag(&m, &spec, w))).collect()
+            windows.iter().flatten().map(|w| tag(&m, &spec, w)).collect()
         })
         .await?;
-        metrics::histogram!("enrich_inference_seconds").record(started.elapsed().as_secs_f64() / batch.len() as f64);
+        metrics::histogram!("enrich_inference_seconds").record(started.elapsed().as_secs_f64() / n as f64);
+        for t in &tags {
+            outputs.push(Output {
+                topic: self.activity_topic.clone(),
+                key: Some(t.install_id.to_string().into_bytes()),
+                payload: t.to_wire(self.tag_schema_id)?,
+                headers: Vec::new(),
+            });
+            metrics::counter!("enrich_windows_tagged_total", "activity" => t.activity.clone(), "model_version" => t.model_version.clone()).increment(1);
+        }
+        Ok((outputs, tags.len()))
+    }
+
+    /// Tags every decodable window of `batch` and produces the tags with the
+    /// plain producer; returns once Kafka acknowledged all of them (`replay`).
+    pub async fn process(&self, model: &Arc<Model>, batch: &[rdkafka::message::OwnedMessage]) -> anyhow::Result<usize> {
+        let (outputs, tagged) = self.outputs(model, batch, "").await?;
         let mut pending = Vec::new();
-        for t in tags.iter().flatten() {
-            let payload = t.to_wire(tag_schema_id)?;
-            let key = t.install_id.to_string();
-            let delivery = producer
-                .send_result(FutureRecord::to(&self.activity_topic).key(&key).payload(&payload))
+        for o in outputs.iter().filter(|o| o.topic == self.activity_topic) {
+            let mut record = FutureRecord::to(&o.topic).payload(&o.payload);
+            if let Some(key) = &o.key {
+                record = record.key(key);
+            }
+            let delivery = self
+                .producer
+                .send_result(record)
                 .map_err(|(e, _)| anyhow::anyhow!("queueing a tag failed: {e}"))?;
             pending.push(delivery);
-            metrics::counter!("enrich_windows_tagged_total", "activity" => t.activity.clone(), "model_version" => t.model_version.clone()).increment(1);
         }
         for p in pending {
             p.await?
                 .map_err(|(e, _)| anyhow::anyhow!("producing a tag failed: {e}"))?;
         }
-        Ok(tags.iter().flatten().count())
+        Ok(tagged)
     }
 }
 
@@ -189,35 +236,34 @@ async fn serve_loop(
     let mut model_mtime = modified(&s.model_path);
     tracing::info!(model_version = %model.model_version, "serving");
     let tagger = Tagger::new(&s.kafka_bootstrap, &s.registry_url, &s.activity_topic).await?;
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &s.kafka_bootstrap)
-        .set("group.id", &s.group_id)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", s.session_timeout_ms.to_string())
-        .create()?;
-    consumer.subscribe(&[&s.motion_topic])?;
+    let pipeline = Pipeline::start(&PipelineSettings {
+        kafka_bootstrap: s.kafka_bootstrap.clone(),
+        group_id: s.group_id.clone(),
+        topics: vec![s.motion_topic.clone()],
+        metrics_prefix: "enrich",
+        delivery: s.delivery,
+        allow_fallback: false,
+        transactional_id: s.transactional_id.clone(),
+        session_timeout: Duration::from_millis(s.session_timeout_ms),
+        timeout: Duration::from_secs(30),
+    })
+    .map_err(anyhow::Error::msg)?;
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut backoff = Duration::from_millis(200);
     loop {
-        // Collect a batch: up to max_batch records or 200 ms after the first.
-        let mut batch = Vec::new();
-        let mut deadline = None;
-        while batch.len() < s.max_batch {
-            let wait = deadline.map_or(Duration::from_millis(500), |d: tokio::time::Instant| {
-                d.saturating_duration_since(tokio::time::Instant::now())
-            });
-            tokio::select! {
-                _ = shutdown.changed() => return Ok(()),
-                r = tokio::time::timeout(wait, consumer.recv()) => match r {
-                    Err(_) => break,
-                    Ok(Err(e)) => { tracing::warn!(error = %e, "consumer error"); break }
-                    Ok(Ok(msg)) => {
-                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(200));
-                        batch.push(msg.detach());
-                    }
-                }
+        // A batch: up to max_batch records or 200 ms after the first.
+        let batch = tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            b = pipeline.next_batch(s.max_batch, Duration::from_millis(200), Duration::from_millis(500)) => b,
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(PipelineError::Retry(e)) => {
+                tracing::warn!(error = %e, "reading a batch");
+                continue;
             }
-        }
+            Err(PipelineError::Fatal(e)) => anyhow::bail!(e),
+        };
         if batch.is_empty() {
             if modified(&s.model_path) != model_mtime {
                 model_mtime = modified(&s.model_path);
@@ -231,9 +277,25 @@ async fn serve_loop(
             }
             continue;
         }
-        let processed = tagger.process(&model, &batch).await;
-        ready.store(processed.is_ok(), std::sync::atomic::Ordering::Relaxed);
-        processed?;
-        commit_after(&consumer, &batch)?;
+        let outcome = match tagger.outputs(&model, &batch, &s.deadletter_topic).await {
+            Ok((outputs, _)) => pipeline.commit(&batch, outputs).await,
+            Err(e) => pipeline.rewind().and(Err(PipelineError::Retry(format!("{e:#}")))),
+        };
+        match outcome {
+            Ok(()) => {
+                ready.store(true, std::sync::atomic::Ordering::Relaxed);
+                backoff = Duration::from_millis(200);
+            }
+            Err(PipelineError::Retry(e)) => {
+                ready.store(false, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(error = %e, retry_in = ?backoff, "batch not committed; it will be read again");
+                tokio::select! {
+                    _ = shutdown.changed() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(PipelineError::Fatal(e)) => anyhow::bail!(e),
+        }
     }
 }

@@ -32,3 +32,54 @@ pub fn rfc3339(micros: i64) -> String {
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
 }
+
+/// A Kafka record given up on, as it came, for the dead-letter topic `topic`:
+/// its key and bytes unchanged, its own headers (but earlier `dl.*` ones), then
+/// ours naming `source`, `reason`, `detail`, the time and where it was read.
+pub fn record(
+    msg: &rdkafka::message::OwnedMessage,
+    topic: &str,
+    source: &str,
+    reason: &str,
+    detail: &str,
+    ids: Option<(&str, &str)>,
+) -> crate::pipeline::Output {
+    use rdkafka::message::{Headers, Message};
+    metrics::counter!("deadletters_total", "source" => source.to_owned(), "reason" => reason.to_owned()).increment(1);
+    tracing::warn!(
+        source,
+        reason,
+        detail,
+        topic = msg.topic(),
+        partition = msg.partition(),
+        offset = msg.offset(),
+        "dead-lettered"
+    );
+    let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
+    if let Some(h) = msg.headers() {
+        for i in 0..h.count() {
+            let header = h.get(i);
+            if !header.key.starts_with("dl.") {
+                headers.push((header.key.to_owned(), header.value.unwrap_or_default().to_vec()));
+            }
+        }
+    }
+    let mut add = |k: &str, v: String| headers.push((k.to_owned(), v.into_bytes()));
+    add(SOURCE, source.into());
+    add(REASON, reason.into());
+    add(DETAIL, detail.into());
+    add(TIME, rfc3339(now_micros()));
+    add(SOURCE_TOPIC, msg.topic().into());
+    add(SOURCE_PARTITION, msg.partition().to_string());
+    add(SOURCE_OFFSET, msg.offset().to_string());
+    if let Some((app_id, event_id)) = ids {
+        add(APP_ID, app_id.into());
+        add(EVENT_ID, event_id.into());
+    }
+    crate::pipeline::Output {
+        topic: topic.to_owned(),
+        key: msg.key().map(<[u8]>::to_vec),
+        payload: msg.payload().unwrap_or_default().to_vec(),
+        headers,
+    }
+}

@@ -390,6 +390,9 @@ fn consumer(s: &Settings, source: Source, topic: &str) -> anyhow::Result<Sink> {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // Records of aborted (or still open) transactions of the router and
+        // the tagger are never inserted.
+        .set("isolation.level", "read_committed")
         .set("session.timeout.ms", s.session_timeout.as_millis().to_string())
         .set("max.poll.interval.ms", s.max_poll_interval.as_millis().to_string())
         .set("statistics.interval.ms", "2000")

@@ -10,7 +10,7 @@ use context_runtime::pipeline::Output;
 use context_schemas::{AvroRecord, ContextEvent, MotionWindow};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::ClientConfig;
 use schema_registry::client::DecodeError;
 use schema_registry::RegistryClient;
@@ -213,36 +213,15 @@ fn decode_reason(e: &DecodeError) -> &'static str {
     }
 }
 
-/// The record as it came, with headers that say where from and why.
 fn dead_letter(msg: &OwnedMessage, topic: &str, reason: &str, detail: &str, event: Option<&ContextEvent>) -> Output {
     metrics::counter!("router_deadletters_total", "reason" => reason.to_owned()).increment(1);
-    tracing::warn!(reason, detail, topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), "dead-lettered");
-    let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
-    // The original headers first, so that ours win for readers taking the last.
-    if let Some(h) = msg.headers() {
-        for i in 0..h.count() {
-            let header = h.get(i);
-            if !header.key.starts_with("dl.") {
-                headers.push((header.key.to_owned(), header.value.unwrap_or_default().to_vec()));
-            }
-        }
-    }
-    let mut add = |k: &str, v: String| headers.push((k.to_owned(), v.into_bytes()));
-    add(dl::SOURCE, "stream-router".into());
-    add(dl::REASON, reason.into());
-    add(dl::DETAIL, detail.into());
-    add(dl::TIME, dl::rfc3339(dl::now_micros()));
-    add(dl::SOURCE_TOPIC, msg.topic().into());
-    add(dl::SOURCE_PARTITION, msg.partition().to_string());
-    add(dl::SOURCE_OFFSET, msg.offset().to_string());
-    if let Some(e) = event {
-        add(dl::APP_ID, e.app_id.clone());
-        add(dl::EVENT_ID, e.event_id.to_string());
-    }
-    Output {
-        topic: topic.to_owned(),
-        key: msg.key().map(<[u8]>::to_vec),
-        payload: msg.payload().unwrap_or_default().to_vec(),
-        headers,
-    }
+    let ids = event.map(|e| (e.app_id.clone(), e.event_id.to_string()));
+    dl::record(
+        msg,
+        topic,
+        "stream-router",
+        reason,
+        detail,
+        ids.as_ref().map(|(a, e)| (a.as_str(), e.as_str())),
+    )
 }

@@ -132,6 +132,11 @@ proptest! {
     }
 
     #[test]
+    fn the_fast_motion_window_writer_matches_apache_avro(w in motion_window()) {
+        prop_assert_eq!(w.encode().unwrap(), context_schemas::codec::encode_generic(&w).unwrap());
+    }
+
+    #[test]
     fn the_fast_event_reader_refuses_garbage_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
         // Whatever it returns for random bytes, the generic reader must agree it is an error
         // or the same event.

@@ -218,8 +218,22 @@ impl Loop<'_> {
                         }
                         paused = true;
                     }
-                    // Keep polling (paused) so the group keeps this member.
-                    let _ = tokio::time::timeout(jitter(backoff), self.consumer.recv()).await;
+                    // Keep polling (paused) so the group keeps this member. A
+                    // partition assigned meanwhile is not paused: its message is
+                    // put back (seek) and the partition paused, never dropped.
+                    let wait_until = tokio::time::Instant::now() + jitter(backoff);
+                    while let Ok(received) = tokio::time::timeout_at(wait_until, self.consumer.recv()).await {
+                        if let Ok(msg) = received {
+                            let mut tpl = TopicPartitionList::new();
+                            tpl.add_partition(msg.topic(), msg.partition());
+                            let (topic, partition, offset) = (msg.topic().to_owned(), msg.partition(), msg.offset());
+                            drop(msg);
+                            let _ = self.consumer.pause(&tpl);
+                            if let Err(e) = self.consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(5)) {
+                                tracing::warn!(error = %e, partition, offset, "could not put a record back while waiting");
+                            }
+                        }
+                    }
                     backoff = (backoff * 2).min(self.settings.max_backoff);
                 }
             }
@@ -285,6 +299,16 @@ impl Loop<'_> {
         *batch = Batch::default();
     }
 
+    /// Forgets the rows of partitions revoked since the last call (their new
+    /// owner reads them again from the committed offsets).
+    fn drop_revoked<R>(&self, batch: &mut Batch<R>, dead: &mut Vec<(i32, DeadLetterRow)>) {
+        let revoked: Vec<i32> = std::mem::take(&mut *self.consumer.context().revoked.lock().expect("rebalance lock"));
+        if !revoked.is_empty() {
+            batch.drop_partitions(&revoked);
+            dead.retain(|(p, _)| !revoked.contains(p));
+        }
+    }
+
     fn topic(&self) -> &str {
         match self.source {
             Source::Events => &self.settings.events_topic,
@@ -345,6 +369,11 @@ where
                     Err(_) => {}
                     Ok(Err(e)) => tracing::warn!(error = %e, source = l.source.name(), "consumer error"),
                     Ok(Ok(msg)) => {
+                        // A rebalance inside this recv() revoked partitions before
+                        // the message came: forget their rows first, or a message of
+                        // a partition revoked and assigned back would be dropped
+                        // with them while the offsets after it are committed.
+                        l.drop_revoked(&mut batch, &mut dead);
                         // Shared, so a retry after a registry outage does not copy the payload.
                         let msg = Arc::new(msg.detach());
                         metrics::counter!("sink_records_received_total", "source" => l.source.name()).increment(1);
@@ -372,11 +401,7 @@ where
                 }
             }
         }
-        let revoked: Vec<i32> = std::mem::take(&mut *l.consumer.context().revoked.lock().expect("rebalance lock"));
-        if !revoked.is_empty() {
-            batch.drop_partitions(&revoked);
-            dead.retain(|(p, _)| !revoked.contains(p));
-        }
+        l.drop_revoked(&mut batch, &mut dead);
         if !batch.is_empty() && batch.due(s.max_rows, s.max_bytes, s.max_age) {
             l.flush(table, &mut batch, &mut dead).await;
         }

@@ -8,9 +8,10 @@
 //!
 //! Produces RECORDS realistic events (default 20,000; every signal set, 2 s of
 //! 50 Hz motion on MOTION_SHARE of them, default 1.0: about 3.8 KB each), then
-//! times both from the first output record a `read_committed` reader sees to
-//! the last. The router runs in this process with the shipped rules, exactly
-//! once. Needs `scripts/stack up`.
+//! times both from their start (group join included) until a `read_committed`
+//! reader has seen every output. The router runs in this process with the shipped rules, exactly
+//! once; `ROUTER_*` variables change its settings (`ROUTER_MAX_BATCH`...).
+//! Needs `scripts/stack up`.
 
 use std::time::{Duration, Instant};
 
@@ -40,10 +41,9 @@ fn reader(topic: &str) -> StreamConsumer {
     c
 }
 
-/// Seconds from the first to the `n`th record of `topic`.
-async fn time_outputs(topic: &str, n: usize) -> f64 {
+/// Seconds from `start` to the `n`th record of `topic`.
+async fn time_outputs(topic: &str, n: usize, start: Instant) -> f64 {
     let r = reader(topic);
-    let mut first = None;
     let mut seen = 0;
     while seen < n {
         match tokio::time::timeout(Duration::from_secs(120), r.recv()).await {
@@ -52,17 +52,17 @@ async fn time_outputs(topic: &str, n: usize) -> f64 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Ok(Err(e)) => panic!("{e}"),
-            Ok(Ok(_)) => {
-                first.get_or_insert_with(Instant::now);
-                seen += 1;
-            }
+            Ok(Ok(_)) => seen += 1,
         }
     }
-    first.map_or(0.0, |f| f.elapsed().as_secs_f64())
+    start.elapsed().as_secs_f64()
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        context_runtime::init_tracing();
+    }
     let args: Vec<String> = std::env::args().collect();
     let n: usize = args.get(1).map_or(20_000, |a| a.parse().expect("RECORDS is a number"));
     let share: f64 = args.get(2).map_or(1.0, |a| a.parse().expect("MOTION_SHARE is a number"));
@@ -108,6 +108,7 @@ async fn main() {
     // The ceiling: copy every record as it is, consume → produce → commit.
     let copy = unique("bench_route_copy");
     create_topic(&copy, 2).await.unwrap();
+    let start = Instant::now();
     let copier = {
         let (source, copy) = (source.clone(), copy.clone());
         tokio::spawn(async move {
@@ -138,7 +139,7 @@ async fn main() {
             }
         })
     };
-    let ceiling = time_outputs(&copy, n).await;
+    let ceiling = time_outputs(&copy, n, start).await;
     copier.abort();
 
     // The router with the shipped rules.
@@ -162,8 +163,11 @@ async fn main() {
         ..stream_router::Config::default()
     };
     c.new_topic_partitions = 2;
+    // ROUTER_MAX_BATCH, ROUTER_LINGER... apply as they do to the service.
+    c.apply_env(|k| std::env::var(k).ok()).unwrap();
+    let start = Instant::now();
     let router = tokio::spawn(stream_router::service::run(c.validate().unwrap(), None, stopped));
-    let routed = time_outputs(&target, with_motion).await;
+    let routed = time_outputs(&target, with_motion, start).await;
     let _ = stop.send(true);
     router.await.unwrap().unwrap();
 

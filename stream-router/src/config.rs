@@ -67,7 +67,9 @@ impl Default for Config {
             transactional_id: String::new(),
             create_topics: false,
             new_topic_partitions: 2,
-            max_batch: 500,
+            // Each transaction costs about 100 ms on the local broker: large
+            // batches amortise it (docs/stream-router.md, "Throughput").
+            max_batch: 2000,
             linger: "50ms".into(),
             session_timeout: "10s".into(),
             timeout: "30s".into(),

@@ -102,8 +102,16 @@ pub async fn run(
             }
             Err(PipelineError::Fatal(e)) => break Err(anyhow::anyhow!(e)),
         };
+        let started = std::time::Instant::now();
         let outcome = match route_batch(&routes, &registry, &batch, &s.deadletter_topic).await {
-            Ok(outputs) => pipeline.commit(&batch, outputs).await,
+            Ok(outputs) => {
+                let routed = started.elapsed();
+                let committed = pipeline.commit(&batch, outputs).await;
+                metrics::histogram!("router_route_seconds").record(routed.as_secs_f64());
+                metrics::histogram!("router_commit_seconds").record((started.elapsed() - routed).as_secs_f64());
+                tracing::debug!(records = batch.len(), route = ?routed, commit = ?(started.elapsed() - routed), "batch");
+                committed
+            }
             Err(not_now) => {
                 // Nothing of it was produced; read it again after a pause.
                 pipeline.rewind().and(Err(PipelineError::Retry(not_now.0)))

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use context_schemas::{ActivityTag, AvroRecord, ClassProbability, MotionWindow};
 use context_runtime::pipeline::{Output, Pipeline, PipelineError, PipelineSettings};
+use context_schemas::{ActivityTag, AvroRecord, ClassProbability, MotionWindow};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};

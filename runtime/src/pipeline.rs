@@ -44,7 +44,9 @@ impl std::str::FromStr for Delivery {
         match s {
             "exactly-once" => Ok(Delivery::ExactlyOnce),
             "at-least-once" => Ok(Delivery::AtLeastOnce),
-            other => Err(format!("`{other}` is not a delivery mode (exactly-once or at-least-once)")),
+            other => Err(format!(
+                "`{other}` is not a delivery mode (exactly-once or at-least-once)"
+            )),
         }
     }
 }
@@ -240,7 +242,12 @@ impl Pipeline {
     /// Reads up to `max` records, waiting at most `linger` after the first
     /// (and `idle` for the first). An empty batch means nothing arrived, or a
     /// rebalance discarded what had been read (it will be read again).
-    pub async fn next_batch(&self, max: usize, linger: Duration, idle: Duration) -> Result<Vec<OwnedMessage>, PipelineError> {
+    pub async fn next_batch(
+        &self,
+        max: usize,
+        linger: Duration,
+        idle: Duration,
+    ) -> Result<Vec<OwnedMessage>, PipelineError> {
         self.consumer.context().rebalanced.store(false, Ordering::SeqCst);
         let mut batch = Vec::new();
         let mut deadline = tokio::time::Instant::now() + idle;
@@ -261,7 +268,10 @@ impl Pipeline {
         }
         if self.consumer.context().rebalanced.load(Ordering::SeqCst) && !batch.is_empty() {
             metrics::counter!(format!("{}_batches_discarded_total", self.prefix), "why" => "rebalance").increment(1);
-            tracing::info!(records = batch.len(), "a rebalance came while reading: batch discarded, reading again from the committed offsets");
+            tracing::info!(
+                records = batch.len(),
+                "a rebalance came while reading: batch discarded, reading again from the committed offsets"
+            );
             self.rewind()?;
             return Ok(Vec::new());
         }
@@ -417,7 +427,11 @@ pub fn default_transactional_id(prefix: &str) -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
         .filter(|h| !h.is_empty());
     match host {
         Some(h) => format!("{prefix}-{h}"),

@@ -229,7 +229,10 @@ impl Loop<'_> {
                             let (topic, partition, offset) = (msg.topic().to_owned(), msg.partition(), msg.offset());
                             drop(msg);
                             let _ = self.consumer.pause(&tpl);
-                            if let Err(e) = self.consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(5)) {
+                            if let Err(e) =
+                                self.consumer
+                                    .seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(5))
+                            {
                                 tracing::warn!(error = %e, partition, offset, "could not put a record back while waiting");
                             }
                         }

@@ -83,7 +83,11 @@ async fn posted_motion_comes_out_as_activity_tags_in_clickhouse() {
             ..stream_router::Config::default()
         };
         c.linger = "20ms".into();
-        tokio::spawn(stream_router::service::run(c.validate().unwrap(), None, stopped.clone()))
+        tokio::spawn(stream_router::service::run(
+            c.validate().unwrap(),
+            None,
+            stopped.clone(),
+        ))
     };
 
     // The tagger with a model trained on the shipped data.
@@ -184,10 +188,22 @@ async fn posted_motion_comes_out_as_activity_tags_in_clickhouse() {
     router.await.unwrap().unwrap();
     tagger.await.unwrap().unwrap();
 
-    assert_eq!(events, all.len() as u64, "every posted event is in `events`; see {}", dir.display());
+    assert_eq!(
+        events,
+        all.len() as u64,
+        "every posted event is in `events`; see {}",
+        dir.display()
+    );
     let tagged: BTreeSet<String> = tags.iter().map(|(id, _, _)| id.clone()).collect();
-    assert_eq!(tagged, with_motion, "exactly the events with motion are tagged; see {}", dir.display());
+    assert_eq!(
+        tagged,
+        with_motion,
+        "exactly the events with motion are tagged; see {}",
+        dir.display()
+    );
     assert_eq!(tags.len(), with_motion.len(), "one tag per event and model version");
-    assert!(tags.iter().all(|(_, activity, version)| !activity.is_empty() && *version == model.model_version));
+    assert!(tags
+        .iter()
+        .all(|(_, activity, version)| !activity.is_empty() && *version == model.model_version));
     s.drop_database().await;
 }

@@ -65,7 +65,9 @@ async fn main() {
     }
     let args: Vec<String> = std::env::args().collect();
     let n: usize = args.get(1).map_or(20_000, |a| a.parse().expect("RECORDS is a number"));
-    let share: f64 = args.get(2).map_or(1.0, |a| a.parse().expect("MOTION_SHARE is a number"));
+    let share: f64 = args
+        .get(2)
+        .map_or(1.0, |a| a.parse().expect("MOTION_SHARE is a number"));
     let source = unique("bench_route_src");
     create_topic(&source, 4).await.unwrap();
     let registry = RegistryClient::new(&registry_url()).unwrap();

@@ -256,6 +256,9 @@ mod tests {
             .apply_env(|k| (k == "ROUTER_CREATE_TOPICS").then(|| "yes".to_string()))
             .unwrap_err();
         assert!(err.contains("ROUTER_CREATE_TOPICS"), "{err}");
-        assert!(toml::from_str::<Config>("rules = \"x\"").is_err(), "unknown keys are refused");
+        assert!(
+            toml::from_str::<Config>("rules = \"x\"").is_err(),
+            "unknown keys are refused"
+        );
     }
 }

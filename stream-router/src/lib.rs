@@ -6,7 +6,7 @@
 //! - [`router`]: decoding, projection, encoding and dead letters of a batch,
 //!   and the target topics' schemas and existence;
 //! - [`service`]: the consume → route → commit loop;
-//! - [`config`]: settings.
+//! - [`config`]: the settings.
 
 pub mod config;
 pub mod router;

@@ -157,7 +157,13 @@ pub async fn route_batch(
             Ok(decoded) => decoded,
             Err(e) if e.is_retryable() => return Err(NotNow(format!("the registry is unavailable: {e}"))),
             Err(e) => {
-                outputs.push(dead_letter(msg, deadletter_topic, decode_reason(&e), &e.to_string(), None));
+                outputs.push(dead_letter(
+                    msg,
+                    deadletter_topic,
+                    decode_reason(&e),
+                    &e.to_string(),
+                    None,
+                ));
                 continue;
             }
         };

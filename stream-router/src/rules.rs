@@ -123,7 +123,10 @@ pub struct Target {
 /// A field a condition can read.
 #[derive(Debug, Clone, PartialEq)]
 enum Field {
-    Signal { index: usize, kind: SignalKind },
+    Signal {
+        index: usize,
+        kind: SignalKind,
+    },
     AppId,
     InstallId,
     SessionId,
@@ -443,7 +446,10 @@ fn compile_action(
 ) -> Result<Action, (&'static str, String)> {
     match (to.is_empty(), drop) {
         (false, Some(_)) => Err(("drop", "a rule either routes (`to`) or drops (`drop`), not both".into())),
-        (true, None) => Err(("to", "no action: give `to = [{ topic = \"...\" }]` or `drop = \"reason\"`".into())),
+        (true, None) => Err((
+            "to",
+            "no action: give `to = [{ topic = \"...\" }]` or `drop = \"reason\"`".into(),
+        )),
         (true, Some(reason)) if reason.trim().is_empty() => Err(("drop", "the reason is empty".into())),
         (true, Some(reason)) => Ok(Action::Drop(reason.to_owned())),
         (false, None) => {
@@ -469,7 +475,10 @@ fn compile_action(
                     topic: t.topic.clone(),
                     projection,
                 };
-                if let Some(other) = targets.iter().find(|o| o.topic == target.topic && o.projection != projection) {
+                if let Some(other) = targets
+                    .iter()
+                    .find(|o| o.topic == target.topic && o.projection != projection)
+                {
                     return Err((
                         "to.project",
                         format!(
@@ -500,7 +509,8 @@ fn valid_topic_name(t: &str) -> bool {
         && t.len() <= 249
         && t != "."
         && t != ".."
-        && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 fn compile_condition(c: &ConditionSpec) -> Result<Condition, String> {
@@ -529,7 +539,11 @@ fn compile_condition(c: &ConditionSpec) -> Result<Condition, String> {
         (_, Some(v)) => vec![constant(kind, v)?],
     };
     if matches!(op, Op::Lt | Op::Le | Op::Gt | Op::Ge) && !matches!(kind, SignalKind::Double | SignalKind::Long) {
-        return Err(format!("`{}` compares numbers, and this field holds {}", c.op, kind_name(kind)));
+        return Err(format!(
+            "`{}` compares numbers, and this field holds {}",
+            c.op,
+            kind_name(kind)
+        ));
     }
     Ok(Condition { field, op, values })
 }

@@ -22,7 +22,8 @@ fn modified(path: &Path) -> Option<SystemTime> {
 
 /// Reads and validates the rules file.
 pub fn load_rules(path: &Path) -> Result<Rules, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the rules file {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read the rules file {}: {e}", path.display()))?;
     Rules::parse(&text).map_err(|e| format!("{}:\n{e}", path.display()))
 }
 

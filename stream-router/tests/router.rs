@@ -236,7 +236,10 @@ fn is_unknown_topic(e: &rdkafka::error::KafkaError) -> bool {
 async fn first_record(consumer: &StreamConsumer, wait: Duration) {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await.expect("a record in time") {
+        match tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .expect("a record in time")
+        {
             Ok(_) => return,
             Err(e) if is_unknown_topic(&e) => tokio::time::sleep(Duration::from_millis(200)).await,
             Err(e) => panic!("{e}"),
@@ -250,7 +253,10 @@ fn exactly_once(topic: &str, seen: &BTreeMap<String, usize>, expected: &BTreeSet
     let got: BTreeSet<String> = seen.keys().cloned().collect();
     let missing: Vec<_> = expected.difference(&got).collect();
     let extra: Vec<_> = got.difference(expected).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "{topic}: missing {missing:?}, unexpected {extra:?}");
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{topic}: missing {missing:?}, unexpected {extra:?}"
+    );
 }
 
 struct Killed(Child);
@@ -270,17 +276,35 @@ async fn rules_route_fan_out_project_sample_and_drop_exactly() {
     produce(&setup.source, &expected.events).await;
     // Records that cannot be routed: not the wire format, an unknown schema id.
     let producer = producer().unwrap();
-    for payload in [b"not avro at all".to_vec(), context_schemas::wire::frame(999_999_999, b"\x02")] {
+    for payload in [
+        b"not avro at all".to_vec(),
+        context_schemas::wire::frame(999_999_999, b"\x02"),
+    ] {
         producer
-            .send(FutureRecord::to(&setup.source).key("k").payload(&payload), Duration::from_secs(10))
+            .send(
+                FutureRecord::to(&setup.source).key("k").payload(&payload),
+                Duration::from_secs(10),
+            )
             .await
             .unwrap();
     }
 
     let _router = Killed(setup.spawn());
-    exactly_once(&setup.motion, &read_committed(&setup.motion, true, expected.motion.len()).await, &expected.motion);
-    exactly_once(&setup.all, &read_committed(&setup.all, false, expected.all.len()).await, &expected.all);
-    exactly_once(&setup.low, &read_committed(&setup.low, false, expected.low.len()).await, &expected.low);
+    exactly_once(
+        &setup.motion,
+        &read_committed(&setup.motion, true, expected.motion.len()).await,
+        &expected.motion,
+    );
+    exactly_once(
+        &setup.all,
+        &read_committed(&setup.all, false, expected.all.len()).await,
+        &expected.all,
+    );
+    exactly_once(
+        &setup.low,
+        &read_committed(&setup.low, false, expected.low.len()).await,
+        &expected.low,
+    );
     assert!(!expected.low.is_empty() && expected.low.len() < expected.all.len());
 
     // The two bad records are dead letters with their bytes and origin.
@@ -295,7 +319,10 @@ async fn rules_route_fan_out_project_sample_and_drop_exactly() {
     let mut reasons = BTreeSet::new();
     let mut letters = Vec::new();
     while letters.len() < 2 {
-        match tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await.expect("a dead letter") {
+        match tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .expect("a dead letter")
+        {
             Ok(m) => letters.push(m.detach()),
             Err(e) if is_unknown_topic(&e) => tokio::time::sleep(Duration::from_millis(200)).await,
             Err(e) => panic!("{e}"),
@@ -345,9 +372,21 @@ async fn kill_9_mid_stream_then_restart_leaves_every_target_exactly_once() {
     router.wait().unwrap();
 
     let _router = Killed(setup.spawn());
-    exactly_once(&setup.motion, &read_committed(&setup.motion, true, expected.motion.len()).await, &expected.motion);
-    exactly_once(&setup.all, &read_committed(&setup.all, false, expected.all.len()).await, &expected.all);
-    exactly_once(&setup.low, &read_committed(&setup.low, false, expected.low.len()).await, &expected.low);
+    exactly_once(
+        &setup.motion,
+        &read_committed(&setup.motion, true, expected.motion.len()).await,
+        &expected.motion,
+    );
+    exactly_once(
+        &setup.all,
+        &read_committed(&setup.all, false, expected.all.len()).await,
+        &expected.all,
+    );
+    exactly_once(
+        &setup.low,
+        &read_committed(&setup.low, false, expected.low.len()).await,
+        &expected.low,
+    );
 }
 
 fn write(path: &Path, text: &str) {
@@ -377,9 +416,18 @@ to = [{ topic = "y.v1", project = "Nope" }]
         .unwrap();
     assert!(!check.status.success());
     let err = String::from_utf8_lossy(&check.stderr);
-    assert!(err.contains("rule `low-battery`, field `battery_levl`: no such field"), "{err}");
-    assert!(err.contains("rule `bad-projection`, field `network_type`: `<` compares numbers"), "{err}");
-    assert!(err.contains("rule `bad-projection`, field `to.project`: unknown record type `Nope`"), "{err}");
+    assert!(
+        err.contains("rule `low-battery`, field `battery_levl`: no such field"),
+        "{err}"
+    );
+    assert!(
+        err.contains("rule `bad-projection`, field `network_type`: `<` compares numbers"),
+        "{err}"
+    );
+    assert!(
+        err.contains("rule `bad-projection`, field `to.project`: unknown record type `Nope`"),
+        "{err}"
+    );
 
     let run = Command::new(env!("CARGO_BIN_EXE_stream-router"))
         .arg("run")
@@ -416,7 +464,11 @@ async fn a_changed_rules_file_is_picked_up_and_a_broken_one_keeps_the_old_rules(
     let ids = |events: &[ContextEvent]| -> BTreeSet<String> { events.iter().map(|e| e.event_id.to_string()).collect() };
     let one = batch(70_000);
     produce(&setup.source, &one).await;
-    exactly_once(&first_target, &read_committed(&first_target, false, 10).await, &ids(&one));
+    exactly_once(
+        &first_target,
+        &read_committed(&first_target, false, 10).await,
+        &ids(&one),
+    );
 
     // A broken file: the rules in force stay.
     write(&setup.rules, "[[rules]]\nname = \"all\"\nto = []\n");
@@ -432,5 +484,9 @@ async fn a_changed_rules_file_is_picked_up_and_a_broken_one_keeps_the_old_rules(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let three = batch(72_000);
     produce(&setup.source, &three).await;
-    exactly_once(&second_target, &read_committed(&second_target, false, 10).await, &ids(&three));
+    exactly_once(
+        &second_target,
+        &read_committed(&second_target, false, 10).await,
+        &ids(&three),
+    );
 }

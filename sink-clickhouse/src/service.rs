@@ -5,11 +5,16 @@
 //! into the current types); a record that cannot be decoded becomes a row of
 //! `dead_letters`; a registry outage waits and retries the same record. A batch
 //! is inserted when it reaches `max_rows`, `max_bytes` or `max_age`. While
-//! ClickHouse refuses with a retryable error the partitions are paused and the
-//! insert retried with jittered backoff: lag grows, nothing is lost. Rows
-//! ClickHouse refuses for good are isolated by splitting the batch and go to
-//! `dead_letters`. Offsets are committed after the insert; a rebalance drops
-//! the revoked partitions' rows, which their new owner reads again.
+//! ClickHouse refuses with a transient error, or with a configuration fault
+//! (a missing column, table or database, wrong credentials: see [`classify`]),
+//! the partitions are paused, `/readyz` turns 503 and the insert is retried with
+//! jittered backoff: lag grows, nothing is committed or dead-lettered. Only
+//! rows ClickHouse refuses one by one are isolated by splitting the batch and
+//! go to `dead_letters` with the record's bytes, topic, partition and offset;
+//! a dead letter that cannot be stored blocks the commit too. Offsets are
+//! committed after the insert. A rebalance drops the revoked partitions' rows
+//! (their new owner reads them again) before any record received after it is
+//! added.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -141,26 +146,48 @@ fn time_micros(s: &str) -> Option<i64> {
     i64::try_from(t.unix_timestamp_nanos() / 1000).ok()
 }
 
-/// Whether ClickHouse may accept the same insert later.
-pub fn retryable(e: &clickhouse::error::Error) -> bool {
+/// What a refused insert says about the fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// ClickHouse is down, busy or slow: the same insert may succeed later.
+    Transient,
+    /// The table, a column, the database or the credentials are wrong: no row
+    /// is at fault, and none may be dead-lettered; an operator must act.
+    Fault,
+    /// Some row's values are refused (a parse error, a type mismatch): the
+    /// batch is split to find them.
+    Row,
+}
+
+/// Classifies an insert error by ClickHouse's error code.
+pub fn classify(e: &clickhouse::error::Error) -> Failure {
     use clickhouse::error::Error;
     match e {
-        Error::Network(_) | Error::TimedOut => true,
+        Error::Network(_) | Error::TimedOut => Failure::Transient,
         Error::BadResponse(text) => {
             let code = text
                 .split("Code: ")
                 .nth(1)
                 .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
                 .and_then(|c| c.parse::<u32>().ok());
-            // too many parts, memory limit, timeouts, network, read-only replica,
-            // too many queries, unknown insert status, keeper: a retry may help.
-            matches!(
-                code,
-                None | Some(3 | 159 | 164 | 202 | 209 | 210 | 241 | 242 | 252 | 319 | 425 | 999)
-            )
+            match code {
+                // too many parts, memory limit, timeouts, network, read-only replica,
+                // too many queries, unknown insert status, keeper: a retry may help.
+                None | Some(3 | 159 | 164 | 202 | 209 | 210 | 241 | 242 | 252 | 319 | 425 | 999) => Failure::Transient,
+                // no such column (8, 10, 16, 47), unknown table (60), unknown
+                // database (81), unknown user, wrong password, authentication,
+                // access denied (192, 193, 516, 497), not enough privileges (241 is memory).
+                Some(8 | 10 | 16 | 47 | 60 | 81 | 192 | 193 | 497 | 516) => Failure::Fault,
+                Some(_) => Failure::Row,
+            }
         }
-        _ => false,
+        _ => Failure::Fault,
     }
+}
+
+/// Whether ClickHouse may accept the same insert later.
+pub fn retryable(e: &clickhouse::error::Error) -> bool {
+    classify(e) == Failure::Transient
 }
 
 async fn insert_rows<R: RowOwned + RowWrite>(
@@ -193,53 +220,62 @@ struct Loop<'a> {
 
 impl Loop<'_> {
     /// Inserts `rows` into `table`, retrying while ClickHouse is unavailable
-    /// (partitions paused), isolating rows it refuses for good; returns the
-    /// refused rows' indices and errors.
-    async fn insert_with_retry<R: RowOwned + RowWrite>(&self, table: &str, rows: &[R]) -> Vec<(usize, String)> {
+    /// or misconfigured (partitions paused, `/readyz` 503), isolating rows it
+    /// refuses for good; returns the refused rows' indices and errors. With
+    /// `all_or_nothing` (dead letters) a refused row is a fault too: nothing
+    /// may be given up. A batch whose every row is refused is a fault, not a
+    /// batch of bad rows.
+    async fn insert_with_retry<R: RowOwned + RowWrite>(
+        &self,
+        table: &str,
+        rows: &[R],
+        all_or_nothing: bool,
+    ) -> Vec<(usize, String)> {
         let mut backoff = Duration::from_millis(500);
         let mut paused = false;
         let refused = loop {
             let started = std::time::Instant::now();
             let insert = |part: std::ops::Range<usize>| insert_rows(&self.writer, table, &rows[part]);
-            match insert_or_isolate(rows.len(), &insert, retryable).await {
-                Ok(refused) => {
+            let problem = match insert_or_isolate(rows.len(), &insert, |e| classify(e) != Failure::Row).await {
+                Ok(refused) if refused.is_empty() || (!all_or_nothing && refused.len() < rows.len().max(2)) => {
                     metrics::histogram!("sink_insert_seconds", "table" => table.to_owned())
                         .record(started.elapsed().as_secs_f64());
                     self.health.clickhouse_ok.store(true, Ordering::Relaxed);
                     break refused;
                 }
-                Err(e) => {
-                    self.health.clickhouse_ok.store(false, Ordering::Relaxed);
-                    metrics::counter!("sink_insert_retries_total", "table" => table.to_owned()).increment(1);
+                Ok(refused) => (
+                    Failure::Fault,
+                    format!("{} of {} rows refused: {}", refused.len(), rows.len(), refused[0].1),
+                ),
+                Err(e) => (classify(&e), e.to_string()),
+            };
+            self.health.clickhouse_ok.store(false, Ordering::Relaxed);
+            metrics::counter!("sink_insert_retries_total", "table" => table.to_owned()).increment(1);
+            match problem {
+                (Failure::Transient, e) => {
                     tracing::warn!(error = %e, table, rows = rows.len(), retry_in = ?backoff, "ClickHouse insert failed; keeping the batch");
-                    if !paused {
-                        if let Ok(assignment) = self.consumer.assignment() {
-                            let _ = self.consumer.pause(&assignment);
-                        }
-                        paused = true;
-                    }
-                    // Keep polling (paused) so the group keeps this member. A
-                    // partition assigned meanwhile is not paused: its message is
-                    // put back (seek) and the partition paused, never dropped.
-                    let wait_until = tokio::time::Instant::now() + jitter(backoff);
-                    while let Ok(received) = tokio::time::timeout_at(wait_until, self.consumer.recv()).await {
-                        if let Ok(msg) = received {
-                            let mut tpl = TopicPartitionList::new();
-                            tpl.add_partition(msg.topic(), msg.partition());
-                            let (topic, partition, offset) = (msg.topic().to_owned(), msg.partition(), msg.offset());
-                            drop(msg);
-                            let _ = self.consumer.pause(&tpl);
-                            if let Err(e) =
-                                self.consumer
-                                    .seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(5))
-                            {
-                                tracing::warn!(error = %e, partition, offset, "could not put a record back while waiting");
-                            }
-                        }
-                    }
-                    backoff = (backoff * 2).min(self.settings.max_backoff);
+                }
+                (_, e) => {
+                    metrics::counter!("sink_clickhouse_faults_total", "table" => table.to_owned()).increment(1);
+                    tracing::error!(
+                        error = %e,
+                        table,
+                        rows = rows.len(),
+                        retry_in = ?backoff,
+                        "ClickHouse refuses every insert into this table: a missing column, table or database \
+                         (run `sink-clickhouse migrate`), or wrong credentials (check `clickhouse_user` and \
+                         `clickhouse_password`). Nothing is committed or dead-lettered until it is fixed"
+                    );
                 }
             }
+            if !paused {
+                if let Ok(assignment) = self.consumer.assignment() {
+                    let _ = self.consumer.pause(&assignment);
+                }
+                paused = true;
+            }
+            self.wait_paused(jitter(backoff)).await;
+            backoff = (backoff * 2).min(self.settings.max_backoff);
         };
         if paused {
             if let Ok(assignment) = self.consumer.assignment() {
@@ -249,39 +285,52 @@ impl Loop<'_> {
         refused
     }
 
+    /// Keeps polling (partitions paused) for `wait` so the group keeps this
+    /// member. A partition assigned meanwhile is not paused: its record is put
+    /// back (seek) and the partition paused, never dropped.
+    async fn wait_paused(&self, wait: Duration) {
+        let wait_until = tokio::time::Instant::now() + wait;
+        while let Ok(received) = tokio::time::timeout_at(wait_until, self.consumer.recv()).await {
+            if let Ok(msg) = received {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(msg.topic(), msg.partition());
+                let (topic, partition, offset) = (msg.topic().to_owned(), msg.partition(), msg.offset());
+                drop(msg);
+                let _ = self.consumer.pause(&tpl);
+                if let Err(e) = self
+                    .consumer
+                    .seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(5))
+                {
+                    tracing::error!(error = %e, partition, offset, "could not put a record back while waiting");
+                }
+            }
+        }
+    }
+
     async fn flush<R: RowOwned + RowWrite>(
         &self,
         table: &str,
-        batch: &mut Batch<R>,
+        batch: &mut Batch<(R, Arc<OwnedMessage>)>,
         dead: &mut Vec<(i32, DeadLetterRow)>,
     ) {
-        let rows: Vec<R> = std::mem::take(&mut batch.rows).into_iter().map(|(_, r)| r).collect();
+        let (rows, origins): (Vec<R>, Vec<Arc<OwnedMessage>>) = std::mem::take(&mut batch.rows)
+            .into_iter()
+            .map(|(_, pair)| pair)
+            .unzip();
         let n = rows.len();
         let refused = if rows.is_empty() {
             Vec::new()
         } else {
-            self.insert_with_retry(table, &rows).await
+            self.insert_with_retry(table, &rows, false).await
         };
         let mut dead_rows: Vec<DeadLetterRow> = std::mem::take(dead).into_iter().map(|(_, r)| r).collect();
-        for (_, error) in &refused {
-            dead_rows.push(DeadLetterRow::from_dead_letter(DeadLetter {
-                source: "sink-clickhouse".into(),
-                reason: "refused_by_clickhouse".into(),
-                detail: error.clone(),
-                source_topic: None,
-                source_partition: None,
-                source_offset: None,
-                app_id: None,
-                event_id: None,
-                failed_at: now_micros(),
-                payload: Vec::new(),
-            }));
+        for (index, error) in &refused {
+            // The record as it came (its bytes carry the schema id), and where from.
+            dead_rows.push(dead_row(&origins[*index], "refused_by_clickhouse", error.clone()));
         }
         if !dead_rows.is_empty() {
-            let still_refused = self.insert_with_retry("dead_letters", &dead_rows).await;
-            for (_, error) in still_refused {
-                tracing::error!(error, "a dead-letter row was refused by ClickHouse");
-            }
+            // A dead letter that cannot be stored blocks the commit like any row.
+            self.insert_with_retry("dead_letters", &dead_rows, true).await;
         }
         let inserted = (n - refused.len()) as u64;
         self.health.inserted_rows.fetch_add(inserted, Ordering::Relaxed);
@@ -356,7 +405,7 @@ where
     Fut: std::future::Future<Output = Result<Converted<R>, DecodeError>>,
 {
     let s = l.settings;
-    let mut batch: Batch<R> = Batch::default();
+    let mut batch: Batch<(R, Arc<OwnedMessage>)> = Batch::default();
     let mut dead: Vec<(i32, DeadLetterRow)> = Vec::new();
     loop {
         let wait = batch.time_left(s.max_age).max(Duration::from_millis(10));
@@ -393,7 +442,7 @@ where
                             }
                         };
                         match converted {
-                            Converted::Row(r) => batch.push(p, r),
+                            Converted::Row(r) => batch.push(p, (r, Arc::clone(&msg))),
                             Converted::Dead(d) => {
                                 metrics::counter!("sink_dead_lettered_total", "source" => l.source.name()).increment(1);
                                 dead.push((p, *d));
@@ -510,6 +559,17 @@ mod tests {
         assert!(!retryable(&Error::BadResponse(
             "Code: 53, e.displayText() = DB::Exception: Type mismatch".into()
         )));
+        let class = |text: &str| classify(&Error::BadResponse(text.into()));
+        assert_eq!(class("Code: 53, DB::Exception: Type mismatch"), Failure::Row);
+        assert_eq!(class("Code: 27, DB::Exception: Cannot parse input"), Failure::Row);
+        for fault in [
+            "Code: 16, e.displayText() = DB::Exception: No such column battery_level in table ctx.events",
+            "Code: 60, DB::Exception: Table ctx.events doesn't exist.",
+            "Code: 81, DB::Exception: Database ctx doesn't exist",
+            "Code: 516, DB::Exception: default: Authentication failed",
+        ] {
+            assert_eq!(class(fault), Failure::Fault, "{fault}");
+        }
     }
 
     #[test]

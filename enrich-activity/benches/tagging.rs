@@ -32,7 +32,12 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function("features_and_inference_200_windows", |b| {
-        b.iter(|| windows.iter().map(|w| tag(&model, &spec, w).confidence).sum::<f32>())
+        b.iter(|| {
+            windows
+                .iter()
+                .map(|w| tag(&model, &spec, w, 0.0).confidence)
+                .sum::<f32>()
+        })
     });
     g.finish();
 }

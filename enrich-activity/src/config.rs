@@ -34,6 +34,9 @@ pub struct Config {
     /// `ENRICH_TRANSACTIONAL_ID`: stable per replica; empty means
     /// `enrich-activity-<host name>`.
     pub transactional_id: String,
+    /// `ENRICH_MIN_CONFIDENCE`: below this probability (0–1) a window is
+    /// tagged `unknown` instead of its most likely class.
+    pub min_confidence: f32,
 }
 
 impl Default for Config {
@@ -51,6 +54,7 @@ impl Default for Config {
             deadletter_topic: topics::DEAD_LETTER.into(),
             delivery: "exactly-once".into(),
             transactional_id: String::new(),
+            min_confidence: crate::serve::DEFAULT_MIN_CONFIDENCE,
         }
     }
 }
@@ -70,6 +74,7 @@ pub struct Settings {
     pub deadletter_topic: String,
     pub delivery: context_runtime::pipeline::Delivery,
     pub transactional_id: String,
+    pub min_confidence: f32,
 }
 
 impl Config {
@@ -102,6 +107,10 @@ impl Config {
         if let Some(m) = get("ENRICH_MODEL") {
             self.model = Some(m.into());
         }
+        if let Some(v) = get("ENRICH_MIN_CONFIDENCE") {
+            // A malformed value becomes NaN and is refused by `validate`.
+            self.min_confidence = v.parse().unwrap_or(f32::NAN);
+        }
     }
 
     pub fn validate(&self) -> Result<Settings, String> {
@@ -127,6 +136,9 @@ impl Config {
         if self.max_batch == 0 {
             problems.push("max_batch must be above 0".into());
         }
+        if !(0.0..=1.0).contains(&self.min_confidence) {
+            problems.push(format!("min_confidence {} is not between 0 and 1", self.min_confidence));
+        }
         let delivery = self
             .delivery
             .parse::<context_runtime::pipeline::Delivery>()
@@ -150,6 +162,7 @@ impl Config {
                 } else {
                     self.transactional_id.clone()
                 },
+                min_confidence: self.min_confidence,
             }),
             _ => Err(problems.join("\n")),
         }

@@ -121,6 +121,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 deadletter_topic: c.deadletter_topic,
                 delivery: c.delivery,
                 transactional_id: c.transactional_id,
+                min_confidence: c.min_confidence,
             };
             let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
             runtime.block_on(async {

@@ -247,8 +247,12 @@ impl Model {
 
     /// The most likely activity and its probability.
     pub fn predict(&self, features: &[f64]) -> (&str, f32) {
-        let p = self.probabilities(features);
-        let best = argmax(&p);
+        self.predict_from(&self.probabilities(features))
+    }
+
+    /// The most likely activity of the probabilities `p` (in `labels` order).
+    pub fn predict_from(&self, p: &[f32]) -> (&str, f32) {
+        let best = argmax(p);
         (&self.labels[best], p[best])
     }
 

@@ -42,6 +42,8 @@ pub struct ServeSettings {
     pub deadletter_topic: String,
     pub delivery: context_runtime::pipeline::Delivery,
     pub transactional_id: String,
+    /// Below this probability a window is tagged `unknown`.
+    pub min_confidence: f32,
 }
 
 fn now_micros() -> i64 {
@@ -55,11 +57,37 @@ fn modified(path: &PathBuf) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// The tag of one window.
-pub fn tag(model: &Model, spec: &FeatureSpec, w: &MotionWindow) -> ActivityTag {
+/// The activity of a window the model cannot vouch for.
+pub const UNKNOWN: &str = "unknown";
+
+/// Below this probability a window is tagged [`UNKNOWN`] unless configured
+/// otherwise (`min_confidence`).
+pub const DEFAULT_MIN_CONFIDENCE: f32 = 0.5;
+
+/// The tag of one window. A window whose probabilities are not a valid
+/// distribution (non-finite features, or a model overflowing on a window far
+/// from its training data) or whose best class is below `min_confidence` is
+/// tagged [`UNKNOWN`]: never a NaN, never a fabricated class.
+pub fn tag(model: &Model, spec: &FeatureSpec, w: &MotionWindow, min_confidence: f32) -> ActivityTag {
     let features = spec.extract(&w.accelerometer, &w.gyroscope, w.sample_rate_hz);
-    let p = model.probabilities(&features);
-    let (activity, confidence) = model.predict(&features);
+    let mut p = model.probabilities(&features);
+    let sum: f32 = p.iter().sum();
+    let valid = p.iter().all(|v| v.is_finite() && *v >= 0.0) && (sum - 1.0).abs() < 1e-3;
+    let (activity, confidence) = if valid {
+        let (label, confidence) = model.predict_from(&p);
+        if confidence >= min_confidence {
+            (label.to_owned(), confidence)
+        } else {
+            (UNKNOWN.to_owned(), confidence)
+        }
+    } else {
+        p.iter_mut().for_each(|v| *v = 0.0);
+        (UNKNOWN.to_owned(), 0.0)
+    };
+    if activity == UNKNOWN {
+        metrics::counter!("enrich_windows_unknown_total", "why" => if valid { "low_confidence" } else { "invalid_probabilities" })
+            .increment(1);
+    }
     ActivityTag {
         event_id: w.event_id,
         app_id: w.app_id.clone(),
@@ -67,7 +95,7 @@ pub fn tag(model: &Model, spec: &FeatureSpec, w: &MotionWindow) -> ActivityTag {
         install_id: w.install_id,
         timestamp: w.timestamp,
         model_version: model.model_version.clone(),
-        activity: activity.to_owned(),
+        activity,
         confidence,
         probabilities: model
             .labels
@@ -89,6 +117,8 @@ pub struct Tagger {
     producer: FutureProducer,
     tag_schema_id: u32,
     activity_topic: String,
+    /// Below it a window is tagged `unknown`.
+    pub min_confidence: f32,
 }
 
 impl Tagger {
@@ -107,6 +137,7 @@ impl Tagger {
             producer,
             tag_schema_id,
             activity_topic: activity_topic.to_owned(),
+            min_confidence: DEFAULT_MIN_CONFIDENCE,
         })
     }
 
@@ -148,9 +179,14 @@ impl Tagger {
             }
         }
         let (m, started, n) = (model.clone(), std::time::Instant::now(), batch.len());
+        let min_confidence = self.min_confidence;
         let tags: Vec<ActivityTag> = tokio::task::spawn_blocking(move || {
             let spec = FeatureSpec::default();
-            windows.iter().flatten().map(|w| tag(&m, &spec, w)).collect()
+            windows
+                .iter()
+                .flatten()
+                .map(|w| tag(&m, &spec, w, min_confidence))
+                .collect()
         })
         .await?;
         metrics::histogram!("enrich_inference_seconds").record(started.elapsed().as_secs_f64() / n as f64);
@@ -235,7 +271,8 @@ async fn serve_loop(
     let mut model = Arc::new(load(&s.model_path)?);
     let mut model_mtime = modified(&s.model_path);
     tracing::info!(model_version = %model.model_version, "serving");
-    let tagger = Tagger::new(&s.kafka_bootstrap, &s.registry_url, &s.activity_topic).await?;
+    let mut tagger = Tagger::new(&s.kafka_bootstrap, &s.registry_url, &s.activity_topic).await?;
+    tagger.min_confidence = s.min_confidence;
     let pipeline = Pipeline::start(&PipelineSettings {
         kafka_bootstrap: s.kafka_bootstrap.clone(),
         group_id: s.group_id.clone(),

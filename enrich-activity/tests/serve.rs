@@ -70,6 +70,7 @@ async fn serve_tags_every_window_once() {
             deadletter_topic: context_schemas::contract::topics::DEAD_LETTER.into(),
             delivery: context_runtime::pipeline::Delivery::ExactlyOnce,
             transactional_id: unique("it_enrich_txn"),
+            min_confidence: 0.0,
         },
         context_runtime::install_metrics(),
         rx,
@@ -82,7 +83,10 @@ async fn serve_tags_every_window_once() {
     for (_, value) in records {
         let (_, t) = registry.decode::<ActivityTag>(&value).await.unwrap();
         assert_eq!(t.model_version, model.model_version);
-        assert!(model.labels.contains(&t.activity));
+        // The sample windows are noise: a class, or `unknown` when the model
+        // cannot give a valid distribution for them.
+        assert!(model.labels.contains(&t.activity) || t.activity == enrich_activity::serve::UNKNOWN);
+        assert!(t.confidence.is_finite());
         assert_eq!(t.probabilities.len(), model.labels.len());
         assert!(tagged.insert(t.event_id), "tagged twice");
     }
@@ -102,4 +106,55 @@ async fn serve_tags_every_window_once() {
     );
     let _ = stop.send(true);
     task.await.unwrap().unwrap();
+}
+
+/// Windows far from the training data (huge values, a flat line, a single
+/// sample) never give a NaN, an infinite or above-one confidence, nor a class
+/// the model cannot vouch for: they are `unknown`.
+#[test]
+fn out_of_distribution_windows_are_unknown_never_nan() {
+    use context_schemas::Axes3;
+    use enrich_activity::serve::{tag, DEFAULT_MIN_CONFIDENCE, UNKNOWN};
+    let (model, _) = train(
+        &parse_ts(include_str!("../data/BasicMotions_TRAIN.ts"), 10.0).unwrap(),
+        &FeatureSpec::default(),
+        5,
+        4,
+    )
+    .unwrap();
+    let spec = FeatureSpec::default();
+    let base = MotionWindow::from_event(&sample::event(7, &SampleOptions::default())).unwrap();
+    let axes = |v: f32, n: usize| Axes3 {
+        x: vec![v; n],
+        y: vec![v * 0.5; n],
+        z: vec![-v; n],
+    };
+    for (what, accelerometer) in [
+        ("huge values", axes(1.0e6, 100)),
+        ("a flat line", axes(0.0, 100)),
+        ("one sample", axes(0.3, 1)),
+    ] {
+        let w = MotionWindow {
+            accelerometer: accelerometer.clone(),
+            gyroscope: accelerometer,
+            ..base.clone()
+        };
+        let t = tag(&model, &spec, &w, DEFAULT_MIN_CONFIDENCE);
+        assert!(
+            t.confidence.is_finite() && (0.0..=1.0).contains(&t.confidence),
+            "{what}: {t:?}"
+        );
+        assert!(
+            t.probabilities.iter().all(|p| p.probability.is_finite()),
+            "{what}: {t:?}"
+        );
+        assert!(
+            t.activity == UNKNOWN || t.confidence >= DEFAULT_MIN_CONFIDENCE,
+            "{what}: a class below the threshold: {t:?}"
+        );
+    }
+    // The random sample windows the tests and the demo send are noise: with
+    // the threshold at 1.0 everything short of certainty is unknown.
+    let t = tag(&model, &spec, &base, 1.0);
+    assert!(t.activity == UNKNOWN || t.confidence >= 1.0);
 }

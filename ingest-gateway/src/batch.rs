@@ -51,7 +51,8 @@ pub fn decompress(body: &[u8], encoding: Encoding, max: usize) -> Result<Cow<'_,
     }
     match encoding {
         Encoding::Identity => Ok(Cow::Borrowed(body)),
-        Encoding::Gzip => read_limited(flate2::read::GzDecoder::new(body), max, "gzip").map(Cow::Owned),
+        // Every member of a multi-member gzip stream, not only the first.
+        Encoding::Gzip => read_limited(flate2::read::MultiGzDecoder::new(body), max, "gzip").map(Cow::Owned),
         Encoding::Zstd => {
             let decoder =
                 zstd::stream::read::Decoder::new(body).map_err(|e| BatchError::BadCompression(format!("zstd: {e}")))?;
@@ -60,14 +61,16 @@ pub fn decompress(body: &[u8], encoding: Encoding, max: usize) -> Result<Cow<'_,
     }
 }
 
-/// The SDK that sent the batch.
+/// The SDK that sent the batch. Fields a newer SDK adds (a build number…) are
+/// skipped and counted, never a reject.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawSdk<'a> {
     #[serde(borrow)]
     pub name: Cow<'a, str>,
     #[serde(borrow)]
     pub version: Cow<'a, str>,
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, serde::de::IgnoredAny>,
 }
 
 /// Static device facts; facts beyond the named ones are kept as text.

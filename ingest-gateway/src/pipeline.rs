@@ -27,6 +27,9 @@ pub struct PreparedBatch {
     pub received_at: i64,
     pub events: usize,
     pub unknown_signals: usize,
+    /// Fields of the `sdk` object, the events or their motion that this
+    /// gateway does not know (a newer SDK's), skipped.
+    pub unknown_fields: usize,
     /// Confluent-framed Avro of each accepted event, in batch order.
     pub accepted: Vec<Vec<u8>>,
     pub rejected: Vec<RejectedEvent>,
@@ -48,10 +51,12 @@ pub fn prepare(
     let mut accepted = Vec::with_capacity(batch.events.len());
     let mut rejected = Vec::new();
     let mut unknown_signals = 0;
+    let mut unknown_fields = batch.sdk.unknown.len();
     for (index, raw) in batch.events.iter().enumerate() {
         match validator.event(&env, raw) {
             Ok(valid) => {
                 unknown_signals += valid.unknown_signals;
+                unknown_fields += valid.unknown_fields;
                 let value = valid
                     .event
                     .to_wire(schema_id)
@@ -72,6 +77,7 @@ pub fn prepare(
         received_at,
         events: batch.events.len(),
         unknown_signals,
+        unknown_fields,
         accepted,
         rejected,
     })

@@ -106,6 +106,13 @@ impl RateLimits {
             Err(((need - *tokens) / rate).ceil().max(1.0) as u64)
         }
     }
+
+    /// Gives back `n` events taken for a batch that was not accepted.
+    fn refund(&mut self, app: &str, n: f64, burst: f64) {
+        if let Some((tokens, _)) = self.buckets.get_mut(app) {
+            *tokens = (*tokens + n).min(burst);
+        }
+    }
 }
 
 /// Everything the handlers share.
@@ -161,6 +168,7 @@ struct Prepared {
     batch_id: Uuid,
     events: usize,
     unknown_signals: usize,
+    unknown_fields: usize,
 }
 
 impl Gateway {
@@ -212,6 +220,7 @@ impl Gateway {
             batch_id: batch.batch_id,
             events: batch.events,
             unknown_signals: batch.unknown_signals,
+            unknown_fields: batch.unknown_fields,
         })
     }
 }
@@ -330,6 +339,9 @@ async fn post_batch(gw: web::Data<Arc<Gateway>>, req: HttpRequest, mut payload: 
     if prepared.unknown_signals > 0 {
         metrics::counter!("gateway_unknown_signals_total").increment(prepared.unknown_signals as u64);
     }
+    if prepared.unknown_fields > 0 {
+        metrics::counter!("gateway_unknown_fields_total").increment(prepared.unknown_fields as u64);
+    }
     match gw.kafka.send_all(prepared.records).await {
         Ok(()) => {
             let answer = Arc::new(prepared.answer);
@@ -347,6 +359,12 @@ async fn post_batch(gw: web::Data<Arc<Gateway>>, req: HttpRequest, mut payload: 
         Err(e) => {
             tracing::warn!(error = %e, "batch not acknowledged");
             metrics::counter!("gateway_errors_total", "stage" => "produce").increment(1);
+            // The batch was not taken: its retry must not find the app's
+            // rate budget spent on it.
+            gw.limits
+                .lock()
+                .expect("rate lock")
+                .refund(&app.app_id, prepared.events as f64, app.burst);
             retry_later(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -535,6 +553,12 @@ mod tests {
         assert!(rl.take("b", 10.0, 5.0, 10.0).is_ok(), "apps have their own buckets");
         // A batch larger than the burst passes on a full bucket.
         assert!(RateLimits::default().take("c", 50.0, 5.0, 10.0).is_ok());
+        // A batch refused with 503 gives its events back: the retry passes.
+        let mut rl = RateLimits::default();
+        assert!(rl.take("d", 10.0, 0.001, 10.0).is_ok());
+        assert!(rl.take("d", 10.0, 0.001, 10.0).is_err());
+        rl.refund("d", 10.0, 10.0);
+        assert!(rl.take("d", 10.0, 0.001, 10.0).is_ok(), "the retry is not rate-limited");
     }
 
     #[test]

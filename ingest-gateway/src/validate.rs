@@ -194,14 +194,55 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawSignals<'a> {
 /// Motion as sent. The sample arrays stay raw JSON and are read by
 /// [`parse_samples`]: they are most of an event's bytes, and parsing them
 /// straight into `f32` axes is several times faster than a generic number path.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Fields a newer SDK adds are skipped and counted, never a reject.
+#[derive(Debug)]
 struct RawMotion<'a> {
     sample_rate_hz: f64,
-    #[serde(borrow, default)]
     accelerometer: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     gyroscope: Option<&'a RawValue>,
+    unknown_fields: usize,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawMotion<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawMotion<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a motion object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let (mut rate, mut accelerometer, mut gyroscope, mut unknown_fields) = (None, None, None, 0);
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "sample_rate_hz" => once(&mut rate, map.next_value()?, "sample_rate_hz")?,
+                        "accelerometer" => once(&mut accelerometer, map.next_value()?, "accelerometer")?,
+                        "gyroscope" => once(&mut gyroscope, map.next_value()?, "gyroscope")?,
+                        _ => {
+                            map.next_value::<de::IgnoredAny>()?;
+                            unknown_fields += 1;
+                        }
+                    }
+                }
+                Ok(RawMotion {
+                    sample_rate_hz: rate.ok_or_else(|| de::Error::missing_field("sample_rate_hz"))?,
+                    accelerometer: accelerometer.flatten(),
+                    gyroscope: gyroscope.flatten(),
+                    unknown_fields,
+                })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Sets a field read from a JSON object, refusing a second occurrence.
+fn once<T, E: de::Error>(slot: &mut Option<T>, value: T, name: &'static str) -> Result<(), E> {
+    if slot.is_some() {
+        return Err(E::duplicate_field(name));
+    }
+    *slot = Some(value);
+    Ok(())
 }
 
 /// Reads `[[x, y, z], ...]` into three axes, refusing more than `max`
@@ -270,17 +311,73 @@ pub fn parse_samples(json: &str, max: usize) -> Result<Axes3, String> {
     Ok(axes)
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One event as sent; fields a newer SDK adds are skipped and counted.
+#[derive(Debug)]
 struct RawEvent<'a> {
-    #[serde(borrow)]
     event_id: Cow<'a, str>,
-    #[serde(borrow)]
     timestamp: Cow<'a, str>,
-    #[serde(borrow, default)]
     signals: RawSignals<'a>,
-    #[serde(borrow, default)]
     motion: Option<RawMotion<'a>>,
+    unknown_fields: usize,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawEvent<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawEvent<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an event object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let (mut event_id, mut timestamp, mut signals, mut motion) = (None, None, None, None);
+                let mut unknown_fields = 0;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "event_id" => once(&mut event_id, map.next_value::<BorrowedText<'de>>()?.0, "event_id")?,
+                        "timestamp" => once(&mut timestamp, map.next_value::<BorrowedText<'de>>()?.0, "timestamp")?,
+                        "signals" => once(&mut signals, map.next_value()?, "signals")?,
+                        "motion" => once(&mut motion, map.next_value::<Option<RawMotion<'de>>>()?, "motion")?,
+                        _ => {
+                            map.next_value::<de::IgnoredAny>()?;
+                            unknown_fields += 1;
+                        }
+                    }
+                }
+                let motion = motion.flatten();
+                Ok(RawEvent {
+                    event_id: event_id.ok_or_else(|| de::Error::missing_field("event_id"))?,
+                    timestamp: timestamp.ok_or_else(|| de::Error::missing_field("timestamp"))?,
+                    signals: signals.unwrap_or_default(),
+                    unknown_fields: unknown_fields + motion.as_ref().map_or(0, |m| m.unknown_fields),
+                    motion,
+                })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A JSON string, borrowed from the input when it has no escapes.
+struct BorrowedText<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for BorrowedText<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BorrowedText<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(BorrowedText(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(BorrowedText(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 /// Checks events against the catalogue and the limits.
@@ -291,11 +388,13 @@ pub struct Validator {
     max_age_us: i64,
 }
 
-/// A valid event and how many of its signals were unknown (and dropped).
+/// A valid event, how many of its signals were unknown (and dropped), and
+/// how many fields of the event or its motion no catalogue knows (skipped).
 #[derive(Debug)]
 pub struct Valid {
     pub event: ContextEvent,
     pub unknown_signals: usize,
+    pub unknown_fields: usize,
 }
 
 fn micros(d: Duration) -> i64 {
@@ -380,6 +479,7 @@ impl Validator {
                 motion,
             },
             unknown_signals,
+            unknown_fields: ev.unknown_fields,
         })
     }
 
@@ -518,6 +618,36 @@ mod tests {
         assert_eq!(e.signals.count_set(), 5);
         assert_eq!(e.motion.unwrap().accelerometer.y, vec![-0.9, -1.0]);
         assert_eq!(e.app_id, "app-1");
+    }
+
+    #[test]
+    fn a_newer_sdks_fields_are_skipped_and_counted() {
+        let raw = RawValue::from_string(
+            r#"{"event_id":"3f2504e0-4f89-41d3-9a0c-0305e82c3301","timestamp":"2025-10-09T08:54:00Z",
+            "capture_reason":{"kind":"timer","n":[1,2]},"signals":{"battery_level":0.5},
+            "motion":{"sample_rate_hz":50,"accelerometer":[[0.1,-0.9,0.2]],"magnetometer":[[1,2,3]],"clock":"x"},
+            "priority":3}"#
+                .into(),
+        )
+        .unwrap();
+        let valid = validator().event(&envelope(), &raw).unwrap();
+        assert_eq!(valid.unknown_fields, 4);
+        assert_eq!(valid.event.motion.unwrap().accelerometer.x, vec![0.1]);
+        // Duplicates and missing required fields are still malformed.
+        let dup = RawValue::from_string(
+            r#"{"event_id":"3f2504e0-4f89-41d3-9a0c-0305e82c3301","event_id":"x","timestamp":"2025-10-09T08:54:00Z"}"#
+                .into(),
+        )
+        .unwrap();
+        assert_eq!(
+            validator().event(&envelope(), &dup).unwrap_err().reason,
+            "malformed_event"
+        );
+        let missing = RawValue::from_string(r#"{"event_id":"3f2504e0-4f89-41d3-9a0c-0305e82c3301"}"#.into()).unwrap();
+        assert_eq!(
+            validator().event(&envelope(), &missing).unwrap_err().reason,
+            "malformed_event"
+        );
     }
 
     #[test]

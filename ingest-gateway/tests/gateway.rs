@@ -261,3 +261,44 @@ async fn operational_endpoints_and_key_reload() {
         Some(SignalValue::Double(_))
     ));
 }
+
+/// A newer SDK adds fields to `sdk`, to each event and to its motion: they
+/// are skipped and counted, and every event is stored as before. A body
+/// compressed as a multi-member gzip stream is read whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_sdks_extra_fields_and_multi_member_gzip_are_accepted() {
+    let h = start(|_| {}).await;
+    let events = session(90, 10);
+    let mut json: serde_json::Value = serde_json::from_slice(&body(&events)).unwrap();
+    json["sdk"]["build"] = serde_json::json!("4.3.0-b17");
+    for (i, e) in json["events"].as_array_mut().unwrap().iter_mut().enumerate() {
+        e["screen_scale_hint"] = serde_json::json!({"nested": [1, 2, 3]});
+        if let Some(m) = e.get_mut("motion").filter(|m| m.is_object()) {
+            m["magnetometer"] = serde_json::json!([[0.1, 0.2, 0.3]]);
+            m["sensor_clock"] = serde_json::json!(i);
+        }
+    }
+    let text = serde_json::to_vec(&json).unwrap();
+    let (status, _, answer) = h.post(Some(&h.key), text.clone(), &[]).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, serde_json::json!({"accepted": 10, "rejected": []}));
+
+    // The same session as two gzip members (as `cat a.gz b.gz` makes).
+    let more = session(91, 10);
+    let text = body(&more);
+    let cut = text.len() / 2;
+    let mut two = gzip(&text[..cut]);
+    two.extend(gzip(&text[cut..]));
+    let (status, _, answer) = h.post(Some(&h.key), two, &[("Content-Encoding", "gzip")]).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, serde_json::json!({"accepted": 10, "rejected": []}));
+
+    let stored = read_events(&h.events_topic, 20).await;
+    for s in events.iter().chain(more.iter()) {
+        let st = stored
+            .iter()
+            .find(|e| e.event_id == s.event_id)
+            .expect("every accepted event is in Kafka");
+        assert_normalised(s, st);
+    }
+}

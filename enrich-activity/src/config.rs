@@ -133,8 +133,8 @@ impl Config {
                 problems.push(format!("{name} is empty"));
             }
         }
-        if self.max_batch == 0 {
-            problems.push("max_batch must be above 0".into());
+        if !(1..=50_000).contains(&self.max_batch) {
+            problems.push(format!("max_batch {} is not between 1 and 50000", self.max_batch));
         }
         if !(0.0..=1.0).contains(&self.min_confidence) {
             problems.push(format!("min_confidence {} is not between 0 and 1", self.min_confidence));

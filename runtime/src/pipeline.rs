@@ -177,6 +177,8 @@ impl Pipeline {
         let producer_config = |transactional: bool| {
             let mut c = ClientConfig::new();
             c.set("bootstrap.servers", &s.kafka_bootstrap)
+                // Room for a whole batch's outputs (router: max_batch x targets).
+                .set("queue.buffering.max.messages", "1000000")
                 .set("acks", "all")
                 .set("enable.idempotence", "true")
                 .set("compression.type", "zstd")
@@ -309,9 +311,12 @@ impl Pipeline {
                 _ => PipelineError::Retry(format!("{what}: {e}")),
             }
         };
-        self.producer
-            .begin_transaction()
-            .map_err(|e| classify("beginning a transaction", e))?;
+        // A transaction that cannot even begin (a commit or abort of an earlier
+        // one still pending in librdkafka) cannot be repaired here: restarting
+        // fences and aborts whatever is open.
+        self.producer.begin_transaction().map_err(|e| {
+            PipelineError::Fatal(format!("beginning a transaction: {e}; restarting aborts what is open"))
+        })?;
         let result = async {
             let mut deliveries = Vec::with_capacity(outputs.len());
             for o in &outputs {
@@ -326,22 +331,43 @@ impl Pipeline {
                     .send_offsets_to_transaction(offsets, &metadata, self.timeout)
             })
             .map_err(|e| classify("adding the offsets to the transaction", e))?;
-            // Commit flushes, and fails when any output failed.
-            blocking(|| self.producer.commit_transaction(self.timeout))
+            // Commit flushes, and fails when any output failed. A retriable
+            // failure (a timeout) leaves the commit pending in librdkafka: the
+            // same call must be made again, or every later call conflicts.
+            self.retrying("committing the transaction", |t| self.producer.commit_transaction(t))
                 .map_err(|e| classify("committing the transaction", e))?;
             drop(deliveries);
             Ok(())
         }
         .await;
-        if let Err(PipelineError::Retry(why)) = &result {
-            metrics::counter!(format!("{}_transactions_aborted_total", self.prefix)).increment(1);
-            if let Err(e) = blocking(|| self.producer.abort_transaction(self.timeout)) {
-                return Err(classify("aborting the transaction", e));
+        match result {
+            Ok(()) => Ok(()),
+            Err(PipelineError::Fatal(why)) => Err(PipelineError::Fatal(why)),
+            Err(PipelineError::Retry(why)) => {
+                metrics::counter!(format!("{}_transactions_aborted_total", self.prefix)).increment(1);
+                self.retrying("aborting the transaction", |t| self.producer.abort_transaction(t))
+                    .map_err(|e| {
+                        PipelineError::Fatal(format!("aborting the transaction: {e}; restarting aborts what is open"))
+                    })?;
+                self.rewind()?;
+                Err(PipelineError::Retry(why))
             }
-            self.rewind()?;
-            return Err(PipelineError::Retry(why.clone()));
         }
-        result
+    }
+
+    /// Calls a transactional operation again while librdkafka says the same
+    /// call may succeed (a timeout), for at most four timeouts.
+    fn retrying(&self, what: &str, call: impl Fn(Duration) -> Result<(), KafkaError>) -> Result<(), KafkaError> {
+        let mut attempts = 0;
+        loop {
+            match blocking(|| call(self.timeout)) {
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && attempts < 3 => {
+                    attempts += 1;
+                    tracing::warn!(error = %e, attempt = attempts, "{what}: retriable, calling again");
+                }
+                other => return other,
+            }
+        }
     }
 
     fn enqueue(&self, o: &Output) -> Result<rdkafka::producer::DeliveryFuture, PipelineError> {
@@ -385,22 +411,37 @@ impl Pipeline {
     /// Moves every assigned partition back to its committed offset, so that
     /// what was read but not committed is read again.
     pub fn rewind(&self) -> Result<(), PipelineError> {
-        blocking(|| -> Result<(), KafkaError> {
-            let assignment = self.consumer.assignment()?;
+        blocking(|| -> Result<(), String> {
+            let assignment = self.consumer.assignment().map_err(|e| e.to_string())?;
             if assignment.count() == 0 {
                 return Ok(());
             }
-            let committed = self.consumer.committed_offsets(assignment, self.timeout)?;
+            let committed = self
+                .consumer
+                .committed_offsets(assignment, self.timeout)
+                .map_err(|e| e.to_string())?;
             let mut to = TopicPartitionList::new();
             for e in committed.elements() {
+                // A partition whose committed offset could not be read must not
+                // start over from the beginning: that would repeat outputs.
+                e.error()
+                    .map_err(|err| format!("reading the committed offset of {}/{}: {err}", e.topic(), e.partition()))?;
                 let offset = match e.offset() {
                     Offset::Offset(o) => Offset::Offset(o),
                     // Nothing committed yet: where auto.offset.reset starts.
                     _ => Offset::Beginning,
                 };
-                to.add_partition_offset(e.topic(), e.partition(), offset)?;
+                to.add_partition_offset(e.topic(), e.partition(), offset)
+                    .map_err(|e| e.to_string())?;
             }
-            self.consumer.seek_partitions(to, self.timeout)?;
+            let sought = self
+                .consumer
+                .seek_partitions(to, self.timeout)
+                .map_err(|e| e.to_string())?;
+            for e in sought.elements() {
+                e.error()
+                    .map_err(|err| format!("seeking {}/{}: {err}", e.topic(), e.partition()))?;
+            }
             Ok(())
         })
         .map_err(|e| PipelineError::Fatal(format!("rewinding to the committed offsets failed: {e}")))
@@ -422,7 +463,9 @@ pub fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, KafkaE
 }
 
 /// The transactional id of this replica: `<prefix>-<host name>` (a pod's
-/// name in Kubernetes), or `<prefix>` when the host has no name.
+/// name in Kubernetes), or `<prefix>-pid<process id>` when the host has no
+/// name (replicas then never fence each other, but a restart does not fence
+/// its predecessor either: its open transaction times out instead).
 pub fn default_transactional_id(prefix: &str) -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
@@ -435,7 +478,7 @@ pub fn default_transactional_id(prefix: &str) -> String {
         .filter(|h| !h.is_empty());
     match host {
         Some(h) => format!("{prefix}-{h}"),
-        None => prefix.to_owned(),
+        None => format!("{prefix}-pid{}", std::process::id()),
     }
 }
 

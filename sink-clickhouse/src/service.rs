@@ -146,6 +146,10 @@ fn time_micros(s: &str) -> Option<i64> {
     i64::try_from(t.unix_timestamp_nanos() / 1000).ok()
 }
 
+/// A batch of at least this many rows, every one refused on its own, is a
+/// configuration fault rather than that many bad rows.
+const ALL_REFUSED_IS_A_FAULT: usize = 10;
+
 /// What a refused insert says about the fix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -171,14 +175,19 @@ pub fn classify(e: &clickhouse::error::Error) -> Failure {
                 .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
                 .and_then(|c| c.parse::<u32>().ok());
             match code {
-                // too many parts, memory limit, timeouts, network, read-only replica,
-                // too many queries, unknown insert status, keeper: a retry may help.
-                None | Some(3 | 159 | 164 | 202 | 209 | 210 | 241 | 242 | 252 | 319 | 425 | 999) => Failure::Transient,
                 // no such column (8, 10, 16, 47), unknown table (60), unknown
-                // database (81), unknown user, wrong password, authentication,
-                // access denied (192, 193, 516, 497), not enough privileges (241 is memory).
+                // database (81), unknown user, wrong password, access denied,
+                // authentication (192, 193, 497, 516).
                 Some(8 | 10 | 16 | 47 | 60 | 81 | 192 | 193 | 497 | 516) => Failure::Fault,
-                Some(_) => Failure::Row,
+                // A value of a row is refused: cannot parse text, date, date
+                // and time or number (6, 38, 41, 72), parse assertion (27), type
+                // mismatch (53), argument out of bound (69), cannot convert (70).
+                Some(6 | 27 | 38 | 41 | 53 | 69 | 70 | 72) => Failure::Row,
+                // Everything else (too many parts, memory, timeouts, network,
+                // cancelled queries, quorum, keeper, read-only replica, codes
+                // this list does not know): a retry may help, and retrying
+                // never gives a good row up.
+                _ => Failure::Transient,
             }
         }
         _ => Failure::Fault,
@@ -237,7 +246,12 @@ impl Loop<'_> {
             let started = std::time::Instant::now();
             let insert = |part: std::ops::Range<usize>| insert_rows(&self.writer, table, &rows[part]);
             let problem = match insert_or_isolate(rows.len(), &insert, |e| classify(e) != Failure::Row).await {
-                Ok(refused) if refused.is_empty() || (!all_or_nothing && refused.len() < rows.len().max(2)) => {
+                // Every row of a large batch refused one by one is no
+                // coincidence of bad rows: the table is wrong.
+                Ok(refused)
+                    if refused.is_empty()
+                        || (!all_or_nothing && (refused.len() < rows.len() || rows.len() < ALL_REFUSED_IS_A_FAULT)) =>
+                {
                     metrics::histogram!("sink_insert_seconds", "table" => table.to_owned())
                         .record(started.elapsed().as_secs_f64());
                     self.health.clickhouse_ok.store(true, Ordering::Relaxed);
@@ -339,8 +353,13 @@ impl Loop<'_> {
 
         let mut tpl = TopicPartitionList::new();
         let topic = self.topic();
+        // Only partitions still ours: a rebalance while the insert waited gave
+        // the others away (their new owner's commits must not be moved back).
+        let assigned = self.consumer.assignment().ok();
         for (p, next) in &batch.offsets {
-            let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*next));
+            if assigned.as_ref().is_some_and(|a| a.find_partition(topic, *p).is_some()) {
+                let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*next));
+            }
         }
         if tpl.count() > 0 {
             if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
@@ -562,6 +581,11 @@ mod tests {
         let class = |text: &str| classify(&Error::BadResponse(text.into()));
         assert_eq!(class("Code: 53, DB::Exception: Type mismatch"), Failure::Row);
         assert_eq!(class("Code: 27, DB::Exception: Cannot parse input"), Failure::Row);
+        assert_eq!(
+            class("Code: 394, DB::Exception: Query was cancelled"),
+            Failure::Transient
+        );
+        assert_eq!(class("Code: 9999, DB::Exception: something new"), Failure::Transient);
         for fault in [
             "Code: 16, e.displayText() = DB::Exception: No such column battery_level in table ctx.events",
             "Code: 60, DB::Exception: Table ctx.events doesn't exist.",

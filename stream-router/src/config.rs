@@ -186,8 +186,8 @@ impl Config {
                 self.new_topic_partitions
             ));
         }
-        if !(1..=100_000).contains(&self.max_batch) {
-            problems.push(format!("max_batch {} is not between 1 and 100000", self.max_batch));
+        if !(1..=50_000).contains(&self.max_batch) {
+            problems.push(format!("max_batch {} is not between 1 and 50000", self.max_batch));
         }
         let mut duration = |name: &str, v: &str| {
             parse_duration(v)

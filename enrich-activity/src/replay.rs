@@ -77,6 +77,9 @@ pub struct Plan {
     pub group_id: String,
     pub model_version: String,
     pub ranges: BTreeMap<i32, (i64, i64)>,
+    /// Partitions whose asked start lay below the log start (records already
+    /// deleted by retention): `(partition, asked, earliest available)`.
+    pub below_log_start: Vec<(i32, i64, i64)>,
 }
 
 impl Plan {
@@ -86,6 +89,11 @@ impl Plan {
 
     pub fn describe(&self) -> String {
         let mut out = format!("replay with model {} as group {}\n", self.model_version, self.group_id);
+        for (p, asked, earliest) in &self.below_log_start {
+            out.push_str(&format!(
+                "  partition {p}: offsets below {earliest} were deleted by retention; starting there instead of at {asked}\n"
+            ));
+        }
         for (p, (s, e)) in &self.ranges {
             out.push_str(&format!(
                 "  partition {p}: offsets {s}..{e} ({} records)\n",
@@ -171,8 +179,14 @@ pub fn plan(s: &ReplaySettings, model_version: &str) -> anyhow::Result<Plan> {
     }
     let committed = c.committed_offsets(tpl, timeout)?;
     let mut ranges = BTreeMap::new();
+    let mut below_log_start = Vec::new();
     for p in parts {
         let mut from = start[&p];
+        let earliest = marks[&p].0;
+        if from < earliest {
+            below_log_start.push((p, from, earliest));
+            from = earliest;
+        }
         if let Some(Offset::Offset(done)) = committed.find_partition(&s.motion_topic, p).map(|e| e.offset()) {
             if done > from && done <= end[&p] {
                 from = done; // resume
@@ -184,6 +198,7 @@ pub fn plan(s: &ReplaySettings, model_version: &str) -> anyhow::Result<Plan> {
         group_id,
         model_version: model_version.to_owned(),
         ranges,
+        below_log_start,
     })
 }
 
@@ -204,6 +219,10 @@ pub async fn run(s: ReplaySettings, mut shutdown: watch::Receiver<bool>) -> anyh
         .set("bootstrap.servers", &s.kafka_bootstrap)
         .set("group.id", &plan.group_id)
         .set("enable.auto.commit", "false")
+        // Should retention delete records after the plan was made, start at
+        // the earliest that is left rather than jump to the end.
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
         .create()?;
     let mut tpl = TopicPartitionList::new();
     let mut open: BTreeMap<i32, i64> = BTreeMap::new();

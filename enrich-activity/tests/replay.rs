@@ -124,3 +124,68 @@ async fn replay_a_time_range_with_a_new_model_and_resume_after_a_kill() {
         "the replay is complete"
     );
 }
+
+/// A replay asked to start below the log start (records deleted by
+/// retention) says so and tags what is left, from the earliest available
+/// offset, instead of jumping to the end and tagging nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_from_deleted_offsets_starts_at_the_earliest_left() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+    let (motion, activity) = (unique("it_rdel_motion"), unique("it_rdel_activity"));
+    create_topic(&motion, 1).await.unwrap();
+    create_topic(&activity, 1).await.unwrap();
+    let registry = RegistryClient::new(&registry_url()).unwrap();
+    let id = registry
+        .register(&format!("{motion}-value"), MotionWindow::AVSC)
+        .await
+        .unwrap();
+    let p = producer().unwrap();
+    for i in 0..30u64 {
+        let w = MotionWindow::from_event(&sample::event(9_000 + i, &SampleOptions::default())).unwrap();
+        p.send(
+            FutureRecord::to(&motion).key("k").payload(&w.to_wire(id).unwrap()),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+    // Retention (here: an explicit delete) removes the first 20 records.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", context_integration::kafka_bootstrap())
+        .create()
+        .unwrap();
+    let mut upto = TopicPartitionList::new();
+    upto.add_partition_offset(&motion, 0, Offset::Offset(20)).unwrap();
+    admin.delete_records(&upto, &AdminOptions::new()).await.unwrap();
+
+    let data = parse_ts(include_str!("../data/BasicMotions_TRAIN.ts"), 10.0).unwrap();
+    let (model, _) = train(&data, &FeatureSpec::default(), 7, 4).unwrap();
+    let model_path = std::env::temp_dir().join(format!("{}.json", unique("model_d")));
+    std::fs::write(&model_path, model.to_json()).unwrap();
+    let settings = ReplaySettings {
+        kafka_bootstrap: context_integration::kafka_bootstrap(),
+        registry_url: registry_url(),
+        motion_topic: motion.clone(),
+        activity_topic: activity.clone(),
+        model_path,
+        from: Bound::parse("0:0").unwrap(),
+        to: Bound::Latest,
+        group_id: Some(unique("it_replay_del")),
+        max_batch: 8,
+        progress: false,
+    };
+    let planned = plan(&settings, &model.model_version).unwrap();
+    assert_eq!(planned.below_log_start, vec![(0, 0, 20)]);
+    assert!(
+        planned.describe().contains("deleted by retention"),
+        "{}",
+        planned.describe()
+    );
+    assert_eq!(planned.total(), 10);
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    assert_eq!(run(settings, rx).await.unwrap(), 10, "the 10 records left are tagged");
+}

@@ -79,9 +79,13 @@ enum Command {
         records: usize,
         #[arg(long, default_value_t = 2.0)]
         motion_seconds: f64,
-        /// Schema id to put in the wire format.
-        #[arg(long, default_value_t = 1)]
-        schema_id: u32,
+        /// Schema id to put in the wire format. By default the record's schema
+        /// (ContextEvent, or MotionWindow with --motion) is registered under
+        /// `<topic>-value` at --registry-url and its id is used.
+        #[arg(long)]
+        schema_id: Option<u32>,
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        registry_url: String,
         /// Send each event's MotionWindow (for context.motion.v1) instead of the event.
         #[arg(long)]
         motion: bool,
@@ -237,9 +241,37 @@ async fn kafka(
     topic: String,
     records: usize,
     motion_seconds: f64,
-    schema_id: u32,
+    schema_id: Option<u32>,
+    registry_url: String,
     motion: bool,
 ) -> Result<()> {
+    let schema_id = match schema_id {
+        Some(id) => id,
+        None => {
+            let avsc = if motion {
+                <context_schemas::MotionWindow as context_schemas::AvroRecord>::AVSC
+            } else {
+                <ContextEvent as context_schemas::AvroRecord>::AVSC
+            };
+            let answer: serde_json::Value = reqwest::Client::new()
+                .post(format!("{registry_url}/subjects/{topic}-value/versions"))
+                .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+                .json(&serde_json::json!({ "schema": avsc }))
+                .send()
+                .await
+                .with_context(|| format!("registering the schema at {registry_url}"))?
+                .error_for_status()
+                .with_context(|| format!("registering the schema of {topic}-value"))?
+                .json()
+                .await?;
+            let id = answer["id"]
+                .as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .with_context(|| format!("the registry answered {answer} without an id"))?;
+            eprintln!("schema of {topic}-value has id {id}");
+            id
+        }
+    };
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("acks", "all")
@@ -334,7 +366,19 @@ async fn main() -> Result<()> {
             records,
             motion_seconds,
             schema_id,
+            registry_url,
             motion,
-        } => kafka(bootstrap, topic, records, motion_seconds, schema_id, motion).await,
+        } => {
+            kafka(
+                bootstrap,
+                topic,
+                records,
+                motion_seconds,
+                schema_id,
+                registry_url,
+                motion,
+            )
+            .await
+        }
     }
 }

@@ -10,8 +10,7 @@ use std::time::Duration;
 use common::{setup, spawn_sink};
 use context_integration::{clickhouse_reader, unique};
 use context_schemas::sample::{self, SampleOptions};
-use ingest_gateway::auth::{hash_key, key_from_random};
-use ingest_gateway::{sdk, Config};
+use ingest_gateway::sdk;
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -25,35 +24,7 @@ async fn posted_batches_land_in_clickhouse_once_across_a_sink_kill() {
     let s = setup().await;
     let dir = std::env::temp_dir().join(unique("e2e"));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut random = [0u8; 32];
-    random[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    random[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    let key = key_from_random(random);
-    let keys = dir.join("keys.toml");
-    std::fs::write(
-        &keys,
-        format!(
-            "[[keys]]\napp_id = \"e2e-app\"\nhash = \"{}\"\nrate_limit_per_s = 100000\n",
-            hash_key(&key)
-        ),
-    )
-    .unwrap();
-    let gateway = ingest_gateway::start(
-        Config {
-            listen: "127.0.0.1:0".into(),
-            kafka_bootstrap: context_integration::kafka_bootstrap(),
-            registry_url: common::registry_url(),
-            events_topic: s.events_topic.clone(),
-            deadletter_topic: s.deadletter_topic.clone(),
-            keys_file: keys,
-            ..Config::default()
-        }
-        .validate()
-        .unwrap(),
-        None,
-    )
-    .await
-    .unwrap();
+    let (gateway, key) = common::start_gateway(&s, &dir, "e2e-app").await;
     let config = s.write_config(&dir);
     let mut sink = spawn_sink(&config, &dir.join("sink1.log"));
 

@@ -13,8 +13,7 @@ use common::{setup, spawn_sink};
 use context_integration::{clickhouse_reader, create_topic, unique};
 use context_runtime::pipeline::Delivery;
 use context_schemas::sample::{self, SampleOptions};
-use ingest_gateway::auth::{hash_key, key_from_random};
-use ingest_gateway::{sdk, Config};
+use ingest_gateway::sdk;
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -32,35 +31,7 @@ async fn posted_motion_comes_out_as_activity_tags_in_clickhouse() {
     create_topic(&motion_topic, 2).await.unwrap();
 
     // The gateway, in this process.
-    let mut random = [0u8; 32];
-    random[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    random[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    let key = key_from_random(random);
-    let keys = dir.join("keys.toml");
-    std::fs::write(
-        &keys,
-        format!(
-            "[[keys]]\napp_id = \"live-app\"\nhash = \"{}\"\nrate_limit_per_s = 100000\n",
-            hash_key(&key)
-        ),
-    )
-    .unwrap();
-    let gateway = ingest_gateway::start(
-        Config {
-            listen: "127.0.0.1:0".into(),
-            kafka_bootstrap: context_integration::kafka_bootstrap(),
-            registry_url: common::registry_url(),
-            events_topic: s.events_topic.clone(),
-            deadletter_topic: s.deadletter_topic.clone(),
-            keys_file: keys,
-            ..Config::default()
-        }
-        .validate()
-        .unwrap(),
-        None,
-    )
-    .await
-    .unwrap();
+    let (gateway, key) = common::start_gateway(&s, &dir, "live-app").await;
 
     // The router with the shipped rules, pointed at this test's motion topic.
     let rules = dir.join("rules.toml");

@@ -259,6 +259,17 @@ fn exactly_once(topic: &str, seen: &BTreeMap<String, usize>, expected: &BTreeSet
     );
 }
 
+/// Each of the rules' three targets holds exactly its expected records.
+async fn every_target_exactly_once(setup: &Setup, expected: &Expected) {
+    for (topic, motion, ids) in [
+        (&setup.motion, true, &expected.motion),
+        (&setup.all, false, &expected.all),
+        (&setup.low, false, &expected.low),
+    ] {
+        exactly_once(topic, &read_committed(topic, motion, ids.len()).await, ids);
+    }
+}
+
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -290,21 +301,7 @@ async fn rules_route_fan_out_project_sample_and_drop_exactly() {
     }
 
     let _router = Killed(setup.spawn());
-    exactly_once(
-        &setup.motion,
-        &read_committed(&setup.motion, true, expected.motion.len()).await,
-        &expected.motion,
-    );
-    exactly_once(
-        &setup.all,
-        &read_committed(&setup.all, false, expected.all.len()).await,
-        &expected.all,
-    );
-    exactly_once(
-        &setup.low,
-        &read_committed(&setup.low, false, expected.low.len()).await,
-        &expected.low,
-    );
+    every_target_exactly_once(&setup, &expected).await;
     assert!(!expected.low.is_empty() && expected.low.len() < expected.all.len());
 
     // The two bad records are dead letters with their bytes and origin.
@@ -372,21 +369,7 @@ async fn kill_9_mid_stream_then_restart_leaves_every_target_exactly_once() {
     router.wait().unwrap();
 
     let _router = Killed(setup.spawn());
-    exactly_once(
-        &setup.motion,
-        &read_committed(&setup.motion, true, expected.motion.len()).await,
-        &expected.motion,
-    );
-    exactly_once(
-        &setup.all,
-        &read_committed(&setup.all, false, expected.all.len()).await,
-        &expected.all,
-    );
-    exactly_once(
-        &setup.low,
-        &read_committed(&setup.low, false, expected.low.len()).await,
-        &expected.low,
-    );
+    every_target_exactly_once(&setup, &expected).await;
 }
 
 fn write(path: &Path, text: &str) {

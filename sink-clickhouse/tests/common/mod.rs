@@ -176,3 +176,39 @@ pub fn spawn_sink(config: &std::path::Path, log: &std::path::Path) -> std::proce
         .spawn()
         .expect("start sink-clickhouse")
 }
+
+/// A gateway in this process writing to this setup's topics, with one API key
+/// for `app` (rate limit out of the way); returns it and the key.
+pub async fn start_gateway(s: &Setup, dir: &std::path::Path, app: &str) -> (ingest_gateway::Running, String) {
+    use ingest_gateway::auth::{hash_key, key_from_random};
+    let mut random = [0u8; 32];
+    random[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    random[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    let key = key_from_random(random);
+    let keys = dir.join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!(
+            "[[keys]]\napp_id = \"{app}\"\nhash = \"{}\"\nrate_limit_per_s = 100000\n",
+            hash_key(&key)
+        ),
+    )
+    .unwrap();
+    let gateway = ingest_gateway::start(
+        ingest_gateway::Config {
+            listen: "127.0.0.1:0".into(),
+            kafka_bootstrap: kafka_bootstrap(),
+            registry_url: registry_url(),
+            events_topic: s.events_topic.clone(),
+            deadletter_topic: s.deadletter_topic.clone(),
+            keys_file: keys,
+            ..ingest_gateway::Config::default()
+        }
+        .validate()
+        .unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    (gateway, key)
+}

@@ -64,13 +64,59 @@ pub const UNKNOWN: &str = "unknown";
 /// otherwise (`min_confidence`).
 pub const DEFAULT_MIN_CONFIDENCE: f32 = 0.5;
 
-/// The tag of one window. A window whose probabilities are not a valid
+/// Sample rates a window may have (Hz); outside, it is not featurized.
+pub const SAMPLE_RATE_HZ: std::ops::RangeInclusive<f64> = 1.0..=1000.0;
+/// Fewest samples per sensor a window needs.
+pub const MIN_SAMPLES: usize = 4;
+/// Most values resampling may make per axis (10 Hz for 24 hours): a bound on
+/// the memory a single window can take, whatever its rate and length claim.
+pub const MAX_RESAMPLED: f64 = 864_000.0;
+
+/// Why `w` cannot be turned into features, if it cannot: a rate outside
+/// [`SAMPLE_RATE_HZ`], axes of different lengths, fewer than [`MIN_SAMPLES`]
+/// samples, no gyroscope (devices without one), non-finite values, or a
+/// resampled length over [`MAX_RESAMPLED`]. Such windows are tagged `unknown`.
+pub fn unfeaturizable(w: &MotionWindow, spec: &FeatureSpec) -> Option<&'static str> {
+    if !(w.sample_rate_hz.is_finite() && SAMPLE_RATE_HZ.contains(&w.sample_rate_hz)) {
+        return Some("sample_rate_out_of_range");
+    }
+    let (Some(a), Some(g)) = (w.accelerometer.len(), w.gyroscope.len()) else {
+        return Some("axes_of_different_lengths");
+    };
+    if g == 0 {
+        return Some("no_gyroscope");
+    }
+    if a.min(g) < MIN_SAMPLES {
+        return Some("too_few_samples");
+    }
+    if (a.max(g) - 1) as f64 / w.sample_rate_hz * spec.rate_hz > MAX_RESAMPLED {
+        return Some("window_too_long");
+    }
+    let axes = [&w.accelerometer, &w.gyroscope];
+    if axes
+        .iter()
+        .flat_map(|a| [&a.x, &a.y, &a.z])
+        .any(|v| v.iter().any(|x| !x.is_finite()))
+    {
+        return Some("non_finite_samples");
+    }
+    None
+}
+
+/// The tag of one window. A window that cannot be featurized
+/// ([`unfeaturizable`]) or whose probabilities are not a valid
 /// distribution (non-finite features, or a model overflowing on a window far
 /// from its training data) or whose best class is below `min_confidence` is
 /// tagged [`UNKNOWN`]: never a NaN, never a fabricated class.
 pub fn tag(model: &Model, spec: &FeatureSpec, w: &MotionWindow, min_confidence: f32) -> ActivityTag {
-    let features = spec.extract(&w.accelerometer, &w.gyroscope, w.sample_rate_hz);
-    let mut p = model.probabilities(&features);
+    let mut p = match unfeaturizable(w, spec) {
+        None => model.probabilities(&spec.extract(&w.accelerometer, &w.gyroscope, w.sample_rate_hz)),
+        Some(why) => {
+            metrics::counter!("enrich_windows_unfeaturizable_total", "why" => why).increment(1);
+            tracing::debug!(event_id = %w.event_id, why, "window cannot be featurized: unknown");
+            vec![f32::NAN; model.labels.len()]
+        }
+    };
     let sum: f32 = p.iter().sum();
     let valid = p.iter().all(|v| v.is_finite() && *v >= 0.0) && (sum - 1.0).abs() < 1e-3;
     let (activity, confidence) = if valid {

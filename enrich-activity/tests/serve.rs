@@ -153,6 +153,55 @@ fn out_of_distribution_windows_are_unknown_never_nan() {
             "{what}: a class below the threshold: {t:?}"
         );
     }
+    // Windows that cannot be featurized are unknown at once, within bounded
+    // memory: 1e-9 Hz with two samples would resample into 10^10 values.
+    let cases: Vec<(&str, MotionWindow)> = vec![
+        (
+            "a rate of 1e-9 Hz",
+            MotionWindow {
+                sample_rate_hz: 1e-9,
+                accelerometer: axes(0.1, 2),
+                gyroscope: axes(0.1, 2),
+                ..base.clone()
+            },
+        ),
+        (
+            "no gyroscope",
+            MotionWindow {
+                gyroscope: Axes3::default(),
+                ..base.clone()
+            },
+        ),
+        (
+            "a NaN sample",
+            MotionWindow {
+                accelerometer: Axes3 {
+                    x: vec![f32::NAN; 100],
+                    ..axes(0.1, 100)
+                },
+                gyroscope: axes(0.1, 100),
+                ..base.clone()
+            },
+        ),
+        (
+            "900,000 samples at 1 Hz (9 million values once resampled)",
+            MotionWindow {
+                sample_rate_hz: 1.0,
+                accelerometer: Axes3 {
+                    x: vec![0.0; 900_000],
+                    y: vec![0.0; 900_000],
+                    z: vec![0.0; 900_000],
+                },
+                gyroscope: axes(0.1, 900_000),
+                ..base.clone()
+            },
+        ),
+    ];
+    for (what, w) in cases {
+        let t = tag(&model, &spec, &w, 0.0);
+        assert_eq!(t.activity, UNKNOWN, "{what}");
+        assert_eq!(t.confidence, 0.0, "{what}");
+    }
     // The random sample windows the tests and the demo send are noise: with
     // the threshold at 1.0 everything short of certainty is unknown.
     let t = tag(&model, &spec, &base, 1.0);

@@ -142,17 +142,21 @@ fn run(cli: Cli) -> Result<(), String> {
         } => {
             let windows = load(&data, ts_rate_hz)?;
             eprintln!(
-                "training on {} windows, {folds}-fold cross-validation, seed {seed}",
-                windows.len()
+                "training on {} windows, {} x stratified {folds}-fold cross-validation, seed {seed}",
+                windows.len(),
+                enrich_activity::model::CV_REPEATS
             );
             let (model, report) = train(&windows, &spec, seed, folds)?;
-            println!("{:<48} {:>9} {:>14}", "candidate", "accuracy", "µs per window");
-            for (name, acc, us) in &report.candidates {
-                println!("{name:<48} {acc:>9.3} {us:>14.1}");
+            println!(
+                "{:<52} {:>9} {:>9} {:>14}",
+                "candidate", "accuracy", "log-loss", "µs per window"
+            );
+            for (name, acc, loss, us) in &report.candidates {
+                println!("{name:<52} {acc:>9.3} {loss:>9.4} {us:>14.1}");
             }
             println!(
-                "\nchosen: {} (cross-validated accuracy {:.3})\n",
-                model.description, model.cv_accuracy
+                "\nchosen: {} (cross-validated accuracy {:.3}, log-loss {:.4}; ties go to the lower log-loss)\n",
+                model.description, model.cv_accuracy, model.cv_log_loss
             );
             print!("{}", confusion_text(&model.labels, &report.confusion));
             std::fs::write(&out, model.to_json()).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
@@ -219,8 +223,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 println!("{}", serde_json::to_string_pretty(&eval).expect("serializes"));
             } else {
                 println!(
-                    "model {} on {} windows: accuracy {:.3}\n",
-                    eval.model_version, eval.windows, eval.accuracy
+                    "model {} ({}) on {} windows: accuracy {:.3}\n",
+                    eval.model_version, eval.family, eval.windows, eval.accuracy
                 );
                 println!("{:<12} {:>9} {:>7}", "label", "precision", "recall");
                 for (label, p, r) in &eval.per_class {

@@ -109,7 +109,8 @@ pub fn unfeaturizable(w: &MotionWindow, spec: &FeatureSpec) -> Option<&'static s
 /// from its training data) or whose best class is below `min_confidence` is
 /// tagged [`UNKNOWN`]: never a NaN, never a fabricated class.
 pub fn tag(model: &Model, spec: &FeatureSpec, w: &MotionWindow, min_confidence: f32) -> ActivityTag {
-    let mut p = match unfeaturizable(w, spec) {
+    let unfeaturizable = unfeaturizable(w, spec);
+    let mut p = match unfeaturizable {
         None => model.probabilities(&spec.extract(&w.accelerometer, &w.gyroscope, w.sample_rate_hz)),
         Some(why) => {
             metrics::counter!("enrich_windows_unfeaturizable_total", "why" => why).increment(1);
@@ -119,20 +120,23 @@ pub fn tag(model: &Model, spec: &FeatureSpec, w: &MotionWindow, min_confidence: 
     };
     let sum: f32 = p.iter().sum();
     let valid = p.iter().all(|v| v.is_finite() && *v >= 0.0) && (sum - 1.0).abs() < 1e-3;
-    let (activity, confidence) = if valid {
+    let (activity, confidence, reason) = if valid {
         let (label, confidence) = model.predict_from(&p);
         if confidence >= min_confidence {
-            (label.to_owned(), confidence)
+            (label.to_owned(), confidence, None)
         } else {
-            (UNKNOWN.to_owned(), confidence)
+            (UNKNOWN.to_owned(), confidence, Some("low_confidence"))
         }
     } else {
         p.iter_mut().for_each(|v| *v = 0.0);
-        (UNKNOWN.to_owned(), 0.0)
+        (
+            UNKNOWN.to_owned(),
+            0.0,
+            Some(unfeaturizable.unwrap_or("invalid_probabilities")),
+        )
     };
-    if activity == UNKNOWN {
-        metrics::counter!("enrich_windows_unknown_total", "why" => if valid { "low_confidence" } else { "invalid_probabilities" })
-            .increment(1);
+    if let Some(why) = reason {
+        metrics::counter!("enrich_windows_unknown_total", "why" => why).increment(1);
     }
     ActivityTag {
         event_id: w.event_id,
@@ -153,6 +157,7 @@ pub fn tag(model: &Model, spec: &FeatureSpec, w: &MotionWindow, min_confidence: 
             })
             .collect(),
         tagged_at: now_micros(),
+        reason: reason.map(str::to_owned),
     }
 }
 

@@ -201,6 +201,7 @@ fn out_of_distribution_windows_are_unknown_never_nan() {
         let t = tag(&model, &spec, &w, 0.0);
         assert_eq!(t.activity, UNKNOWN, "{what}");
         assert_eq!(t.confidence, 0.0, "{what}");
+        assert!(t.reason.is_some(), "{what}: an unknown tag says why");
     }
     // The random sample windows the tests and the demo send are noise: with
     // the threshold at 1.0 everything short of certainty is unknown.

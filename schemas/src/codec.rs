@@ -828,6 +828,7 @@ impl AvroRecord for ActivityTag {
             ("confidence", Value::Float(self.confidence)),
             ("probabilities", Value::Array(probabilities)),
             ("tagged_at", ts(self.tagged_at)),
+            ("reason", null_or(self.reason.as_deref().map(string))),
         ])
     }
 
@@ -857,6 +858,7 @@ impl AvroRecord for ActivityTag {
             confidence: f.float("confidence")?,
             probabilities,
             tagged_at: f.timestamp("tagged_at")?,
+            reason: f.opt_string("reason")?,
         })
     }
 }

@@ -60,6 +60,8 @@ pub struct ActivityTag {
     pub probabilities: Vec<ClassProbability>,
     /// When the tag was made, microseconds since the epoch.
     pub tagged_at: i64,
+    /// Why the activity is `unknown`; `None` for a tag with a class.
+    pub reason: Option<String>,
 }
 
 /// Why and where a record was given up on, with its original bytes.

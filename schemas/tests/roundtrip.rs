@@ -81,10 +81,11 @@ prop_compose! {
 prop_compose! {
     fn activity_tag()(ids in (uuid(), uuid(), uuid()), app_id in text(), times in (any::<i64>(), any::<i64>()),
         model_version in text(), activity in text(), confidence in 0f32..=1.0,
-        probabilities in prop::collection::vec((text(), 0f32..=1.0), 0..6)) -> ActivityTag {
+        probabilities in prop::collection::vec((text(), 0f32..=1.0), 0..6),
+        reason in prop::option::of(text())) -> ActivityTag {
         ActivityTag {
             event_id: ids.0, session_id: ids.1, install_id: ids.2, app_id, timestamp: times.0, tagged_at: times.1,
-            model_version, activity, confidence,
+            model_version, activity, confidence, reason,
             probabilities: probabilities.into_iter().map(|(label, probability)| ClassProbability { label, probability }).collect(),
         }
     }

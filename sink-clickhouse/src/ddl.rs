@@ -98,6 +98,7 @@ pub fn tables() -> Vec<Table> {
                 ("probabilities", "Array(Float32)"),
                 ("tagged_at_us", "Int64"),
                 ("tagged_time", "DateTime"),
+                ("unknown_reason", "String"),
             ]),
             engine: "ENGINE = ReplacingMergeTree(tagged_at_us) PARTITION BY toYYYYMM(event_time) ORDER BY (event_id, model_version)",
         },

@@ -56,6 +56,8 @@ pub struct ActivityRow {
     pub probabilities: Vec<f32>,
     pub tagged_at_us: i64,
     pub tagged_time: u32,
+    /// Why the activity is `unknown`; empty for a tag with a class.
+    pub unknown_reason: String,
 }
 
 impl ActivityRow {
@@ -74,6 +76,7 @@ impl ActivityRow {
             probabilities: t.probabilities.iter().map(|p| p.probability).collect(),
             tagged_at_us: t.tagged_at,
             tagged_time: seconds(t.tagged_at),
+            unknown_reason: t.reason.clone().unwrap_or_default(),
         }
     }
 }

@@ -75,6 +75,7 @@ async fn every_event_once_poison_in_dead_letters_old_and_new_versions_together()
             probability: 0.9,
         }],
         tagged_at: sent[0].timestamp + 5,
+        reason: None,
     };
     let tag_id = s
         .registry

@@ -75,6 +75,7 @@ async fn confluents_python_client_works_with_our_registry_and_records() {
             },
         ],
         tagged_at: event.timestamp + 1,
+        reason: None,
     };
     let work = std::env::temp_dir().join(unique("confluent_interop"));
     std::fs::create_dir_all(&work).unwrap();

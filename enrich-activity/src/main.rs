@@ -194,7 +194,7 @@ fn run(cli: Cli) -> Result<(), String> {
             if !dry_run {
                 let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
                 let started = std::time::Instant::now();
-                let tagged = runtime.block_on(async {
+                let counts = runtime.block_on(async {
                     let (stop, rx) = tokio::sync::watch::channel(false);
                     let task = tokio::spawn(replay::run(settings, rx));
                     tokio::spawn(async move {
@@ -205,8 +205,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 })?;
                 let secs = started.elapsed().as_secs_f64();
                 println!(
-                    "tagged {tagged} windows with {version} in {secs:.1} s ({:.0} events/s)",
-                    tagged as f64 / secs.max(1e-3)
+                    "{} with {version} in {secs:.1} s ({:.0} events/s)",
+                    counts.summary(),
+                    counts.tagged as f64 / secs.max(1e-3)
                 );
             }
         }

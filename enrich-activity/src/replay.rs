@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::features::FeatureSpec;
 use crate::model::Model;
-use crate::serve::{commit_after, Tagger};
+use crate::serve::{commit_after, Counts, Tagger};
 
 /// Where a replay starts or ends.
 #[derive(Debug, Clone, PartialEq)]
@@ -204,7 +204,7 @@ pub fn plan(s: &ReplaySettings, model_version: &str) -> anyhow::Result<Plan> {
 
 /// Replays the plan; returns the number of tags written. Stops early (and
 /// can be resumed) when `shutdown` turns true.
-pub async fn run(s: ReplaySettings, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<usize> {
+pub async fn run(s: ReplaySettings, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<Counts> {
     let model = Arc::new(load_model(&s.model_path)?);
     let plan = {
         let (s, v) = (s.clone(), model.model_version.clone());
@@ -212,7 +212,7 @@ pub async fn run(s: ReplaySettings, mut shutdown: watch::Receiver<bool>) -> anyh
     };
     let total = plan.total();
     if total == 0 {
-        return Ok(0);
+        return Ok(Counts::default());
     }
     let tagger = Tagger::new(&s.kafka_bootstrap, &s.registry_url, &s.activity_topic).await?;
     let consumer: StreamConsumer = ClientConfig::new()
@@ -233,12 +233,13 @@ pub async fn run(s: ReplaySettings, mut shutdown: watch::Receiver<bool>) -> anyh
         }
     }
     consumer.assign(&tpl)?;
-    let (started, mut last_report, mut done, mut tagged) = (Instant::now(), Instant::now(), 0i64, 0usize);
+    let (started, mut last_report, mut done) = (Instant::now(), Instant::now(), 0i64);
+    let mut counts = Counts::default();
     while !open.is_empty() {
         let mut batch = Vec::new();
         while batch.len() < s.max_batch && !open.is_empty() {
             tokio::select! {
-                _ = shutdown.changed() => return Ok(tagged),
+                _ = shutdown.changed() => return Ok(counts),
                 r = tokio::time::timeout(Duration::from_millis(300), consumer.recv()) => match r {
                     Err(_) => break,
                     Ok(Err(e)) => { tracing::warn!(error = %e, "consumer error"); break }
@@ -260,7 +261,7 @@ pub async fn run(s: ReplaySettings, mut shutdown: watch::Receiver<bool>) -> anyh
         if batch.is_empty() {
             continue;
         }
-        tagged += tagger.process(&model, &batch).await?;
+        counts.add(&tagger.process(&model, &batch).await?);
         commit_after(&consumer, &batch)?;
         done += batch.len() as i64;
         if s.progress && (last_report.elapsed() >= Duration::from_secs(1) || open.is_empty()) {
@@ -273,5 +274,5 @@ pub async fn run(s: ReplaySettings, mut shutdown: watch::Receiver<bool>) -> anyh
             );
         }
     }
-    Ok(tagged)
+    Ok(counts)
 }

@@ -57,6 +57,17 @@ fn modified(path: &PathBuf) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
+/// Why a window could not be decoded, in a word.
+fn undecodable_kind(e: &schema_registry::client::DecodeError) -> &'static str {
+    match e {
+        schema_registry::client::DecodeError::Registry(_) => "unknown_schema_id",
+        schema_registry::client::DecodeError::Record(context_schemas::SchemaError::Wire(_)) => {
+            "not_confluent_wire_format"
+        }
+        schema_registry::client::DecodeError::Record(_) => "not_a_motion_window",
+    }
+}
+
 /// The activity of a window the model cannot vouch for.
 pub const UNKNOWN: &str = "unknown";
 
@@ -161,6 +172,47 @@ pub fn tag(model: &Model, spec: &FeatureSpec, w: &MotionWindow, min_confidence: 
     }
 }
 
+/// What tagging a batch (or a whole replay) did with its windows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counts {
+    /// Tags written, `unknown` ones included.
+    pub tagged: usize,
+    /// `unknown` tags by reason.
+    pub unknown: std::collections::BTreeMap<String, usize>,
+    /// Windows that could not be decoded (dead-lettered by `serve`, skipped
+    /// by `replay`), by error.
+    pub undecodable: std::collections::BTreeMap<String, usize>,
+}
+
+impl Counts {
+    pub fn add(&mut self, other: &Counts) {
+        self.tagged += other.tagged;
+        for (k, v) in &other.unknown {
+            *self.unknown.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.undecodable {
+            *self.undecodable.entry(k.clone()).or_default() += v;
+        }
+    }
+
+    /// `tagged N windows (K unknown: reason n, ...); M undecodable (error n, ...)`.
+    pub fn summary(&self) -> String {
+        let list = |m: &std::collections::BTreeMap<String, usize>| {
+            m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+        };
+        let unknown: usize = self.unknown.values().sum();
+        let undecodable: usize = self.undecodable.values().sum();
+        let mut out = format!("tagged {} windows", self.tagged);
+        if unknown > 0 {
+            out.push_str(&format!(" ({unknown} unknown: {})", list(&self.unknown)));
+        }
+        if undecodable > 0 {
+            out.push_str(&format!("; {undecodable} undecodable ({})", list(&self.undecodable)));
+        }
+        out
+    }
+}
+
 /// Decodes motion windows, tags them and produces the tags, waiting for
 /// every acknowledgement. Shared by `serve` and `replay`.
 pub struct Tagger {
@@ -201,8 +253,9 @@ impl Tagger {
         model: &Arc<Model>,
         batch: &[rdkafka::message::OwnedMessage],
         deadletter_topic: &str,
-    ) -> anyhow::Result<(Vec<Output>, usize)> {
+    ) -> anyhow::Result<(Vec<Output>, Counts)> {
         let registry = &self.registry;
+        let mut counts = Counts::default();
         // Decode, then features and inference off the reactor.
         let mut windows = Vec::with_capacity(batch.len());
         let mut outputs = Vec::with_capacity(batch.len());
@@ -212,11 +265,13 @@ impl Tagger {
                 Err(e) if e.is_retryable() => anyhow::bail!("the registry is unavailable: {e}"),
                 Err(e) if deadletter_topic.is_empty() => {
                     metrics::counter!("enrich_undecodable_total").increment(1);
+                    *counts.undecodable.entry(undecodable_kind(&e).into()).or_default() += 1;
                     tracing::warn!(error = %e, offset = msg.offset(), "undecodable motion window skipped");
                     windows.push(None);
                 }
                 Err(e) => {
                     metrics::counter!("enrich_undecodable_total").increment(1);
+                    *counts.undecodable.entry(undecodable_kind(&e).into()).or_default() += 1;
                     outputs.push(context_runtime::deadletter::record(
                         msg,
                         deadletter_topic,
@@ -249,14 +304,22 @@ impl Tagger {
                 headers: Vec::new(),
             });
             metrics::counter!("enrich_windows_tagged_total", "activity" => t.activity.clone(), "model_version" => t.model_version.clone()).increment(1);
+            if let Some(why) = &t.reason {
+                *counts.unknown.entry(why.clone()).or_default() += 1;
+            }
         }
-        Ok((outputs, tags.len()))
+        counts.tagged = tags.len();
+        Ok((outputs, counts))
     }
 
     /// Tags every decodable window of `batch` and produces the tags with the
     /// plain producer; returns once Kafka acknowledged all of them (`replay`).
-    pub async fn process(&self, model: &Arc<Model>, batch: &[rdkafka::message::OwnedMessage]) -> anyhow::Result<usize> {
-        let (outputs, tagged) = self.outputs(model, batch, "").await?;
+    pub async fn process(
+        &self,
+        model: &Arc<Model>,
+        batch: &[rdkafka::message::OwnedMessage],
+    ) -> anyhow::Result<Counts> {
+        let (outputs, counts) = self.outputs(model, batch, "").await?;
         let mut pending = Vec::new();
         for o in outputs.iter().filter(|o| o.topic == self.activity_topic) {
             let mut record = FutureRecord::to(&o.topic).payload(&o.payload);
@@ -273,7 +336,7 @@ impl Tagger {
             p.await?
                 .map_err(|(e, _)| anyhow::anyhow!("producing a tag failed: {e}"))?;
         }
-        Ok(tagged)
+        Ok(counts)
     }
 }
 

@@ -99,7 +99,7 @@ async fn replay_a_time_range_with_a_new_model_and_resume_after_a_kill() {
     assert!(left > 0 && left < 120, "killed at {left} records left: not midway");
 
     // Resumed: the rest of the range, and nothing outside it.
-    let resumed = run(settings.clone(), rx).await.unwrap();
+    let resumed = run(settings.clone(), rx).await.unwrap().tagged;
     assert!(
         resumed as i64 >= left && (resumed as i64) < 120,
         "resumed {resumed} with {left} left"
@@ -161,6 +161,14 @@ async fn a_replay_from_deleted_offsets_starts_at_the_earliest_left() {
     let mut upto = TopicPartitionList::new();
     upto.add_partition_offset(&motion, 0, Offset::Offset(20)).unwrap();
     admin.delete_records(&upto, &AdminOptions::new()).await.unwrap();
+    // And one record that is no motion window at all.
+    p.send(
+        FutureRecord::to(&motion).key("k").payload("not avro"),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .unwrap();
 
     let data = parse_ts(include_str!("../data/BasicMotions_TRAIN.ts"), 10.0).unwrap();
     let (model, _) = train(&data, &FeatureSpec::default(), 7, 4).unwrap();
@@ -185,7 +193,19 @@ async fn a_replay_from_deleted_offsets_starts_at_the_earliest_left() {
         "{}",
         planned.describe()
     );
-    assert_eq!(planned.total(), 10);
+    assert_eq!(planned.total(), 11);
     let (_stop, rx) = tokio::sync::watch::channel(false);
-    assert_eq!(run(settings, rx).await.unwrap(), 10, "the 10 records left are tagged");
+    let counts = run(settings, rx).await.unwrap();
+    assert_eq!(counts.tagged, 10, "the 10 windows left are tagged");
+    // The summary says what happened to the rest, and why.
+    assert_eq!(
+        counts.undecodable.get("not_confluent_wire_format"),
+        Some(&1),
+        "{counts:?}"
+    );
+    assert!(
+        counts.summary().contains("1 undecodable (not_confluent_wire_format 1)"),
+        "{}",
+        counts.summary()
+    );
 }

@@ -131,7 +131,7 @@ pub fn document(limits: &Limits) -> Value {
                     "timestamp": {"type": "string", "format": "date-time", "description": "Device time of capture."},
                     "signals": {"$ref": "#/components/schemas/Signals"},
                     "motion": {"type": "object", "required": ["sample_rate_hz"], "properties": {
-                        "sample_rate_hz": {"type": "number", "exclusiveMinimum": true, "minimum": 0, "maximum": 1000},
+                        "sample_rate_hz": {"type": "number", "minimum": 1, "maximum": 800},
                         "accelerometer": sample.clone(), "gyroscope": sample}},
                 }},
                 "Signals": signal_schemas(),

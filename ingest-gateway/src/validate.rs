@@ -380,6 +380,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for BorrowedText<'a> {
     }
 }
 
+/// Motion sample rates an iPhone produces: Core Motion's `CMMotionManager`
+/// delivers up to 100 Hz and `CMBatchedSensorManager` up to 800 Hz; below
+/// 1 Hz a sample is no motion window. Anything else is refused.
+pub const MOTION_RATE_HZ: std::ops::RangeInclusive<f64> = 1.0..=800.0;
+
 /// Checks events against the catalogue and the limits.
 #[derive(Debug, Clone)]
 pub struct Validator {
@@ -484,10 +489,15 @@ impl Validator {
     }
 
     fn motion(&self, m: RawMotion<'_>) -> Result<Motion, Rejection> {
-        if !(m.sample_rate_hz > 0.0 && m.sample_rate_hz <= 1000.0) {
+        if !MOTION_RATE_HZ.contains(&m.sample_rate_hz) {
             return Err(Rejection::new(
                 "invalid_motion",
-                format!("sample_rate_hz {} is outside (0, 1000]", m.sample_rate_hz),
+                format!(
+                    "sample_rate_hz {} is outside {}–{} Hz, the rates iPhones sample motion at",
+                    m.sample_rate_hz,
+                    MOTION_RATE_HZ.start(),
+                    MOTION_RATE_HZ.end()
+                ),
             ));
         }
         let axes = |name: &str, raw: Option<&RawValue>| match raw {
@@ -674,6 +684,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v.event(&env, &bad_motion).unwrap_err().reason, "invalid_motion");
+        // Rates no iPhone produces: a billionth of a hertz, or 5 kHz.
+        for rate in ["1e-9", "0.5", "5000"] {
+            let raw = RawValue::from_string(format!(
+                r#"{{"event_id":"3f2504e0-4f89-41d3-9a0c-0305e82c3301","timestamp":"2025-10-09T08:54:30Z","motion":{{"sample_rate_hz":{rate},"accelerometer":[[0,0,1],[0,0,1]]}}}}"#
+            ))
+            .unwrap();
+            let err = v.event(&env, &raw).unwrap_err();
+            assert_eq!(err.reason, "invalid_motion", "{rate}");
+            assert!(err.detail.contains("1–800 Hz"), "{}", err.detail);
+        }
     }
 
     #[test]

@@ -415,17 +415,23 @@ async fn serve_loop(
             }
             Err(PipelineError::Fatal(e)) => anyhow::bail!(e),
         };
-        if batch.is_empty() {
-            if modified(&s.model_path) != model_mtime {
-                model_mtime = modified(&s.model_path);
-                match load(&s.model_path) {
-                    Ok(m) => {
-                        tracing::info!(model_version = %m.model_version, "loaded a new model");
-                        model = Arc::new(m);
-                    }
-                    Err(e) => tracing::error!(error = %e, "the new model file is invalid; keeping the current model"),
+        // A changed model file takes effect for the next batch, under load
+        // too (one stat per batch); a whole batch is tagged by one model.
+        if modified(&s.model_path) != model_mtime {
+            model_mtime = modified(&s.model_path);
+            match load(&s.model_path) {
+                Ok(m) => {
+                    tracing::info!(model_version = %m.model_version, "loaded a new model");
+                    metrics::counter!("enrich_model_reloads_total", "outcome" => "ok").increment(1);
+                    model = Arc::new(m);
+                }
+                Err(e) => {
+                    metrics::counter!("enrich_model_reloads_total", "outcome" => "refused").increment(1);
+                    tracing::error!(error = %e, "the new model file is invalid; keeping the current model")
                 }
             }
+        }
+        if batch.is_empty() {
             continue;
         }
         let outcome = match tagger.outputs(&model, &batch, &s.deadletter_topic).await {

@@ -208,3 +208,110 @@ fn out_of_distribution_windows_are_unknown_never_nan() {
     let t = tag(&model, &spec, &base, 1.0);
     assert!(t.activity == UNKNOWN || t.confidence >= 1.0);
 }
+
+/// The model file is replaced while windows keep arriving: tags switch
+/// `model_version` between batches, and every window is tagged exactly once
+/// (read `read_committed`), nothing lost, nothing twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_swapped_under_load_tags_every_window_exactly_once() {
+    use std::collections::HashMap;
+
+    let (motion, activity) = (unique("it_swap_motion"), unique("it_swap_activity"));
+    create_topic(&motion, 2).await.unwrap();
+    create_topic(&activity, 1).await.unwrap();
+    let registry = RegistryClient::new(&registry_url()).unwrap();
+    let window_id = registry
+        .register(&format!("{motion}-value"), MotionWindow::AVSC)
+        .await
+        .unwrap();
+    let data = parse_ts(include_str!("../data/BasicMotions_TRAIN.ts"), 10.0).unwrap();
+    let (first, _) = train(&data, &FeatureSpec::default(), 1, 4).unwrap();
+    let (second, _) = train(&data, &FeatureSpec::default(), 2, 4).unwrap();
+    assert_ne!(first.model_version, second.model_version);
+    let dir = std::env::temp_dir().join(unique("swap"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model_path = dir.join("model.json");
+    std::fs::write(&model_path, first.to_json()).unwrap();
+
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(run(
+        ServeSettings {
+            kafka_bootstrap: context_integration::kafka_bootstrap(),
+            registry_url: registry_url(),
+            motion_topic: motion.clone(),
+            activity_topic: activity.clone(),
+            group_id: unique("it_swap"),
+            model_path: model_path.clone(),
+            max_batch: 20,
+            session_timeout_ms: 6000,
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            deadletter_topic: context_schemas::contract::topics::DEAD_LETTER.into(),
+            delivery: context_runtime::pipeline::Delivery::ExactlyOnce,
+            transactional_id: unique("it_swap_txn"),
+            min_confidence: 0.0,
+        },
+        None,
+        rx,
+    ));
+
+    // Steady load: 40 windows every 100 ms; the model is replaced (written
+    // beside, then renamed over, as a deployment does) half-way through.
+    let p = producer().unwrap();
+    let mut sent = HashSet::new();
+    for tick in 0..30u64 {
+        for i in 0..40 {
+            let w =
+                MotionWindow::from_event(&sample::event(80_000 + tick * 100 + i, &SampleOptions::default())).unwrap();
+            sent.insert(w.event_id);
+            p.send(
+                FutureRecord::to(&motion)
+                    .key(&w.install_id.to_string())
+                    .payload(&w.to_wire(window_id).unwrap()),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        }
+        if tick == 15 {
+            let staged = dir.join("model.json.new");
+            std::fs::write(&staged, second.to_json()).unwrap();
+            std::fs::rename(&staged, &model_path).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let c: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", context_integration::kafka_bootstrap())
+        .set("group.id", unique("it_swap_tags"))
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    c.subscribe(&[&activity]).unwrap();
+    let records = consume_n(&c, sent.len(), Duration::from_secs(120)).await.unwrap();
+    // Nothing more comes: no window was tagged twice.
+    let extra = tokio::time::timeout(Duration::from_secs(3), c.recv()).await;
+    let _ = stop.send(true);
+    serving.await.unwrap().unwrap();
+    assert!(extra.is_err(), "more tags than windows");
+
+    let mut by_event: HashMap<uuid::Uuid, String> = HashMap::new();
+    for (_, value) in records {
+        let (_, t) = registry.decode::<ActivityTag>(&value).await.unwrap();
+        assert!(
+            by_event.insert(t.event_id, t.model_version).is_none(),
+            "a window tagged twice"
+        );
+    }
+    assert_eq!(
+        by_event.keys().copied().collect::<HashSet<_>>(),
+        sent,
+        "every window tagged"
+    );
+    let versions: HashSet<&String> = by_event.values().collect();
+    assert!(
+        versions.contains(&first.model_version) && versions.contains(&second.model_version),
+        "tags switched from the first model to the second: {versions:?}"
+    );
+}

@@ -19,7 +19,7 @@ use std::time::Instant;
 use context_schemas::sample::SampleRng;
 use linfa::dataset::Pr;
 use linfa::prelude::*;
-use linfa_bayes::{GaussianNb, NaiveBayes};
+use linfa_bayes::GaussianNb;
 use linfa_logistic::{MultiFittedLogisticRegression, MultiLogisticRegression};
 use linfa_svm::Svm;
 use ndarray::{Array1, Array2};
@@ -116,14 +116,15 @@ impl Scaler {
 pub enum Classifier {
     GaussianNb {
         model: GaussianNb<f64, usize>,
+        /// The model's parameters, read once, for the stable computation.
+        #[serde(skip)]
+        stable: std::sync::OnceLock<Vec<NbClass>>,
     },
     Logistic {
         model: MultiFittedLogisticRegression<f64, usize>,
     },
     /// One probability SVM per class (that class against the rest).
-    SvmRbf {
-        models: Vec<Svm<f64, Pr>>,
-    },
+    SvmRbf { models: Vec<Svm<f64, Pr>> },
 }
 
 /// A family with its hyper-parameters.
@@ -174,6 +175,7 @@ impl Candidate {
                     .var_smoothing(var_smoothing)
                     .fit(&Dataset::new(x.clone(), y.clone()))
                     .map_err(|e| format!("training failed: {e}"))?,
+                stable: std::sync::OnceLock::new(),
             }),
             Candidate::Logistic { alpha } => Ok(Classifier::Logistic {
                 model: MultiLogisticRegression::default()
@@ -203,7 +205,13 @@ impl Classifier {
     /// Class probabilities of standardized rows, columns in class-index order.
     fn probabilities(&self, x: &Array2<f64>, classes: usize) -> Vec<Vec<f32>> {
         match self {
-            Classifier::GaussianNb { model } => probabilities(model, x, classes),
+            Classifier::GaussianNb { model, stable } => {
+                let params = stable.get_or_init(|| NbClass::of(model));
+                x.rows()
+                    .into_iter()
+                    .map(|row| stable_nb_probabilities(params, row.as_slice().unwrap_or(&row.to_vec()), classes))
+                    .collect()
+            }
             Classifier::Logistic { model } => {
                 let p = model.predict_probabilities(x);
                 let order = model.classes();
@@ -246,19 +254,77 @@ pub struct TrainReport {
 }
 
 /// Class probabilities, one row per window, columns in class-index order.
-fn probabilities(nb: &GaussianNb<f64, usize>, x: &Array2<f64>, classes: usize) -> Vec<Vec<f32>> {
-    let (p, order) = nb.predict_proba(x.view());
-    (0..x.nrows())
-        .map(|row| {
-            let mut out = vec![0f32; classes];
-            for (col, class) in order.iter().enumerate() {
-                if **class < classes {
-                    out[**class] = p[[row, col]] as f32;
-                }
-            }
-            out
+/// One class of a Gaussian naive Bayes model: its prior and per-feature mean
+/// and variance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NbClass {
+    class: usize,
+    log_prior: f64,
+    /// `-0.5 * sum(ln(2 pi sigma))`, the part that does not depend on x.
+    log_norm: f64,
+    theta: Vec<f64>,
+    sigma: Vec<f64>,
+}
+
+impl NbClass {
+    /// linfa-bayes keeps its parameters private; its serialized form is the
+    /// documented way to read them.
+    fn of(model: &GaussianNb<f64, usize>) -> Vec<NbClass> {
+        let value = serde_json::to_value(model).expect("a model serializes");
+        let numbers = |v: &serde_json::Value| -> Vec<f64> {
+            v["data"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+                .unwrap_or_default()
+        };
+        let mut out: Vec<NbClass> = value["class_info"]
+            .as_object()
+            .map(|classes| {
+                classes
+                    .iter()
+                    .filter_map(|(class, info)| {
+                        let sigma = numbers(&info["sigma"]);
+                        Some(NbClass {
+                            class: class.parse().ok()?,
+                            log_prior: info["prior"].as_f64()?.ln(),
+                            log_norm: -0.5 * sigma.iter().map(|s| (2.0 * std::f64::consts::PI * s).ln()).sum::<f64>(),
+                            theta: numbers(&info["theta"]),
+                            sigma,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by_key(|c| c.class);
+        out
+    }
+}
+
+/// Class probabilities of one standardized row, computed in log space with
+/// the largest joint log-likelihood subtracted before exponentiating (linfa's
+/// `predict_proba` exponentiates first and overflows to NaN or infinity on
+/// windows far from the training data).
+fn stable_nb_probabilities(params: &[NbClass], x: &[f64], classes: usize) -> Vec<f32> {
+    let jll: Vec<(usize, f64)> = params
+        .iter()
+        .map(|c| {
+            let distance: f64 = x
+                .iter()
+                .zip(c.theta.iter().zip(&c.sigma))
+                .map(|(v, (t, s))| (v - t).powi(2) / s)
+                .sum();
+            (c.class, c.log_prior + c.log_norm - 0.5 * distance)
         })
-        .collect()
+        .collect();
+    let max = jll.iter().map(|(_, l)| *l).fold(f64::NEG_INFINITY, f64::max);
+    let total: f64 = jll.iter().map(|(_, l)| (l - max).exp()).sum();
+    let mut out = vec![0f32; classes];
+    for (class, l) in jll {
+        if class < classes {
+            out[class] = ((l - max).exp() / total) as f32;
+        }
+    }
+    out
 }
 
 fn argmax(p: &[f32]) -> usize {
@@ -540,6 +606,51 @@ mod tests {
 
     fn data() -> Vec<LabelledWindow> {
         parse_ts(include_str!("../data/BasicMotions_TRAIN.ts"), 10.0).unwrap()
+    }
+
+    #[test]
+    fn naive_bayes_probabilities_are_stable_and_agree_with_linfa_where_it_is_finite() {
+        use linfa_bayes::NaiveBayes;
+        let windows = data();
+        let spec = FeatureSpec::default();
+        let labels: Vec<String> = {
+            let mut l: Vec<String> = windows.iter().map(|w| w.label.clone()).collect();
+            l.sort();
+            l.dedup();
+            l
+        };
+        let (x, y) = matrix(&windows, &spec, &labels);
+        let scaler = Scaler::fit(&x);
+        let z = scaler.apply(&x);
+        let Classifier::GaussianNb { model, .. } = (Candidate::GaussianNb { var_smoothing: 1e-3 })
+            .fit(&z, &y, labels.len())
+            .unwrap()
+        else {
+            unreachable!()
+        };
+        let params = NbClass::of(&model);
+        let (linfa, order) = model.predict_proba(z.view());
+        for (r, row) in z.rows().into_iter().enumerate() {
+            let ours = stable_nb_probabilities(&params, &row.to_vec(), labels.len());
+            for (col, class) in order.iter().enumerate() {
+                let theirs = linfa[[r, col]];
+                if theirs.is_finite() {
+                    assert!(
+                        (f64::from(ours[**class]) - theirs).abs() < 1e-4,
+                        "row {r}: {ours:?} vs {theirs}"
+                    );
+                }
+            }
+        }
+        // A window far from everything: linfa overflows, ours stays a distribution.
+        let far = vec![1e6; z.ncols()];
+        let (theirs, _) = model.predict_proba(Array2::from_shape_vec((1, far.len()), far.clone()).unwrap().view());
+        let ours = stable_nb_probabilities(&params, &far, labels.len());
+        assert!(
+            ours.iter().all(|p| p.is_finite()) && (ours.iter().sum::<f32>() - 1.0).abs() < 1e-5,
+            "{ours:?}"
+        );
+        println!("linfa on the far window: {theirs:?}");
     }
 
     #[test]

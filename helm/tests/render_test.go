@@ -29,9 +29,17 @@ var (
 	repoRoot  = mustAbs("../..")
 	chartDir  = mustAbs("../context-pipeline")
 	namespace = "context"
-	// The Kubernetes version the chart is rendered for (Chart.yaml asks for >= 1.27).
-	kubeVersion = "1.30.0"
+	// The Kubernetes version the chart is rendered for (Chart.yaml asks for
+	// >= 1.27); scripts/helm-check passes its own.
+	kubeVersion = envOr("HELM_CHECK_KUBE_VERSION", "1.34.0")
 )
+
+func envOr(name, fallback string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return fallback
+}
 
 func mustAbs(p string) string {
 	a, err := filepath.Abs(p)

@@ -279,6 +279,9 @@ Pod pieces shared by every workload.
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ include (printf "cp.port.%s" .component) $root | quote }}
 prometheus.io/path: /metrics
+{{- with .scheme }}
+prometheus.io/scheme: {{ . }}
+{{- end }}
 {{- end }}
 {{- with .checksum }}
 checksum/config: {{ . }}

@@ -261,7 +261,23 @@ pub async fn run(s: ReplaySettings, mut shutdown: watch::Receiver<bool>) -> anyh
         if batch.is_empty() {
             continue;
         }
-        counts.add(&tagger.process(&model, &batch).await?);
+        // A registry outage is waited out: the batch is tried again, never
+        // skipped or committed past.
+        let mut backoff = Duration::from_millis(500);
+        let batch_counts = loop {
+            match tagger.process(&model, &batch).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    eprintln!("replay: {e:#}; retrying in {} ms", backoff.as_millis());
+                    tokio::select! {
+                        _ = shutdown.changed() => return Ok(counts),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
+        counts.add(&batch_counts);
         commit_after(&consumer, &batch)?;
         done += batch.len() as i64;
         if s.progress && (last_report.elapsed() >= Duration::from_secs(1) || open.is_empty()) {

@@ -79,6 +79,7 @@ impl Envelope {
     /// request "not a batch" (400).
     pub fn from_batch(batch: &RawBatch<'_>, app_id: &str, received_at: i64) -> Result<Self, BatchError> {
         let bad = BatchError::NotABatch;
+        check_envelope_size(batch)?;
         Ok(Envelope {
             app_id: app_id.to_owned(),
             batch_id: parse_uuid("batch_id", &batch.batch_id).map_err(bad)?,
@@ -103,6 +104,52 @@ impl Envelope {
             received_at,
         })
     }
+}
+
+/// Longest text of an envelope field (`sdk.*`, `device.*`, a device fact's
+/// name or value), in bytes. The envelope is copied into every event of the
+/// batch, so its size multiplies by the event count.
+pub const ENVELOPE_TEXT_MAX: usize = 256;
+/// Most further device facts (`device.*` beyond the named ones).
+pub const ENVELOPE_FACTS_MAX: usize = 32;
+
+/// Refuses an envelope over [`ENVELOPE_TEXT_MAX`] or [`ENVELOPE_FACTS_MAX`]
+/// (413, naming the field): with them, the envelope copied into each event is
+/// at most about 17 KB, whatever the body holds.
+fn check_envelope_size(batch: &RawBatch<'_>) -> Result<(), BatchError> {
+    let too_long = |field: &str, len: usize| {
+        BatchError::TooLarge(format!(
+            "envelope field `{field}` is {len} bytes; at most {ENVELOPE_TEXT_MAX} are allowed"
+        ))
+    };
+    let d = &batch.device;
+    for (field, text) in [
+        ("sdk.name", batch.sdk.name.as_ref()),
+        ("sdk.version", batch.sdk.version.as_ref()),
+        ("device.model", d.model.as_ref()),
+        ("device.os_name", d.os_name.as_deref().unwrap_or_default()),
+        ("device.os_version", d.os_version.as_ref()),
+    ] {
+        if text.len() > ENVELOPE_TEXT_MAX {
+            return Err(too_long(field, text.len()));
+        }
+    }
+    if d.extra.len() > ENVELOPE_FACTS_MAX {
+        return Err(BatchError::TooLarge(format!(
+            "`device` has {} further facts; at most {ENVELOPE_FACTS_MAX} are allowed",
+            d.extra.len()
+        )));
+    }
+    for (name, value) in &d.extra {
+        if name.len() > ENVELOPE_TEXT_MAX {
+            return Err(too_long("device.<fact name>", name.len()));
+        }
+        let len = fact_text(value).len();
+        if len > ENVELOPE_TEXT_MAX {
+            return Err(too_long(&format!("device.{name}"), len));
+        }
+    }
+    Ok(())
 }
 
 /// A JSON scalar as sent for a signal.

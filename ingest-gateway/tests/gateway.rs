@@ -302,3 +302,41 @@ async fn a_newer_sdks_extra_fields_and_multi_member_gzip_are_accepted() {
         assert_normalised(s, st);
     }
 }
+
+/// The envelope is copied into every event: a 3.7 MB `device` field with a
+/// thousand tiny events (tried: three such bodies at once drove the gateway
+/// to a 10 GB peak) is refused with 413 naming the field, and so are too
+/// many device facts; the gateway goes on serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_envelope_is_refused_before_it_is_copied_into_events() {
+    let h = start(|_| {}).await;
+    let events = session(95, 1000);
+    let mut json: serde_json::Value = serde_json::from_slice(&body(&events)).unwrap();
+    for e in json["events"].as_array_mut().unwrap() {
+        // tiny events: no signals, no motion
+        e["signals"] = serde_json::json!({});
+        e.as_object_mut().unwrap().remove("motion");
+    }
+    json["device"]["model"] = serde_json::json!("x".repeat(3_700_000));
+    let hostile = serde_json::to_vec(&json).unwrap();
+    let requests = (0..3).map(|_| h.post(Some(&h.key), hostile.clone(), &[]));
+    for (status, _, answer) in futures_util::future::join_all(requests).await {
+        assert_eq!(status, 413, "{answer}");
+        assert!(answer["message"].as_str().unwrap().contains("device.model"), "{answer}");
+    }
+
+    let mut many: serde_json::Value = serde_json::from_slice(&body(&session(96, 2))).unwrap();
+    for i in 0..40 {
+        many["device"][format!("fact_{i}")] = serde_json::json!(i);
+    }
+    let (status, _, answer) = h.post(Some(&h.key), serde_json::to_vec(&many).unwrap(), &[]).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("further facts"),
+        "{answer}"
+    );
+
+    // Still serving.
+    let (status, _, answer) = h.post(Some(&h.key), body(&session(97, 5)), &[]).await;
+    assert_eq!(status, 200, "{answer}");
+}

@@ -21,6 +21,11 @@ pub struct Limits {
     pub max_events: usize,
     /// Most samples per sensor in one event's motion (10 s at 100 Hz = 1000).
     pub max_samples: usize,
+    /// Largest Avro record of one event, in bytes: Kafka's default topic
+    /// limit (`max.message.bytes`, about 1 MB). A larger event is rejected
+    /// (`event_too_large`) and dead-lettered whole; raise it together with
+    /// the events topic's `max.message.bytes`.
+    pub max_record_bytes: usize,
 }
 
 impl Default for Limits {
@@ -30,6 +35,7 @@ impl Default for Limits {
             max_decompressed_bytes: 32 << 20,
             max_events: 1000,
             max_samples: 6000,
+            max_record_bytes: 1_000_000,
         }
     }
 }
@@ -216,6 +222,12 @@ impl Config {
         }
         if l.max_events == 0 || l.max_samples == 0 {
             problems.push("limits: max_events and max_samples must be above 0".into());
+        }
+        if l.max_record_bytes < 1024 || l.max_record_bytes > 900_000_000 {
+            problems.push(format!(
+                "limits: max_record_bytes {} is not between 1024 and 900000000",
+                l.max_record_bytes
+            ));
         }
         if self.max_in_flight_bytes < l.max_decompressed_bytes {
             problems.push("max_in_flight_bytes must be at least limits.max_decompressed_bytes".into());

@@ -61,6 +61,23 @@ pub fn prepare(
                     .event
                     .to_wire(schema_id)
                     .map_err(|e| BatchError::NotABatch(format!("event {index} cannot be encoded: {e}")))?;
+                if value.len() > limits.max_record_bytes {
+                    // Kafka would refuse it on every retry: a reject, kept whole.
+                    rejected.push(RejectedEvent {
+                        index,
+                        event_id: Some(valid.event.event_id.to_string()),
+                        rejection: Rejection::new(
+                            "event_too_large",
+                            format!(
+                                "the event is {} bytes as a record; the limit is {} (max_record_bytes)",
+                                value.len(),
+                                limits.max_record_bytes
+                            ),
+                        ),
+                        raw: raw.get().as_bytes().to_vec(),
+                    });
+                    continue;
+                }
                 accepted.push(value);
             }
             Err(rejection) => rejected.push(RejectedEvent {

@@ -84,6 +84,12 @@ impl Kafka {
             .set("message.timeout.ms", s.produce_timeout.as_millis().to_string())
             .set("queue.buffering.max.messages", s.queue_max_messages.to_string())
             .set("queue.buffering.max.kbytes", s.queue_max_kbytes.to_string())
+            // Room for the largest dead letter the request limits allow (an
+            // event's whole JSON); events themselves stop at max_record_bytes.
+            .set(
+                "message.max.bytes",
+                (s.limits.max_decompressed_bytes.max(s.limits.max_record_bytes) + (1 << 20)).to_string(),
+            )
             .create()?;
         Ok(Kafka {
             producer,

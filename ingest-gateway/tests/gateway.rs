@@ -340,3 +340,36 @@ async fn an_oversized_envelope_is_refused_before_it_is_copied_into_events() {
     let (status, _, answer) = h.post(Some(&h.key), body(&session(97, 5)), &[]).await;
     assert_eq!(status, 200, "{answer}");
 }
+
+/// An event too large for a Kafka record is a per-event reject
+/// (`event_too_large`), dead-lettered whole; the rest of the batch is stored
+/// and the answer is 200, not a 503 the client would retry forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_too_large_for_kafka_is_rejected_and_dead_lettered_whole() {
+    // Samples allowed up to 60,000 per sensor: one such event is ~1.4 MB of Avro.
+    let h = start(|c| c.limits.max_samples = 60_000).await;
+    let mut events = session(98, 4);
+    let big = {
+        let samples: Vec<[f32; 3]> = (0..60_000).map(|i| [i as f32 * 1e-4, -0.98, 0.12]).collect();
+        let motion = events[1].motion.as_mut().expect("sample events carry motion");
+        motion.accelerometer = context_schemas::Axes3::from_samples(&samples);
+        motion.gyroscope = context_schemas::Axes3::from_samples(&samples);
+        events[1].event_id
+    };
+    let gzipped = gzip(&body(&events));
+    let (status, _, answer) = h.post(Some(&h.key), gzipped, &[("Content-Encoding", "gzip")]).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 3, "{answer}");
+    assert_eq!(answer["rejected"][0]["reason"], "event_too_large", "{answer}");
+    assert_eq!(answer["rejected"][0]["event_id"], big.to_string());
+    let stored = read_events(&h.events_topic, 3).await;
+    assert!(stored.iter().all(|e| e.event_id != big));
+    let dead = read_raw(&h.deadletter_topic, 1).await;
+    let raw: serde_json::Value = serde_json::from_slice(&dead[0].1).unwrap();
+    assert_eq!(
+        raw["event_id"],
+        big.to_string(),
+        "the dead letter is the event's whole JSON"
+    );
+    assert_eq!(raw["motion"]["accelerometer"].as_array().unwrap().len(), 60_000);
+}

@@ -42,7 +42,7 @@ var services = []serviceKeys{
 			"events_topic": "string", "deadletter_topic": "string", "keys_file": "string",
 			"tls_cert": "string", "tls_key": "string", "limits": "table",
 			"limits.max_body_bytes": "int", "limits.max_decompressed_bytes": "int",
-			"limits.max_events": "int", "limits.max_samples": "int",
+			"limits.max_events": "int", "limits.max_samples": "int", "limits.max_record_bytes": "int",
 			"produce_timeout": "duration", "queue_max_messages": "int", "queue_max_kbytes": "int",
 			"max_in_flight_bytes": "int", "max_future": "duration", "max_age": "duration",
 			"dedup_window": "duration", "dedup_capacity": "int", "workers": "int",

@@ -21,6 +21,7 @@ fn validator() -> &'static Validator {
             max_decompressed_bytes: 4 << 20,
             max_events: 100,
             max_samples: 2000,
+            max_record_bytes: 1 << 20,
         };
         Validator::new(limits, Duration::from_secs(3600), Duration::from_secs(86400 * 3650))
     })

@@ -66,6 +66,33 @@ impl<R> Batch<R> {
     }
 }
 
+/// Most distinct partitions one insert may touch. ClickHouse refuses an
+/// insert spanning more than `max_partitions_per_insert_block` (100 by
+/// default) with code 252, which no retry fixes; device clocks can spread one
+/// batch over any number of months. Half the default leaves room for the
+/// server's time zone moving month boundaries.
+pub const MAX_PARTITIONS_PER_INSERT: usize = 50;
+
+/// Cuts `keys` (sorted) into consecutive ranges of at most `max` distinct keys.
+pub fn partition_chunks(keys: &[u32], max: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut distinct) = (0, 0);
+    for i in 0..keys.len() {
+        if i == 0 || keys[i] != keys[i - 1] {
+            if distinct == max {
+                out.push(start..i);
+                start = i;
+                distinct = 0;
+            }
+            distinct += 1;
+        }
+    }
+    if start < keys.len() {
+        out.push(start..keys.len());
+    }
+    out
+}
+
 /// Inserts rows `0..len` through `insert`, which receives index ranges into
 /// the caller's rows (so no row is copied); when ClickHouse refuses an insert
 /// for a reason that a retry cannot fix, splits the range in halves until the
@@ -141,6 +168,20 @@ mod tests {
         // retryable errors are not split
         let err = insert_or_isolate(2, &|_| async { Err::<(), _>("down".to_string()) }, |_| true).await;
         assert_eq!(err.unwrap_err(), "down");
+    }
+
+    #[test]
+    fn chunks_never_span_more_than_max_partitions() {
+        let keys: Vec<u32> = (0..300u32).map(|i| i / 2).collect(); // 150 months, 2 rows each
+        let chunks = partition_chunks(&keys, 50);
+        assert_eq!(chunks, vec![0..100, 100..200, 200..300]);
+        for c in &chunks {
+            let mut k = keys[c.clone()].to_vec();
+            k.dedup();
+            assert!(k.len() <= 50);
+        }
+        assert_eq!(partition_chunks(&[7, 7, 7], 1), vec![0..3]);
+        assert!(partition_chunks(&[], 5).is_empty());
     }
 
     #[test]

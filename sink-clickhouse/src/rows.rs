@@ -37,6 +37,33 @@ fn string(v: Option<SignalValue>) -> Option<String> {
 
 include!(concat!(env!("OUT_DIR"), "/event_row.rs"));
 
+/// A row's partition: the `DateTime` (seconds) of its table's
+/// `PARTITION BY toYYYYMM(..)` column.
+pub trait Partitioned {
+    fn partition_time(&self) -> u32;
+
+    /// The month the row's partition is: `year * 12 + month - 1` (UTC).
+    fn partition_month(&self) -> u32 {
+        let days = i64::from(self.partition_time()) / 86_400;
+        // Civil-from-days (proleptic Gregorian), enough for months.
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        u32::try_from(year * 12 + month - 1).unwrap_or(0)
+    }
+}
+
+impl Partitioned for EventRow {
+    fn partition_time(&self) -> u32 {
+        self.client_time
+    }
+}
+
 /// One row of `context.activity_tags`.
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
 pub struct ActivityRow {
@@ -58,6 +85,12 @@ pub struct ActivityRow {
     pub tagged_time: u32,
     /// Why the activity is `unknown`; empty for a tag with a class.
     pub unknown_reason: String,
+}
+
+impl Partitioned for ActivityRow {
+    fn partition_time(&self) -> u32 {
+        self.event_time
+    }
 }
 
 impl ActivityRow {
@@ -129,6 +162,12 @@ pub struct DeadLetterRow {
     pub payload: Bytes,
 }
 
+impl Partitioned for DeadLetterRow {
+    fn partition_time(&self) -> u32 {
+        self.failed_time
+    }
+}
+
 impl DeadLetterRow {
     pub fn from_dead_letter(d: DeadLetter) -> Self {
         DeadLetterRow {
@@ -151,6 +190,21 @@ impl DeadLetterRow {
 mod tests {
     use super::*;
     use context_schemas::sample::{self, SampleOptions};
+
+    #[test]
+    fn partition_months_follow_the_calendar() {
+        struct At(u32);
+        impl Partitioned for At {
+            fn partition_time(&self) -> u32 {
+                self.0
+            }
+        }
+        assert_eq!(At(0).partition_month(), 1970 * 12);
+        assert_eq!(At(1_760_000_100).partition_month(), 2025 * 12 + 9); // 2025-10-09
+        assert_eq!(At(951_782_400).partition_month(), 2000 * 12 + 1); // 2000-02-29
+        assert_eq!(At(951_868_799).partition_month(), 2000 * 12 + 1); // 2000-02-29 23:59:59
+        assert_eq!(At(951_868_800).partition_month(), 2000 * 12 + 2); // 2000-03-01
+    }
 
     #[test]
     fn event_rows_carry_every_signal() {

@@ -29,9 +29,9 @@ use schema_registry::client::DecodeError;
 use schema_registry::RegistryClient;
 use tokio::sync::watch;
 
-use crate::batch::{insert_or_isolate, Batch};
+use crate::batch::{insert_or_isolate, partition_chunks, Batch, MAX_PARTITIONS_PER_INSERT};
 use crate::config::Settings;
-use crate::rows::{ActivityRow, DeadLetterRow, EventRow};
+use crate::rows::{ActivityRow, DeadLetterRow, EventRow, Partitioned};
 
 /// What the service reports on /readyz.
 #[derive(Debug, Default)]
@@ -321,22 +321,29 @@ impl Loop<'_> {
         }
     }
 
-    async fn flush<R: RowOwned + RowWrite>(
+    async fn flush<R: RowOwned + RowWrite + Partitioned>(
         &self,
         table: &str,
         batch: &mut Batch<(R, Arc<OwnedMessage>)>,
         dead: &mut Vec<(i32, DeadLetterRow)>,
     ) {
-        let (rows, origins): (Vec<R>, Vec<Arc<OwnedMessage>>) = std::mem::take(&mut batch.rows)
+        let mut pairs: Vec<(R, Arc<OwnedMessage>)> = std::mem::take(&mut batch.rows)
             .into_iter()
             .map(|(_, pair)| pair)
-            .unzip();
+            .collect();
+        // Rows of one partition together, and no insert across more
+        // partitions than ClickHouse takes at once.
+        pairs.sort_by_key(|(r, _)| r.partition_month());
+        let months: Vec<u32> = pairs.iter().map(|(r, _)| r.partition_month()).collect();
+        let (rows, origins): (Vec<R>, Vec<Arc<OwnedMessage>>) = pairs.into_iter().unzip();
         let n = rows.len();
-        let refused = if rows.is_empty() {
-            Vec::new()
-        } else {
-            self.insert_with_retry(table, &rows, false).await
-        };
+        let mut refused = Vec::new();
+        for chunk in partition_chunks(&months, MAX_PARTITIONS_PER_INSERT) {
+            let start = chunk.start;
+            for (index, error) in self.insert_with_retry(table, &rows[chunk], false).await {
+                refused.push((start + index, error));
+            }
+        }
         let mut dead_rows: Vec<DeadLetterRow> = std::mem::take(dead).into_iter().map(|(_, r)| r).collect();
         for (index, error) in &refused {
             // The record as it came (its bytes carry the schema id), and where from.
@@ -419,7 +426,7 @@ async fn run_loop<R, F, Fut>(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()>
 where
-    R: RowOwned + RowWrite,
+    R: RowOwned + RowWrite + Partitioned,
     F: Fn(Arc<OwnedMessage>) -> Fut,
     Fut: std::future::Future<Output = Result<Converted<R>, DecodeError>>,
 {

@@ -1,0 +1,51 @@
+//! Device clocks decide the partition (`toYYYYMM(client_time)`): one batch
+//! whose events claim 150 different months is inserted whole, in inserts
+//! that each span at most `MAX_PARTITIONS_PER_INSERT` partitions (current
+//! ClickHouse refuses more than 100 per insert with code 252, for good).
+
+mod common;
+
+use std::time::Duration;
+
+use common::setup;
+use context_integration::{clickhouse_reader, producer};
+use context_schemas::sample::{self, SampleOptions};
+use context_schemas::AvroRecord;
+use rdkafka::producer::FutureRecord;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_spanning_150_device_clock_months_is_inserted_whole() {
+    let s = setup().await;
+    let p = producer().unwrap();
+    let month = 31 * 86_400 * 1_000_000i64;
+    let base = 946_684_800_000_000i64; // 2000-01-01
+    for i in 0..150i64 {
+        let mut e = sample::event(70_000 + i as u64, &SampleOptions::default());
+        e.client_timestamp = base + i * month;
+        e.timestamp = e.client_timestamp;
+        let payload = e.to_wire(s.event_schema_id).unwrap();
+        p.send(
+            FutureRecord::to(&s.events_topic).key("k").payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+    let mut config = s.config();
+    config.batch.max_rows = 1000; // all 150 in one batch
+    config.batch.max_age = "2s".into();
+    let running = sink_clickhouse::start(config.validate().unwrap(), None).await.unwrap();
+    assert_eq!(s.wait_for_events(150, Duration::from_secs(120)).await, 150);
+    let months: u64 = clickhouse_reader()
+        .query(&format!(
+            "SELECT uniqExact(toYYYYMM(client_time)) FROM `{}`.events",
+            s.database
+        ))
+        .fetch_one()
+        .await
+        .unwrap();
+    assert!(months >= 140, "the events span {months} months");
+    running.shutdown().await.unwrap();
+    s.drop_database().await;
+}

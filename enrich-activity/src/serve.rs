@@ -46,26 +46,10 @@ pub struct ServeSettings {
     pub min_confidence: f32,
 }
 
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
-}
+use context_runtime::clock::now_micros;
 
 fn modified(path: &PathBuf) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
-/// Why a window could not be decoded, in a word.
-fn undecodable_kind(e: &schema_registry::client::DecodeError) -> &'static str {
-    match e {
-        schema_registry::client::DecodeError::Registry(_) => "unknown_schema_id",
-        schema_registry::client::DecodeError::Record(context_schemas::SchemaError::Wire(_)) => {
-            "not_confluent_wire_format"
-        }
-        schema_registry::client::DecodeError::Record(_) => "not_a_motion_window",
-    }
 }
 
 /// The activity of a window the model cannot vouch for.
@@ -265,13 +249,13 @@ impl Tagger {
                 Err(e) if e.is_retryable() => anyhow::bail!("the registry is unavailable: {e}"),
                 Err(e) if deadletter_topic.is_empty() => {
                     metrics::counter!("enrich_undecodable_total").increment(1);
-                    *counts.undecodable.entry(undecodable_kind(&e).into()).or_default() += 1;
+                    *counts.undecodable.entry(e.reason().into()).or_default() += 1;
                     tracing::warn!(error = %e, offset = msg.offset(), "undecodable motion window skipped");
                     windows.push(None);
                 }
                 Err(e) => {
                     metrics::counter!("enrich_undecodable_total").increment(1);
-                    *counts.undecodable.entry(undecodable_kind(&e).into()).or_default() += 1;
+                    *counts.undecodable.entry(e.reason().into()).or_default() += 1;
                     outputs.push(context_runtime::deadletter::record(
                         msg,
                         deadletter_topic,

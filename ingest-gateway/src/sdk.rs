@@ -3,16 +3,9 @@
 
 use context_schemas::{ContextEvent, SignalValue};
 use serde_json::{json, Map, Value};
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
 /// RFC 3339 text of a time in µs since the epoch.
-pub fn rfc3339(micros: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
-}
+pub use context_runtime::clock::rfc3339;
 
 /// The JSON of one event as the SDK sends it (device time, no server fields).
 pub fn event_json(e: &ContextEvent) -> Value {

@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -154,12 +154,8 @@ fn batch_error(e: &BatchError) -> HttpResponse {
     error(status, kind, e.to_string())
 }
 
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
-}
+use context_runtime::clock::now_micros;
+use context_runtime::deadletter as dl;
 
 /// The records of a validated batch and its answer.
 struct Prepared {
@@ -187,15 +183,15 @@ impl Gateway {
         let mut rejected = Vec::with_capacity(batch.rejected.len());
         for r in batch.rejected {
             let mut headers = vec![
-                ("dl.source", "ingest-gateway".to_owned()),
-                ("dl.reason", r.rejection.reason.to_owned()),
-                ("dl.detail", r.rejection.detail.clone()),
-                ("dl.time", crate::sdk::rfc3339(batch.received_at)),
-                ("dl.app_id", app_id.to_owned()),
-                ("dl.batch_id", batch.batch_id.to_string()),
+                (dl::SOURCE, "ingest-gateway".to_owned()),
+                (dl::REASON, r.rejection.reason.to_owned()),
+                (dl::DETAIL, r.rejection.detail.clone()),
+                (dl::TIME, crate::sdk::rfc3339(batch.received_at)),
+                (dl::APP_ID, app_id.to_owned()),
+                (dl::BATCH_ID, batch.batch_id.to_string()),
             ];
             if let Some(id) = &r.event_id {
-                headers.push(("dl.event_id", id.clone()));
+                headers.push((dl::EVENT_ID, id.clone()));
             }
             records.push(Outgoing {
                 topic: self.deadletter_topic.clone(),

@@ -3,6 +3,7 @@
 //! the admin endpoints `/healthz`, `/readyz`, `/metrics`, and [`pipeline`]:
 //! consume → transform → produce in Kafka transactions.
 
+pub mod clock;
 pub mod deadletter;
 pub mod pipeline;
 

@@ -53,6 +53,11 @@ kafka_java() {
       -cp "$KAFKA_CACHE/libs/*" "$@"
 }
 
+# A command-line tool (MAIN_CLASS ARGS...): small heap, quick start, warnings only.
+kafka_tool_java() {
+  kafka_java log4j2-tools.xml -Xms64m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -- "$@"
+}
+
 # The tools scripts/kafka knows, by the names of Kafka's own bin/ scripts.
 kafka_tool_class() {
   case "$1" in

@@ -44,17 +44,9 @@ pub trait Partitioned {
 
     /// The month the row's partition is: `year * 12 + month - 1` (UTC).
     fn partition_month(&self) -> u32 {
-        let days = i64::from(self.partition_time()) / 86_400;
-        // Civil-from-days (proleptic Gregorian), enough for months.
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        u32::try_from(year * 12 + month - 1).unwrap_or(0)
+        time::OffsetDateTime::from_unix_timestamp(i64::from(self.partition_time()))
+            .map(|t| u32::try_from(t.year() * 12 + i32::from(u8::from(t.month())) - 1).unwrap_or(0))
+            .unwrap_or(0)
     }
 }
 

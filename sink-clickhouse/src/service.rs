@@ -89,12 +89,8 @@ impl Source {
     }
 }
 
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
-}
+use context_runtime::clock::now_micros;
+use context_runtime::deadletter as dl;
 
 fn header(msg: &OwnedMessage, key: &str) -> Option<String> {
     msg.headers().and_then(|h| {
@@ -122,19 +118,19 @@ fn dead_row(msg: &OwnedMessage, reason: &str, detail: String) -> DeadLetterRow {
 
 /// A record of the dead-letter topic as a row: the headers say why.
 fn dead_letter_topic_row(msg: &OwnedMessage) -> DeadLetterRow {
-    let failed_at = header(msg, "dl.time")
+    let failed_at = header(msg, dl::TIME)
         .and_then(|t| time_micros(&t))
         .or_else(|| msg.timestamp().to_millis().map(|ms| ms * 1000))
         .unwrap_or_else(now_micros);
     DeadLetterRow::from_dead_letter(DeadLetter {
-        source: header(msg, "dl.source").unwrap_or_else(|| "unknown".into()),
-        reason: header(msg, "dl.reason").unwrap_or_else(|| "unknown".into()),
-        detail: header(msg, "dl.detail").unwrap_or_default(),
-        source_topic: header(msg, "dl.source_topic").or_else(|| Some(msg.topic().to_owned())),
-        source_partition: header(msg, "dl.source_partition").and_then(|p| p.parse().ok()),
-        source_offset: header(msg, "dl.source_offset").and_then(|p| p.parse().ok()),
-        app_id: header(msg, "dl.app_id"),
-        event_id: header(msg, "dl.event_id"),
+        source: header(msg, dl::SOURCE).unwrap_or_else(|| "unknown".into()),
+        reason: header(msg, dl::REASON).unwrap_or_else(|| "unknown".into()),
+        detail: header(msg, dl::DETAIL).unwrap_or_default(),
+        source_topic: header(msg, dl::SOURCE_TOPIC).or_else(|| Some(msg.topic().to_owned())),
+        source_partition: header(msg, dl::SOURCE_PARTITION).and_then(|p| p.parse().ok()),
+        source_offset: header(msg, dl::SOURCE_OFFSET).and_then(|p| p.parse().ok()),
+        app_id: header(msg, dl::APP_ID),
+        event_id: header(msg, dl::EVENT_ID),
         failed_at,
         payload: msg.payload().unwrap_or_default().to_vec(),
     })
@@ -327,15 +323,15 @@ impl Loop<'_> {
         batch: &mut Batch<(R, Arc<OwnedMessage>)>,
         dead: &mut Vec<(i32, DeadLetterRow)>,
     ) {
-        let mut pairs: Vec<(R, Arc<OwnedMessage>)> = std::mem::take(&mut batch.rows)
-            .into_iter()
-            .map(|(_, pair)| pair)
-            .collect();
         // Rows of one partition together, and no insert across more
         // partitions than ClickHouse takes at once.
-        pairs.sort_by_key(|(r, _)| r.partition_month());
-        let months: Vec<u32> = pairs.iter().map(|(r, _)| r.partition_month()).collect();
-        let (rows, origins): (Vec<R>, Vec<Arc<OwnedMessage>>) = pairs.into_iter().unzip();
+        let mut keyed: Vec<(u32, (R, Arc<OwnedMessage>))> = std::mem::take(&mut batch.rows)
+            .into_iter()
+            .map(|(_, pair)| (pair.0.partition_month(), pair))
+            .collect();
+        keyed.sort_by_key(|(month, _)| *month);
+        let months: Vec<u32> = keyed.iter().map(|(month, _)| *month).collect();
+        let (rows, origins): (Vec<R>, Vec<Arc<OwnedMessage>>) = keyed.into_iter().map(|(_, pair)| pair).unzip();
         let n = rows.len();
         let mut refused = Vec::new();
         for chunk in partition_chunks(&months, MAX_PARTITIONS_PER_INSERT) {

@@ -7,17 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{setup, spawn_sink};
+use common::{now, setup, spawn_sink};
 use context_integration::{clickhouse_reader, unique};
 use context_schemas::sample::{self, SampleOptions};
 use ingest_gateway::sdk;
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn posted_batches_land_in_clickhouse_once_across_a_sink_kill() {

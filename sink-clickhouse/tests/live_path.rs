@@ -9,18 +9,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{setup, spawn_sink};
+use common::{now, setup, spawn_sink};
 use context_integration::{clickhouse_reader, create_topic, unique};
 use context_runtime::pipeline::Delivery;
 use context_schemas::sample::{self, SampleOptions};
 use ingest_gateway::sdk;
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn posted_motion_comes_out_as_activity_tags_in_clickhouse() {

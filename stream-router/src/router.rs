@@ -12,7 +12,6 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::ClientConfig;
-use schema_registry::client::DecodeError;
 use schema_registry::RegistryClient;
 
 use crate::rules::{Projection, Rules, Target};
@@ -157,13 +156,7 @@ pub async fn route_batch(
             Ok(decoded) => decoded,
             Err(e) if e.is_retryable() => return Err(NotNow(format!("the registry is unavailable: {e}"))),
             Err(e) => {
-                outputs.push(dead_letter(
-                    msg,
-                    deadletter_topic,
-                    decode_reason(&e),
-                    &e.to_string(),
-                    None,
-                ));
+                outputs.push(dead_letter(msg, deadletter_topic, e.reason(), &e.to_string(), None));
                 continue;
             }
         };
@@ -209,14 +202,6 @@ pub async fn route_batch(
         }
     }
     Ok(outputs)
-}
-
-fn decode_reason(e: &DecodeError) -> &'static str {
-    match e {
-        DecodeError::Registry(_) => "unknown_schema_id",
-        DecodeError::Record(context_schemas::SchemaError::Wire(_)) => "not_confluent_wire_format",
-        DecodeError::Record(_) => "undecodable",
-    }
 }
 
 fn dead_letter(msg: &OwnedMessage, topic: &str, reason: &str, detail: &str, event: Option<&ContextEvent>) -> Output {

@@ -186,6 +186,16 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Why a record could not be decoded, as a dead-letter reason:
+    /// `unknown_schema_id`, `not_confluent_wire_format` or `undecodable`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Registry(_) => "unknown_schema_id",
+            DecodeError::Record(context_schemas::SchemaError::Wire(_)) => "not_confluent_wire_format",
+            DecodeError::Record(_) => "undecodable",
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
         match self {
             DecodeError::Registry(e) => e.is_retryable(),

@@ -212,3 +212,8 @@ pub async fn start_gateway(s: &Setup, dir: &std::path::Path, app: &str) -> (inge
     .unwrap();
     (gateway, key)
 }
+
+/// Microseconds since the epoch, now.
+pub fn now() -> i64 {
+    context_runtime::clock::now_micros()
+}

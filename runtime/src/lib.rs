@@ -3,9 +3,12 @@
 //! the admin endpoints `/healthz`, `/readyz`, `/metrics`, and [`pipeline`]:
 //! consume → transform → produce in Kafka transactions.
 
+pub mod backoff;
 pub mod clock;
+pub mod config;
 pub mod deadletter;
 pub mod pipeline;
+pub mod shutdown;
 
 use std::io::IsTerminal;
 use std::path::Path;

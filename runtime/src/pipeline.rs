@@ -482,23 +482,86 @@ pub fn default_transactional_id(prefix: &str) -> String {
     }
 }
 
-/// Shared by the services: a flag that turns true on SIGTERM or SIGINT.
-pub fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing the SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+/// What a consume → produce service does with each batch.
+#[allow(async_fn_in_trait)]
+pub trait Stage {
+    /// Called after each read, before [`Stage::transform`]: the place to
+    /// pick up a changed rules or model file, so one batch sees one version.
+    async fn refresh(&mut self) {}
+
+    /// The records to produce for `batch`; `Err` (a reason) when it cannot be
+    /// done now: nothing is produced and the batch is read again after a pause.
+    async fn transform(&mut self, batch: &[OwnedMessage]) -> Result<Vec<Output>, String>;
+}
+
+/// How [`drive`] reads batches.
+#[derive(Debug, Clone, Copy)]
+pub struct DriveOptions {
+    /// Records per batch (and per transaction) at most.
+    pub max_batch: usize,
+    /// How long a batch waits for more records after its first.
+    pub linger: Duration,
+}
+
+/// The loop of every consume → transform → produce service: read a batch,
+/// transform it, commit outputs and offsets together; on a failure rewind
+/// and retry with backoff (not ready meanwhile), until `shutdown`. Records
+/// `<prefix>_transform_seconds`, `<prefix>_commit_seconds` and
+/// `<prefix>_batches_committed_total`. `Err` only when the pipeline cannot
+/// go on (fenced, fatal client error).
+pub async fn drive(
+    pipeline: &Pipeline,
+    stage: &mut impl Stage,
+    options: DriveOptions,
+    ready: &AtomicBool,
+    mut shutdown: crate::shutdown::Shutdown,
+) -> Result<(), String> {
+    let prefix = pipeline.prefix;
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let batch = tokio::select! {
+            _ = shutdown.requested() => return Ok(()),
+            b = pipeline.next_batch(options.max_batch, options.linger, Duration::from_millis(500)) => b,
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(PipelineError::Retry(e)) => {
+                tracing::warn!(error = %e, "reading a batch");
+                continue;
             }
+            Err(PipelineError::Fatal(e)) => return Err(e),
+        };
+        stage.refresh().await;
+        if batch.is_empty() {
+            continue;
         }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutdown requested");
-        let _ = tx.send(true);
-    });
-    rx
+        let started = std::time::Instant::now();
+        let outcome = match stage.transform(&batch).await {
+            Ok(outputs) => {
+                let transformed = started.elapsed();
+                let committed = pipeline.commit(&batch, outputs).await;
+                metrics::histogram!(format!("{prefix}_transform_seconds")).record(transformed.as_secs_f64());
+                metrics::histogram!(format!("{prefix}_commit_seconds"))
+                    .record((started.elapsed() - transformed).as_secs_f64());
+                committed
+            }
+            // Nothing of it was produced; read it again after a pause.
+            Err(not_now) => pipeline.rewind().and(Err(PipelineError::Retry(not_now))),
+        };
+        match outcome {
+            Ok(()) => {
+                ready.store(true, Ordering::Relaxed);
+                backoff.reset();
+                metrics::counter!(format!("{prefix}_batches_committed_total")).increment(1);
+            }
+            Err(PipelineError::Retry(e)) => {
+                ready.store(false, Ordering::Relaxed);
+                tracing::warn!(error = %e, retry_in = ?backoff.peek(), "batch not committed; it will be read again");
+                if !backoff.wait(&mut shutdown).await {
+                    return Ok(());
+                }
+            }
+            Err(PipelineError::Fatal(e)) => return Err(e),
+        }
+    }
 }

@@ -20,12 +20,7 @@ fn bench(c: &mut Criterion) {
                 .iter()
                 .map(|r| {
                     let (_, body) = wire::unframe(r).unwrap();
-                    let e = if ContextEvent::is_current(&writer) {
-                        ContextEvent::decode(body)
-                    } else {
-                        ContextEvent::decode_from(body, &writer)
-                    }
-                    .unwrap();
+                    let e = ContextEvent::decode_resolving(body, &writer).unwrap();
                     EventRow::from_event(e).accel_x.len()
                 })
                 .sum::<usize>()

@@ -164,13 +164,15 @@ impl RegistryClient {
                 c
             }
         };
-        let record = if current {
-            T::decode(body)
+        // A current writer is passed as the current schema itself, which the
+        // trait recognises by pointer and reads on its fast path.
+        let writer = if current {
+            None
         } else {
-            let writer = self.schema_by_id(id).await.map_err(DecodeError::Registry)?;
-            T::decode_from(body, &writer)
-        }
-        .map_err(DecodeError::Record)?;
+            Some(self.schema_by_id(id).await.map_err(DecodeError::Registry)?)
+        };
+        let writer = writer.as_deref().unwrap_or(T::schema());
+        let record = T::decode_resolving(body, writer).map_err(DecodeError::Record)?;
         Ok((id, record))
     }
 }

@@ -18,11 +18,16 @@ use enrich_activity::model::{confusion_text, train, Model};
 /// `serve` tags every window of context.motion.v1 into context.activity.v1;
 /// `replay` re-tags a range of history with another model through its own
 /// consumer group, resumable, with `--dry-run` to see the offset ranges first.
+/// `--check-config FILE` validates a serve/replay configuration file (with
+/// the ENRICH_* environment) and prints the settings, without starting.
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
+    /// Validate a configuration file (every problem at once) and exit.
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -102,33 +107,20 @@ fn load(paths: &[PathBuf], rate: f64) -> Result<Vec<dataset::LabelledWindow>, St
     Ok(all)
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+fn run(command: Command) -> Result<(), String> {
     let spec = FeatureSpec::default();
-    match cli.command {
+    match command {
         Command::Serve { config, model } => {
-            let c = Config::load(config.as_deref(), model)?;
+            let loaded =
+                Config::load(config.as_deref(), model).map_err(|e| format!("the configuration is invalid:\n{e}"))?;
             context_runtime::init_tracing();
-            let settings = enrich_activity::serve::ServeSettings {
-                kafka_bootstrap: c.kafka_bootstrap,
-                registry_url: c.registry_url,
-                motion_topic: c.motion_topic,
-                activity_topic: c.activity_topic,
-                group_id: c.group_id,
-                model_path: c.model,
-                max_batch: c.max_batch,
-                session_timeout_ms: c.session_timeout_ms,
-                admin_listen: c.admin_listen,
-                deadletter_topic: c.deadletter_topic,
-                delivery: c.delivery,
-                transactional_id: c.transactional_id,
-                min_confidence: c.min_confidence,
-            };
+            loaded.log_warnings();
             let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
             runtime.block_on(async {
                 let metrics = context_runtime::install_metrics();
                 // Ends on SIGTERM/SIGINT after the batch in flight, or at once on an error.
-                let shutdown = context_runtime::pipeline::shutdown_signal();
-                enrich_activity::serve::run(settings, metrics, shutdown)
+                let shutdown = context_runtime::shutdown::Shutdown::on_signals();
+                enrich_activity::serve::run(loaded.config, metrics, shutdown)
                     .await
                     .map_err(|e| format!("{e:#}"))
             })?;
@@ -170,8 +162,13 @@ fn run(cli: Cli) -> Result<(), String> {
             dry_run,
             group_id,
         } => {
-            let c = Config::load(config.as_deref(), model)?;
-            let model = c.model.clone();
+            let loaded =
+                Config::load(config.as_deref(), model).map_err(|e| format!("the configuration is invalid:\n{e}"))?;
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
+            let c = loaded.config;
+            let model = c.model_path().to_path_buf();
             use enrich_activity::replay::{self, Bound, ReplaySettings};
             let text = std::fs::read_to_string(&model).map_err(|e| format!("cannot read {}: {e}", model.display()))?;
             let version = Model::from_json(&text, &spec)
@@ -195,12 +192,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
                 let started = std::time::Instant::now();
                 let counts = runtime.block_on(async {
-                    let (stop, rx) = tokio::sync::watch::channel(false);
-                    let task = tokio::spawn(replay::run(settings, rx));
-                    tokio::spawn(async move {
-                        let _ = tokio::signal::ctrl_c().await;
-                        let _ = stop.send(true);
-                    });
+                    let shutdown = context_runtime::shutdown::Shutdown::on_signals();
+                    let task = tokio::spawn(replay::run(settings, shutdown));
                     task.await.map_err(|e| e.to_string())?.map_err(|e| format!("{e:#}"))
                 })?;
                 let secs = started.elapsed().as_secs_f64();
@@ -240,7 +233,15 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Some(file) = cli.check_config {
+        return context_runtime::config::check_file::<Config>(&file);
+    }
+    let Some(command) = cli.command else {
+        eprintln!("enrich-activity: give a command (train, eval, serve, replay) or --check-config FILE; see --help");
+        return ExitCode::from(2);
+    };
+    match run(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("enrich-activity: {e}");

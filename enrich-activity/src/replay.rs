@@ -12,14 +12,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use context_runtime::backoff::Backoff;
+use context_runtime::shutdown::Shutdown;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio::sync::watch;
 
-use crate::features::FeatureSpec;
-use crate::model::Model;
-use crate::serve::{commit_after, Counts, Tagger};
+use crate::serve::{commit_after, load_model, Counts, Tagger};
 
 /// Where a replay starts or ends.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,11 +102,6 @@ impl Plan {
         out.push_str(&format!("  total: {} records", self.total()));
         out
     }
-}
-
-fn load_model(path: &PathBuf) -> anyhow::Result<Model> {
-    let text = std::fs::read_to_string(path)?;
-    Model::from_json(&text, &FeatureSpec::default()).map_err(anyhow::Error::msg)
 }
 
 fn resolve(
@@ -204,7 +198,7 @@ pub fn plan(s: &ReplaySettings, model_version: &str) -> anyhow::Result<Plan> {
 
 /// Replays the plan; returns the number of tags written. Stops early (and
 /// can be resumed) when `shutdown` turns true.
-pub async fn run(s: ReplaySettings, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<Counts> {
+pub async fn run(s: ReplaySettings, mut shutdown: Shutdown) -> anyhow::Result<Counts> {
     let model = Arc::new(load_model(&s.model_path)?);
     let plan = {
         let (s, v) = (s.clone(), model.model_version.clone());
@@ -239,7 +233,7 @@ pub async fn run(s: ReplaySettings, mut shutdown: watch::Receiver<bool>) -> anyh
         let mut batch = Vec::new();
         while batch.len() < s.max_batch && !open.is_empty() {
             tokio::select! {
-                _ = shutdown.changed() => return Ok(counts),
+                _ = shutdown.requested() => return Ok(counts),
                 r = tokio::time::timeout(Duration::from_millis(300), consumer.recv()) => match r {
                     Err(_) => break,
                     Ok(Err(e)) => { tracing::warn!(error = %e, "consumer error"); break }
@@ -263,17 +257,18 @@ pub async fn run(s: ReplaySettings, mut shutdown: watch::Receiver<bool>) -> anyh
         }
         // A registry outage is waited out: the batch is tried again, never
         // skipped or committed past.
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         let batch_counts = loop {
             match tagger.process(&model, &batch).await {
                 Ok(c) => break c,
+                Err(e) if !e.is_retryable() => {
+                    anyhow::bail!("{e}; the replay stopped here and resumes from this batch")
+                }
                 Err(e) => {
-                    eprintln!("replay: {e:#}; retrying in {} ms", backoff.as_millis());
-                    tokio::select! {
-                        _ = shutdown.changed() => return Ok(counts),
-                        _ = tokio::time::sleep(backoff) => {}
+                    eprintln!("replay: {e:#}; retrying in about {} ms", backoff.peek().as_millis());
+                    if !backoff.wait(&mut shutdown).await {
+                        return Ok(counts);
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         };

@@ -9,46 +9,26 @@
 //! deduplicates by `(event_id, model_version)`). A changed model file is
 //! picked up between batches without a restart.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use context_runtime::pipeline::{Output, Pipeline, PipelineError, PipelineSettings};
+use context_runtime::pipeline::{drive, DriveOptions, Output, Pipeline, PipelineSettings, Stage};
+use context_runtime::shutdown::Shutdown;
 use context_schemas::{ActivityTag, AvroRecord, ClassProbability, MotionWindow};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
+use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use schema_registry::RegistryClient;
-use tokio::sync::watch;
 
+use crate::config::Config;
 use crate::features::FeatureSpec;
 use crate::model::Model;
-
-/// What `serve` needs.
-#[derive(Debug, Clone)]
-pub struct ServeSettings {
-    pub kafka_bootstrap: String,
-    pub registry_url: String,
-    pub motion_topic: String,
-    pub activity_topic: String,
-    pub group_id: String,
-    pub model_path: PathBuf,
-    pub max_batch: usize,
-    pub session_timeout_ms: u64,
-    /// /healthz, /readyz, /metrics.
-    pub admin_listen: std::net::SocketAddr,
-    /// Where windows that cannot be decoded go, with their bytes.
-    pub deadletter_topic: String,
-    pub delivery: context_runtime::pipeline::Delivery,
-    pub transactional_id: String,
-    /// Below this probability a window is tagged `unknown`.
-    pub min_confidence: f32,
-}
-
 use context_runtime::clock::now_micros;
 
-fn modified(path: &PathBuf) -> Option<SystemTime> {
+fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
@@ -208,6 +188,31 @@ pub struct Tagger {
     pub min_confidence: f32,
 }
 
+/// Why a batch could not be tagged.
+#[derive(Debug, thiserror::Error)]
+pub enum TagError {
+    /// The registry did not answer: the same batch will work later.
+    #[error("the registry is unavailable: {0}")]
+    RegistryUnavailable(String),
+    /// Kafka did not take a tag: the same batch will work later.
+    #[error("producing a tag failed: {0}")]
+    Produce(rdkafka::error::KafkaError),
+    /// Feature extraction or inference failed (a panic): retrying the same
+    /// windows would fail the same way.
+    #[error("tagging failed: {0}")]
+    Inference(String),
+    /// A tag could not be encoded: a bug, the same every time.
+    #[error("encoding a tag failed: {0}")]
+    Encode(#[from] context_schemas::SchemaError),
+}
+
+impl TagError {
+    /// Whether trying the same batch again can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, TagError::RegistryUnavailable(_) | TagError::Produce(_))
+    }
+}
+
 impl Tagger {
     pub async fn new(kafka_bootstrap: &str, registry_url: &str, activity_topic: &str) -> anyhow::Result<Self> {
         let registry = RegistryClient::new(registry_url)?;
@@ -237,7 +242,7 @@ impl Tagger {
         model: &Arc<Model>,
         batch: &[rdkafka::message::OwnedMessage],
         deadletter_topic: &str,
-    ) -> anyhow::Result<(Vec<Output>, Counts)> {
+    ) -> Result<(Vec<Output>, Counts), TagError> {
         let registry = &self.registry;
         let mut counts = Counts::default();
         // Decode, then features and inference off the reactor.
@@ -246,7 +251,7 @@ impl Tagger {
         for msg in batch {
             match registry.decode::<MotionWindow>(msg.payload().unwrap_or_default()).await {
                 Ok((_, w)) => windows.push(Some(w)),
-                Err(e) if e.is_retryable() => anyhow::bail!("the registry is unavailable: {e}"),
+                Err(e) if e.is_retryable() => return Err(TagError::RegistryUnavailable(e.to_string())),
                 Err(e) if deadletter_topic.is_empty() => {
                     metrics::counter!("enrich_undecodable_total").increment(1);
                     *counts.undecodable.entry(e.reason().into()).or_default() += 1;
@@ -278,7 +283,8 @@ impl Tagger {
                 .map(|w| tag(&m, &spec, w, min_confidence))
                 .collect()
         })
-        .await?;
+        .await
+        .map_err(|e| TagError::Inference(e.to_string()))?;
         metrics::histogram!("enrich_inference_seconds").record(started.elapsed().as_secs_f64() / n as f64);
         for t in &tags {
             outputs.push(Output {
@@ -302,7 +308,7 @@ impl Tagger {
         &self,
         model: &Arc<Model>,
         batch: &[rdkafka::message::OwnedMessage],
-    ) -> anyhow::Result<Counts> {
+    ) -> Result<Counts, TagError> {
         let (outputs, counts) = self.outputs(model, batch, "").await?;
         let mut pending = Vec::new();
         for o in outputs.iter().filter(|o| o.topic == self.activity_topic) {
@@ -313,12 +319,13 @@ impl Tagger {
             let delivery = self
                 .producer
                 .send_result(record)
-                .map_err(|(e, _)| anyhow::anyhow!("queueing a tag failed: {e}"))?;
+                .map_err(|(e, _)| TagError::Produce(e))?;
             pending.push(delivery);
         }
         for p in pending {
-            p.await?
-                .map_err(|(e, _)| anyhow::anyhow!("producing a tag failed: {e}"))?;
+            p.await
+                .map_err(|_| TagError::Produce(rdkafka::error::KafkaError::Canceled))?
+                .map_err(|(e, _)| TagError::Produce(e))?;
         }
         Ok(counts)
     }
@@ -334,12 +341,12 @@ pub fn commit_after<C: Consumer>(consumer: &C, batch: &[rdkafka::message::OwnedM
     Ok(())
 }
 
-/// Runs until `shutdown` turns true. `/readyz` is 200 once the model is
+/// Runs until `shutdown` fires. `/readyz` is 200 once the model is
 /// loaded and the tag schema registered, 503 while a batch is failing.
 pub async fn run(
-    s: ServeSettings,
+    s: Config,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = ready.clone();
@@ -351,23 +358,76 @@ pub async fn run(
         }
     })?;
     tracing::info!(admin = %admin.addr, "admin endpoints");
-    let result = serve_loop(s, &ready, &mut shutdown).await;
+    let result = serve_loop(s, &ready, shutdown).await;
     admin.stop().await;
     result
 }
 
-async fn serve_loop(
-    s: ServeSettings,
-    ready: &std::sync::atomic::AtomicBool,
-    shutdown: &mut watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let spec = FeatureSpec::default();
-    let load = |path: &PathBuf| -> anyhow::Result<Model> {
-        let text = std::fs::read_to_string(path)?;
-        Model::from_json(&text, &spec).map_err(anyhow::Error::msg)
-    };
-    let mut model = Arc::new(load(&s.model_path)?);
-    let mut model_mtime = modified(&s.model_path);
+pub(crate) fn load_model(path: &Path) -> anyhow::Result<Model> {
+    let text = std::fs::read_to_string(path)?;
+    Model::from_json(&text, &FeatureSpec::default()).map_err(anyhow::Error::msg)
+}
+
+/// The tagger's part of the loop: the model in force, re-read when its file
+/// changes (one stat per batch, under load too; a whole batch is tagged by
+/// one model).
+struct Serving<'a> {
+    s: &'a Config,
+    tagger: Tagger,
+    model: Arc<Model>,
+    model_mtime: Option<SystemTime>,
+}
+
+impl Stage for Serving<'_> {
+    async fn refresh(&mut self) {
+        let path = self.s.model_path();
+        if modified(path) == self.model_mtime {
+            return;
+        }
+        self.model_mtime = modified(path);
+        match load_model(path) {
+            Ok(m) => {
+                tracing::info!(model_version = %m.model_version, "loaded a new model");
+                metrics::counter!("enrich_model_reloads_total", "outcome" => "ok").increment(1);
+                self.model = Arc::new(m);
+            }
+            Err(e) => {
+                metrics::counter!("enrich_model_reloads_total", "outcome" => "refused").increment(1);
+                tracing::error!(error = %e, "the new model file is invalid; keeping the current model")
+            }
+        }
+    }
+
+    async fn transform(&mut self, batch: &[OwnedMessage]) -> Result<Vec<Output>, String> {
+        match self.tagger.outputs(&self.model, batch, &self.s.deadletter_topic).await {
+            Ok((outputs, _)) => Ok(outputs),
+            Err(e) if e.is_retryable() || self.s.deadletter_topic.is_empty() => Err(e.to_string()),
+            // The same windows would fail the same way: keep them, with
+            // their bytes, as dead letters instead of stalling the topic.
+            Err(e) => {
+                tracing::error!(error = %e, records = batch.len(), "the batch cannot be tagged; dead-lettering it");
+                metrics::counter!("enrich_batches_dead_lettered_total").increment(1);
+                Ok(batch
+                    .iter()
+                    .map(|m| {
+                        context_runtime::deadletter::record(
+                            m,
+                            &self.s.deadletter_topic,
+                            "enrich-activity",
+                            "tagging_failed",
+                            &e.to_string(),
+                            None,
+                        )
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
+async fn serve_loop(s: Config, ready: &std::sync::atomic::AtomicBool, shutdown: Shutdown) -> anyhow::Result<()> {
+    let model = Arc::new(load_model(s.model_path())?);
+    let model_mtime = modified(s.model_path());
     tracing::info!(model_version = %model.model_version, "serving");
     let mut tagger = Tagger::new(&s.kafka_bootstrap, &s.registry_url, &s.activity_topic).await?;
     tagger.min_confidence = s.min_confidence;
@@ -379,64 +439,23 @@ async fn serve_loop(
         delivery: s.delivery,
         allow_fallback: false,
         transactional_id: s.transactional_id.clone(),
-        session_timeout: Duration::from_millis(s.session_timeout_ms),
+        session_timeout: s.session_timeout,
         timeout: Duration::from_secs(30),
     })
     .map_err(anyhow::Error::msg)?;
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        // A batch: up to max_batch records or 200 ms after the first.
-        let batch = tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
-            b = pipeline.next_batch(s.max_batch, Duration::from_millis(200), Duration::from_millis(500)) => b,
-        };
-        let batch = match batch {
-            Ok(b) => b,
-            Err(PipelineError::Retry(e)) => {
-                tracing::warn!(error = %e, "reading a batch");
-                continue;
-            }
-            Err(PipelineError::Fatal(e)) => anyhow::bail!(e),
-        };
-        // A changed model file takes effect for the next batch, under load
-        // too (one stat per batch); a whole batch is tagged by one model.
-        if modified(&s.model_path) != model_mtime {
-            model_mtime = modified(&s.model_path);
-            match load(&s.model_path) {
-                Ok(m) => {
-                    tracing::info!(model_version = %m.model_version, "loaded a new model");
-                    metrics::counter!("enrich_model_reloads_total", "outcome" => "ok").increment(1);
-                    model = Arc::new(m);
-                }
-                Err(e) => {
-                    metrics::counter!("enrich_model_reloads_total", "outcome" => "refused").increment(1);
-                    tracing::error!(error = %e, "the new model file is invalid; keeping the current model")
-                }
-            }
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        let outcome = match tagger.outputs(&model, &batch, &s.deadletter_topic).await {
-            Ok((outputs, _)) => pipeline.commit(&batch, outputs).await,
-            Err(e) => pipeline.rewind().and(Err(PipelineError::Retry(format!("{e:#}")))),
-        };
-        match outcome {
-            Ok(()) => {
-                ready.store(true, std::sync::atomic::Ordering::Relaxed);
-                backoff = Duration::from_millis(200);
-            }
-            Err(PipelineError::Retry(e)) => {
-                ready.store(false, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(error = %e, retry_in = ?backoff, "batch not committed; it will be read again");
-                tokio::select! {
-                    _ = shutdown.changed() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-            Err(PipelineError::Fatal(e)) => anyhow::bail!(e),
-        }
-    }
+    let mut stage = Serving {
+        s: &s,
+        tagger,
+        model,
+        model_mtime,
+    };
+    // A batch: up to max_batch records or 200 ms after the first.
+    let options = DriveOptions {
+        max_batch: s.max_batch,
+        linger: Duration::from_millis(200),
+    };
+    drive(&pipeline, &mut stage, options, ready, shutdown)
+        .await
+        .map_err(anyhow::Error::msg)
 }

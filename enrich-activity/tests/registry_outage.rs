@@ -7,25 +7,27 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use context_integration::{consume_n, create_topic, create_topic_with, kafka_bootstrap, producer, unique};
+use context_runtime::config::ServiceConfig;
 use context_schemas::apache_avro::{self, types::Value};
 use context_schemas::sample::{self, SampleOptions};
 use context_schemas::{ActivityTag, AvroRecord, MotionWindow};
+use enrich_activity::config::Config as EnrichConfig;
 use enrich_activity::dataset::parse_ts;
 use enrich_activity::features::FeatureSpec;
 use enrich_activity::model::train;
-use enrich_activity::serve::{run, ServeSettings};
+use enrich_activity::serve::run;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureRecord;
 use schema_registry::{Config, RegistryClient};
 
 async fn start_registry(topic: &str, listen: &str) -> schema_registry::Running {
     let config = Config {
-        listen: listen.into(),
+        listen: listen.parse().unwrap(),
         kafka_bootstrap: kafka_bootstrap(),
         topic: topic.into(),
         ..Config::default()
     };
-    let running = schema_registry::start(config.validate().unwrap(), None).await.unwrap();
+    let running = schema_registry::start(config.checked().unwrap(), None).await.unwrap();
     assert!(running.wait_ready(Duration::from_secs(30)).await);
     running
 }
@@ -67,17 +69,17 @@ async fn a_registry_outage_delays_tagging_and_skips_nothing() {
     let (model, _) = train(&data, &FeatureSpec::default(), 5, 4).unwrap();
     let model_path = std::env::temp_dir().join(format!("{}.json", unique("model_ro")));
     std::fs::write(&model_path, model.to_json()).unwrap();
-    let (stop, rx) = tokio::sync::watch::channel(false);
+    let (stop, rx) = context_runtime::shutdown::Shutdown::new();
     let serving = tokio::spawn(run(
-        ServeSettings {
+        EnrichConfig {
             kafka_bootstrap: kafka_bootstrap(),
             registry_url: url.clone(),
             motion_topic: motion.clone(),
             activity_topic: activity.clone(),
             group_id: unique("it_ro"),
-            model_path,
+            model: Some(model_path),
             max_batch: 8,
-            session_timeout_ms: 6000,
+            session_timeout: std::time::Duration::from_millis(6000),
             admin_listen: "127.0.0.1:0".parse().unwrap(),
             deadletter_topic: dead.clone(),
             delivery: context_runtime::pipeline::Delivery::ExactlyOnce,
@@ -147,7 +149,7 @@ async fn a_registry_outage_delays_tagging_and_skips_nothing() {
             .is_err(),
         "a window was dead-lettered during the outage"
     );
-    let _ = stop.send(true);
+    stop.fire();
     serving.await.unwrap().unwrap();
     registry.stop().await.unwrap();
 }

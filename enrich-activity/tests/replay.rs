@@ -76,7 +76,7 @@ async fn replay_a_time_range_with_a_new_model_and_resume_after_a_kill() {
         registry_url: registry_url(),
         motion_topic: motion.clone(),
         activity_topic: activity.clone(),
-        model_path,
+        model_path: model_path.clone(),
         from: Bound::Time(t1),
         to: Bound::Time(t2),
         group_id: Some(unique("it_replay")),
@@ -88,7 +88,7 @@ async fn replay_a_time_range_with_a_new_model_and_resume_after_a_kill() {
     assert_eq!(planned.total(), 120, "{}", planned.describe());
 
     // Killed midway: abort the task once some tags are out.
-    let (_stop, rx) = tokio::sync::watch::channel(false);
+    let (_stop, rx) = context_runtime::shutdown::Shutdown::new();
     let first = tokio::spawn(run(settings.clone(), rx.clone()));
     let c = consumer(&unique("it_rtags")).unwrap();
     c.subscribe(&[&activity]).unwrap();
@@ -179,7 +179,7 @@ async fn a_replay_from_deleted_offsets_starts_at_the_earliest_left() {
         registry_url: registry_url(),
         motion_topic: motion.clone(),
         activity_topic: activity.clone(),
-        model_path,
+        model_path: model_path.clone(),
         from: Bound::parse("0:0").unwrap(),
         to: Bound::Latest,
         group_id: Some(unique("it_replay_del")),
@@ -194,7 +194,7 @@ async fn a_replay_from_deleted_offsets_starts_at_the_earliest_left() {
         planned.describe()
     );
     assert_eq!(planned.total(), 11);
-    let (_stop, rx) = tokio::sync::watch::channel(false);
+    let (_stop, rx) = context_runtime::shutdown::Shutdown::new();
     let counts = run(settings, rx).await.unwrap();
     assert_eq!(counts.tagged, 10, "the 10 windows left are tagged");
     // The summary says what happened to the rest, and why.

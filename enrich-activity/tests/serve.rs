@@ -7,10 +7,11 @@ use std::time::Duration;
 use context_integration::{consume_n, consumer, create_topic, producer, unique};
 use context_schemas::sample::{self, SampleOptions};
 use context_schemas::{ActivityTag, AvroRecord, MotionWindow};
+use enrich_activity::config::Config;
 use enrich_activity::dataset::parse_ts;
 use enrich_activity::features::FeatureSpec;
 use enrich_activity::model::train;
-use enrich_activity::serve::{run, ServeSettings};
+use enrich_activity::serve::run;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureRecord;
 use schema_registry::RegistryClient;
@@ -55,17 +56,17 @@ async fn serve_tags_every_window_once() {
         .unwrap();
     }
 
-    let (stop, rx) = tokio::sync::watch::channel(false);
+    let (stop, rx) = context_runtime::shutdown::Shutdown::new();
     let task = tokio::spawn(run(
-        ServeSettings {
+        Config {
             kafka_bootstrap: context_integration::kafka_bootstrap(),
             registry_url: registry_url(),
             motion_topic: motion.clone(),
             activity_topic: activity.clone(),
             group_id: unique("it_enrich"),
-            model_path,
+            model: Some(model_path),
             max_batch: 8,
-            session_timeout_ms: 6000,
+            session_timeout: std::time::Duration::from_millis(6000),
             admin_listen: "127.0.0.1:19103".parse().unwrap(),
             deadletter_topic: context_schemas::contract::topics::DEAD_LETTER.into(),
             delivery: context_runtime::pipeline::Delivery::ExactlyOnce,
@@ -104,7 +105,7 @@ async fn serve_tags_every_window_once() {
         metrics.contains("enrich_windows_tagged_total{") && metrics.contains(&model.model_version),
         "{metrics}"
     );
-    let _ = stop.send(true);
+    stop.fire();
     task.await.unwrap().unwrap();
 }
 
@@ -233,17 +234,17 @@ async fn a_model_swapped_under_load_tags_every_window_exactly_once() {
     let model_path = dir.join("model.json");
     std::fs::write(&model_path, first.to_json()).unwrap();
 
-    let (stop, rx) = tokio::sync::watch::channel(false);
+    let (stop, rx) = context_runtime::shutdown::Shutdown::new();
     let serving = tokio::spawn(run(
-        ServeSettings {
+        Config {
             kafka_bootstrap: context_integration::kafka_bootstrap(),
             registry_url: registry_url(),
             motion_topic: motion.clone(),
             activity_topic: activity.clone(),
             group_id: unique("it_swap"),
-            model_path: model_path.clone(),
+            model: Some(model_path.clone()),
             max_batch: 20,
-            session_timeout_ms: 6000,
+            session_timeout: std::time::Duration::from_millis(6000),
             admin_listen: "127.0.0.1:0".parse().unwrap(),
             deadletter_topic: context_schemas::contract::topics::DEAD_LETTER.into(),
             delivery: context_runtime::pipeline::Delivery::ExactlyOnce,
@@ -292,7 +293,7 @@ async fn a_model_swapped_under_load_tags_every_window_exactly_once() {
     let records = consume_n(&c, sent.len(), Duration::from_secs(120)).await.unwrap();
     // Nothing more comes: no window was tagged twice.
     let extra = tokio::time::timeout(Duration::from_secs(3), c.recv()).await;
-    let _ = stop.send(true);
+    stop.fire();
     serving.await.unwrap().unwrap();
     assert!(extra.is_err(), "more tags than windows");
 

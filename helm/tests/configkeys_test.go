@@ -97,7 +97,7 @@ var services = []serviceKeys{
 		keys: map[string]string{
 			"kafka_bootstrap": "string", "registry_url": "string", "motion_topic": "string",
 			"activity_topic": "string", "group_id": "string", "admin_listen": "string",
-			"model": "string", "max_batch": "int", "session_timeout_ms": "int",
+			"model": "string", "max_batch": "int", "session_timeout": "duration",
 			"deadletter_topic": "string", "delivery": "string", "transactional_id": "string",
 			"min_confidence": "float",
 		},
@@ -208,8 +208,11 @@ func rustStructFields(t *testing.T, src, name string) map[string]string {
 
 func rustKind(ty string) string {
 	switch {
-	case ty == "String" || ty == "PathBuf" || ty == "Option<PathBuf>" || ty == "Secret" || ty == "Option<String>":
+	case ty == "String" || ty == "PathBuf" || ty == "Option<PathBuf>" || ty == "Secret" || ty == "Option<String>" ||
+		ty == "SocketAddr" || ty == "Delivery" || ty == "Compatibility":
 		return "string"
+	case ty == "Duration":
+		return "duration"
 	case ty == "bool":
 		return "bool"
 	case ty == "f32" || ty == "f64":
@@ -240,9 +243,6 @@ func TestRustConfigStructsMatch(t *testing.T) {
 				}
 			}
 			for k, kind := range s.keys {
-				if kind == "duration" {
-					kind = "string"
-				}
 				rk, ok := fromRust[k]
 				if !ok {
 					t.Errorf("key `%s` is listed here but %s has no such field: update helm/tests and the chart", k, s.rustFile)

@@ -1,9 +1,11 @@
-//! Errors of the request path and what each means for the client.
+//! Errors of the request path: why a body is not a batch. The HTTP answers
+//! built from them (and from everything else that refuses a request) are in
+//! `api_error`.
 
 use thiserror::Error;
 
-/// Why a request body cannot be taken as a batch. Each maps to one HTTP
-/// answer; none of them is helped by retrying the same bytes.
+/// Why a request body cannot be taken as a batch. None of them is helped by
+/// retrying the same bytes.
 #[derive(Debug, Error)]
 pub enum BatchError {
     /// 415.
@@ -21,15 +23,4 @@ pub enum BatchError {
     /// 400.
     #[error("the body is not a batch: {0}")]
     NotABatch(String),
-}
-
-impl BatchError {
-    /// The HTTP status of this error.
-    pub fn status(&self) -> u16 {
-        match self {
-            BatchError::UnsupportedEncoding(_) | BatchError::UnsupportedContentType(_) => 415,
-            BatchError::TooLarge(_) => 413,
-            BatchError::BadCompression(_) | BatchError::NotABatch(_) => 400,
-        }
-    }
 }

@@ -21,13 +21,15 @@ pub mod sdk;
 pub mod validate;
 
 #[cfg(feature = "server")]
+pub mod api_error;
+#[cfg(feature = "server")]
 pub mod keys;
 #[cfg(feature = "server")]
 pub mod produce;
 #[cfg(feature = "server")]
 pub mod service;
 
-pub use config::{Config, Limits, Settings};
+pub use config::{Config, Limits};
 pub use error::BatchError;
 #[cfg(feature = "server")]
 pub use service::{start, Running};

@@ -19,6 +19,10 @@ use ingest_gateway::Config;
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
+    /// Validate a configuration file (with the INGEST_* environment): every
+    /// problem at once, or the settings; exits without starting.
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -63,6 +67,9 @@ enum KeysCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(file) = cli.check_config {
+        return context_runtime::config::check_file::<Config>(&file);
+    }
     match cli.command.unwrap_or(Command::Serve {
         config: None,
         drain_seconds: 2,
@@ -70,10 +77,7 @@ async fn main() -> ExitCode {
         Command::Keys {
             command: KeysCommand::New { app, rate_limit, burst },
         } => new_key(&app, rate_limit, burst),
-        Command::Serve { config, drain_seconds } => {
-            context_runtime::init_tracing();
-            serve(config, Duration::from_secs(drain_seconds)).await
-        }
+        Command::Serve { config, drain_seconds } => serve(config, Duration::from_secs(drain_seconds)).await,
     }
 }
 
@@ -97,13 +101,13 @@ fn new_key(app: &str, rate_limit: f64, burst: Option<f64>) -> ExitCode {
 }
 
 async fn serve(config: Option<PathBuf>, drain: Duration) -> ExitCode {
-    let settings = match Config::load(config.as_deref()) {
-        Ok(s) => s,
-        Err(problems) => {
-            eprintln!("ingest-gateway: the configuration is incomplete:\n{problems}");
-            return ExitCode::from(2);
-        }
+    let loaded = match context_runtime::config::load_or_exit::<Config>("ingest-gateway", config.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
+    context_runtime::init_tracing();
+    loaded.log_warnings();
+    let settings = loaded.config;
     let metrics = context_runtime::install_metrics();
     let running = match ingest_gateway::start(settings, metrics).await {
         Ok(r) => r,
@@ -112,17 +116,8 @@ async fn serve(config: Option<PathBuf>, drain: Duration) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("ingest-gateway: cannot listen for SIGTERM: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
-    }
+    context_runtime::shutdown::Shutdown::on_signals().requested().await;
+    tracing::info!("draining");
     match running.shutdown(drain).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

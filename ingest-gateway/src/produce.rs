@@ -16,7 +16,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::time::Instant;
 
-use crate::config::Settings;
+use crate::config::Config;
 
 /// One record to produce.
 pub struct Outgoing {
@@ -73,7 +73,7 @@ pub struct Kafka {
 }
 
 impl Kafka {
-    pub fn new(s: &Settings) -> Result<Self, KafkaError> {
+    pub fn new(s: &Config) -> Result<Self, KafkaError> {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &s.kafka_bootstrap)
             .set("acks", "all")

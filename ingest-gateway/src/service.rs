@@ -12,19 +12,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use context_schemas::{AvroRecord, ContextEvent};
 use futures_util::StreamExt;
 use serde::Serialize;
-use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::api_error::ApiError;
 use crate::auth::Auth;
 use crate::batch::Encoding;
-use crate::config::Settings;
+use crate::config::Config;
 use crate::error::BatchError;
 use crate::keys::Keys;
 use crate::pipeline;
@@ -117,7 +116,7 @@ impl RateLimits {
 
 /// Everything the handlers share.
 pub struct Gateway {
-    settings: Settings,
+    settings: Config,
     keys: Keys,
     kafka: Kafka,
     validator: Validator,
@@ -128,30 +127,6 @@ pub struct Gateway {
     dedup: Mutex<Dedup>,
     limits: Mutex<RateLimits>,
     draining: AtomicBool,
-}
-
-fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> HttpResponse {
-    metrics::counter!("gateway_requests_total", "status" => status.as_u16().to_string()).increment(1);
-    HttpResponse::build(status).json(json!({"error": kind, "message": message.into()}))
-}
-
-fn retry_later(status: StatusCode, kind: &str, message: impl Into<String>, seconds: u64) -> HttpResponse {
-    let mut r = error(status, kind, message);
-    r.headers_mut().insert(
-        actix_web::http::header::RETRY_AFTER,
-        actix_web::http::header::HeaderValue::from(seconds),
-    );
-    r
-}
-
-fn batch_error(e: &BatchError) -> HttpResponse {
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    let kind = match e.status() {
-        413 => "too_large",
-        415 => "unsupported_media_type",
-        _ => "not_a_batch",
-    };
-    error(status, kind, e.to_string())
 }
 
 use context_runtime::clock::now_micros;
@@ -225,40 +200,24 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn post_batch(gw: web::Data<Arc<Gateway>>, req: HttpRequest, mut payload: web::Payload) -> HttpResponse {
+async fn post_batch(
+    gw: web::Data<Arc<Gateway>>,
+    req: HttpRequest,
+    mut payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     if gw.draining.load(Ordering::Relaxed) {
-        return retry_later(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the gateway is shutting down",
-            1,
-        );
+        return Err(ApiError::ShuttingDown);
     }
     let content_type = header(&req, "content-type").unwrap_or("");
     if !content_type.trim().to_ascii_lowercase().starts_with("application/json") {
-        return batch_error(&BatchError::UnsupportedContentType(content_type.to_owned()));
+        return Err(BatchError::UnsupportedContentType(content_type.to_owned()).into());
     }
-    let encoding = match Encoding::from_header(header(&req, "content-encoding")) {
-        Ok(e) => e,
-        Err(e) => return batch_error(&e),
-    };
+    let encoding = Encoding::from_header(header(&req, "content-encoding"))?;
     let ring = gw.keys.current();
     let app = match ring.check(header(&req, "authorization")) {
-        Auth::Missing => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "send `Authorization: Bearer <api key>`",
-            )
-        }
-        Auth::Unknown => return error(StatusCode::UNAUTHORIZED, "unauthorized", "unknown API key"),
-        Auth::Disabled(k) => {
-            return error(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("the key of app `{}` is disabled", k.app_id),
-            )
-        }
+        Auth::Missing => return Err(ApiError::MissingKey),
+        Auth::Unknown => return Err(ApiError::UnknownKey),
+        Auth::Disabled(k) => return Err(ApiError::DisabledKey(k.app_id.clone())),
         Auth::Allowed(k) => k.clone(),
     };
 
@@ -268,15 +227,13 @@ async fn post_batch(gw: web::Data<Arc<Gateway>>, req: HttpRequest, mut payload: 
         .and_then(|v| v.parse::<usize>().ok())
         .is_some_and(|n| n > max_body)
     {
-        return batch_error(&BatchError::TooLarge(format!("the body is over {max_body} bytes")));
+        return Err(BatchError::TooLarge(format!("the body is over {max_body} bytes")).into());
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let Ok(chunk) = chunk else {
-            return error(StatusCode::BAD_REQUEST, "not_a_batch", "the body could not be read");
-        };
+        let chunk = chunk.map_err(|e| BatchError::NotABatch(format!("the body could not be read: {e}")))?;
         if body.len() + chunk.len() > max_body {
-            return batch_error(&BatchError::TooLarge(format!("the body is over {max_body} bytes")));
+            return Err(BatchError::TooLarge(format!("the body is over {max_body} bytes")).into());
         }
         body.extend_from_slice(&chunk);
     }
@@ -287,12 +244,7 @@ async fn post_batch(gw: web::Data<Arc<Gateway>>, req: HttpRequest, mut payload: 
         .clamp(1, u64::from(budget)) as u32;
     let Ok(_permit) = gw.in_flight.clone().try_acquire_many_owned(cost) else {
         metrics::counter!("gateway_dropped_total", "reason" => "in_flight_full").increment(1);
-        return retry_later(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            "too many bytes in flight; retry shortly",
-            1,
-        );
+        return Err(ApiError::Busy);
     };
     metrics::gauge!("gateway_in_flight_bytes").increment(f64::from(cost));
     let _release = scopeguard(cost);
@@ -300,11 +252,9 @@ async fn post_batch(gw: web::Data<Arc<Gateway>>, req: HttpRequest, mut payload: 
     let prepared = {
         let (gw, app_id) = (gw.clone(), app.app_id.clone());
         let body = body.freeze();
-        match web::block(move || gw.prepare(&body, encoding, &app_id)).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => return batch_error(&e),
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
-        }
+        web::block(move || gw.prepare(&body, encoding, &app_id))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??
     };
     let span = tracing::info_span!("batch", batch_id = %prepared.batch_id, app_id = %app.app_id);
     let _enter = span.enter();
@@ -314,7 +264,7 @@ async fn post_batch(gw: web::Data<Arc<Gateway>>, req: HttpRequest, mut payload: 
         tracing::info!("repeated batch answered from memory");
         metrics::counter!("gateway_requests_total", "status" => "200").increment(1);
         metrics::counter!("gateway_batches_deduplicated_total").increment(1);
-        return HttpResponse::Ok().json(&*answer);
+        return Ok(HttpResponse::Ok().json(&*answer));
     }
     if let Err(wait) =
         gw.limits
@@ -322,15 +272,11 @@ async fn post_batch(gw: web::Data<Arc<Gateway>>, req: HttpRequest, mut payload: 
             .expect("rate lock")
             .take(&app.app_id, prepared.events as f64, app.rate_limit_per_s, app.burst)
     {
-        return retry_later(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!(
-                "app `{}` is over its rate limit of {} events/s",
-                app.app_id, app.rate_limit_per_s
-            ),
-            wait,
-        );
+        return Err(ApiError::RateLimited {
+            app: app.app_id.clone(),
+            rate: app.rate_limit_per_s,
+            retry_after: wait,
+        });
     }
     if prepared.unknown_signals > 0 {
         metrics::counter!("gateway_unknown_signals_total").increment(prepared.unknown_signals as u64);
@@ -350,7 +296,7 @@ async fn post_batch(gw: web::Data<Arc<Gateway>>, req: HttpRequest, mut payload: 
                 "batch acknowledged"
             );
             gw.dedup.lock().expect("dedup lock").put(dedup_key, answer.clone());
-            HttpResponse::Ok().json(&*answer)
+            Ok(HttpResponse::Ok().json(&*answer))
         }
         Err(e) => {
             tracing::warn!(error = %e, "batch not acknowledged");
@@ -361,12 +307,10 @@ async fn post_batch(gw: web::Data<Arc<Gateway>>, req: HttpRequest, mut payload: 
                 .lock()
                 .expect("rate lock")
                 .refund(&app.app_id, prepared.events as f64, app.burst);
-            retry_later(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                format!("{e}; nothing is lost by retrying this batch"),
-                gw.kafka.health.retry_after(),
-            )
+            Err(ApiError::Unavailable {
+                reason: e.to_string(),
+                retry_after: gw.kafka.health.retry_after(),
+            })
         }
     }
 }
@@ -456,7 +400,7 @@ fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<r
 /// Starts the gateway: loads the keys, registers (or finds) the event schema,
 /// connects the producer and serves HTTP(S).
 pub async fn start(
-    settings: Settings,
+    settings: Config,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> anyhow::Result<Running> {
     let keys = Keys::load(&settings.keys_file).map_err(anyhow::Error::msg)?;
@@ -514,7 +458,7 @@ pub async fn start(
     .workers(settings.workers)
     .disable_signals()
     .shutdown_timeout(30);
-    let server = match &settings.tls {
+    let server = match &settings.tls() {
         Some((cert, key)) => server.bind_rustls_0_23(settings.listen, tls_config(cert, key)?)?,
         None => server.bind(settings.listen)?,
     };
@@ -526,7 +470,7 @@ pub async fn start(
     let server = server.run();
     let handle = server.handle();
     let task = tokio::spawn(server);
-    tracing::info!(%addr, tls = settings.tls.is_some(), schema_id, topic = %settings.events_topic, "ingest gateway listening");
+    tracing::info!(%addr, tls = settings.tls().is_some(), schema_id, topic = %settings.events_topic, "ingest gateway listening");
     Ok(Running {
         addr,
         gateway,

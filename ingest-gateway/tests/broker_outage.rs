@@ -14,7 +14,7 @@ use context_integration::stack;
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_down_means_503_then_200_again_without_a_restart() {
     // The idempotent producer (always on) outlives the broker restart.
-    let h = start(|c| c.produce_timeout = "3s".into()).await;
+    let h = start(|c| c.produce_timeout = std::time::Duration::from_secs(3)).await;
     let before = session(70, 10);
     assert_eq!(h.post(Some(&h.key), body(&before), &[]).await.0, 200);
 

@@ -27,6 +27,10 @@ use figment::{Figment, Profile, Provider};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+/// `#[serde(with = "context_runtime::config::duration")]` on a `Duration`
+/// key: written `250ms`, `10s`, `5m`, `30d`.
+pub use humantime_serde as duration;
+
 /// The configuration struct of a service.
 pub trait ServiceConfig: Serialize + DeserializeOwned + Default {
     /// Prefix of its environment variables, such as `INGEST_`.
@@ -36,6 +40,40 @@ pub trait ServiceConfig: Serialize + DeserializeOwned + Default {
     /// Checks that span keys or ranges types cannot express: every problem.
     fn check(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// `self` when [`ServiceConfig::check`] finds nothing (for configurations
+    /// built in code, such as tests').
+    fn checked(self) -> Result<Self, ConfigError> {
+        let problems = self.check();
+        if problems.is_empty() {
+            Ok(self)
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+}
+
+/// `#[serde(with = "context_runtime::config::text")]` on a key whose type
+/// reads with `FromStr` and writes with `Display` (an enum of levels).
+pub mod text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(value)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -183,6 +221,26 @@ pub fn load_from<T: ServiceConfig>(
     }
 }
 
+impl<T> Loaded<T> {
+    /// Logs the warnings; call it once telemetry is set up.
+    pub fn log_warnings(&self) {
+        for w in &self.warnings {
+            tracing::warn!("configuration: {w}");
+        }
+    }
+}
+
+/// [`load`] for a `main`: every problem printed to stderr, exit code 2.
+pub fn load_or_exit<T: ServiceConfig>(service: &str, file: Option<&Path>) -> Result<Loaded<T>, std::process::ExitCode> {
+    load::<T>(file).map_err(|e| {
+        eprintln!(
+            "{service}: the configuration is invalid ({} problem(s)):\n{e}",
+            e.0.len()
+        );
+        std::process::ExitCode::from(2)
+    })
+}
+
 /// What `--check-config <file>` prints and exits with: the file (and the
 /// environment) validated without starting anything.
 pub fn check_file<T: ServiceConfig + fmt::Debug>(path: &Path) -> std::process::ExitCode {
@@ -191,7 +249,8 @@ pub fn check_file<T: ServiceConfig + fmt::Debug>(path: &Path) -> std::process::E
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
             }
-            println!("{}: ok", path.display());
+            println!("{}: valid", path.display());
+            println!("{:#?}", loaded.config);
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
@@ -326,7 +385,7 @@ mod tests {
         listen: std::net::SocketAddr,
         name: String,
         workers: usize,
-        #[serde(with = "humantime_serde")]
+        #[serde(with = "duration")]
         timeout: Duration,
         tls_cert: Option<std::path::PathBuf>,
         password: Secret,

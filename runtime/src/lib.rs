@@ -1,7 +1,13 @@
-//! What every service starts with, in one place: logs (JSON when not on a
-//! terminal), the Prometheus recorder, reading its TOML configuration file,
-//! the admin endpoints `/healthz`, `/readyz`, `/metrics`, and [`pipeline`]:
-//! consume → transform → produce in Kafka transactions.
+//! What every service binary starts with, in one place. Each `main` reads:
+//! parse the command line → [`config`] (file, then environment, every
+//! problem at once) → telemetry ([`init_tracing`], [`install_metrics`]) →
+//! `run(settings, shutdown)` with one [`shutdown::Shutdown`] fed by
+//! SIGTERM/SIGINT.
+//!
+//! Also shared: the admin endpoints `/healthz`, `/readyz`, `/metrics`
+//! ([`start_admin`]), [`backoff`] for every retry loop, [`clock`],
+//! [`deadletter`] headers, and [`pipeline`]: consume → transform → produce
+//! in Kafka transactions, with [`pipeline::drive`] as the loop.
 
 pub mod backoff;
 pub mod clock;
@@ -11,10 +17,8 @@ pub mod pipeline;
 pub mod shutdown;
 
 use std::io::IsTerminal;
-use std::path::Path;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::de::DeserializeOwned;
 
 /// Logs to stderr at `RUST_LOG` (default `info`): human-readable on a
 /// terminal, JSON lines otherwise.
@@ -37,17 +41,6 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
         .install_recorder()
         .map_err(|e| eprintln!("metrics disabled: {e}"))
         .ok()
-}
-
-/// The configuration file at `path`, or the defaults when there is none.
-pub fn read_config<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, String> {
-    match path {
-        None => Ok(T::default()),
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
-        }
-    }
 }
 
 /// The admin endpoints of a consumer service.

@@ -18,7 +18,6 @@ pub mod catalog;
 pub mod codec;
 pub mod compat;
 pub mod contract;
-pub mod duration;
 pub mod error;
 pub mod event;
 pub mod records;

@@ -18,44 +18,44 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use context_runtime::shutdown::{Shutdown, Trigger};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::watch;
 
-pub use config::{Config, Settings};
+pub use config::Config;
 pub use service::Health;
 
 /// A running sink.
 pub struct Running {
     pub admin_addr: SocketAddr,
     pub health: Arc<Health>,
-    stop: watch::Sender<bool>,
-    sources: tokio::task::JoinHandle<anyhow::Result<()>>,
+    stop: Trigger,
+    sources: tokio::task::JoinHandle<Result<(), service::SinkError>>,
     admin: context_runtime::Admin,
 }
 
 impl Running {
     /// Flushes every batch, commits, and stops.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
+    pub async fn shutdown(self) -> Result<(), service::SinkError> {
+        self.stop.fire();
         let result = self.sources.await?;
         self.admin.stop().await;
         result
     }
 
     /// Waits until the sources end on their own (an error).
-    pub async fn wait(&mut self) -> anyhow::Result<()> {
+    pub async fn wait(&mut self) -> Result<(), service::SinkError> {
         (&mut self.sources).await?
     }
 }
 
 /// Starts the consumer loops and the admin endpoints.
-pub async fn start(settings: Settings, metrics: Option<PrometheusHandle>) -> anyhow::Result<Running> {
+pub async fn start(settings: Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<Running> {
     let health = Arc::new(Health::default());
     // ClickHouse must answer before we consume anything.
     let reader = settings.clickhouse(false);
     let ok = reader.query("SELECT 1").fetch_one::<u8>().await.is_ok();
     health.clickhouse_ok.store(ok, Ordering::Relaxed);
-    let (stop, rx) = watch::channel(false);
+    let (stop, rx) = Shutdown::new();
     let sources = tokio::spawn(service::run_sources(settings.clone(), health.clone(), rx));
     let ready = health.clone();
     let admin = context_runtime::start_admin(settings.admin_listen, metrics, move || {

@@ -19,8 +19,12 @@ use sink_clickhouse::Config;
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
+    /// Validate a configuration file (with the SINK_* environment): every
+    /// problem at once, or the settings; exits without starting.
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -37,18 +41,25 @@ enum Command {
     },
 }
 
-fn settings(config: Option<PathBuf>) -> Result<sink_clickhouse::Settings, ExitCode> {
-    Config::load(config.as_deref()).map_err(|problems| {
-        eprintln!("sink-clickhouse: the configuration is incomplete:\n{problems}");
-        ExitCode::from(2)
-    })
+/// The configuration, then telemetry (with the configuration's warnings).
+fn settings(config: Option<PathBuf>) -> Result<Config, ExitCode> {
+    let loaded = context_runtime::config::load_or_exit::<Config>("sink-clickhouse", config.as_deref())?;
+    context_runtime::init_tracing();
+    loaded.log_warnings();
+    Ok(loaded.config)
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    context_runtime::init_tracing();
-    match cli.command {
+    if let Some(file) = cli.check_config {
+        return context_runtime::config::check_file::<Config>(&file);
+    }
+    let Some(command) = cli.command else {
+        eprintln!("sink-clickhouse: give a command (migrate, run) or --check-config FILE; see --help");
+        return ExitCode::from(2);
+    };
+    match command {
         Command::Migrate { config } => {
             let s = match settings(config) {
                 Ok(s) => s,
@@ -96,16 +107,9 @@ async fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("sink-clickhouse: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            let mut shutdown = context_runtime::shutdown::Shutdown::on_signals();
             let result = tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: flushing"); running.shutdown().await }
-                _ = tokio::signal::ctrl_c() => { tracing::info!("interrupt: flushing"); running.shutdown().await }
+                _ = shutdown.requested() => { tracing::info!("flushing"); running.shutdown().await }
                 r = running.wait() => r,
             };
             match result {

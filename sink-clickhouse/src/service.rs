@@ -18,19 +18,20 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use clickhouse::{RowOwned, RowWrite};
+use context_runtime::backoff::Backoff;
+use context_runtime::shutdown::Shutdown;
 use context_schemas::{ActivityTag, ContextEvent, DeadLetter};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use schema_registry::client::DecodeError;
 use schema_registry::RegistryClient;
-use tokio::sync::watch;
 
 use crate::batch::{insert_or_isolate, partition_chunks, Batch, MAX_PARTITIONS_PER_INSERT};
-use crate::config::Settings;
+use crate::config::Config;
 use crate::rows::{ActivityRow, DeadLetterRow, EventRow, Partitioned};
 
 /// What the service reports on /readyz.
@@ -159,6 +160,30 @@ pub enum Failure {
     Row,
 }
 
+/// Why the sink stopped (it never stops for ClickHouse or the registry
+/// being away: those are waited out, batch kept, nothing committed).
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The Kafka consumer could not be created or subscribed: the
+    /// configuration is wrong (bootstrap, group); restarting will not help.
+    #[error("Kafka consumer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The registry client could not be built (a malformed `registry_url`).
+    #[error("schema registry client: {0}")]
+    Registry(#[from] schema_registry::RegistryError),
+    /// A source's task ended abnormally (a panic); a restart resumes from
+    /// the committed offsets, so retrying is safe.
+    #[error("a source stopped: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl SinkError {
+    /// Whether restarting the same configuration can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SinkError::Task(_))
+    }
+}
+
 /// Classifies an insert error by ClickHouse's error code.
 pub fn classify(e: &clickhouse::error::Error) -> Failure {
     use clickhouse::error::Error;
@@ -207,17 +232,9 @@ async fn insert_rows<R: RowOwned + RowWrite>(
     insert.end().await
 }
 
-fn jitter(base: Duration) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    base + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
-}
-
 struct Loop<'a> {
     source: Source,
-    settings: &'a Settings,
+    settings: &'a Config,
     consumer: Sink,
     writer: clickhouse::Client,
     health: Arc<Health>,
@@ -236,7 +253,7 @@ impl Loop<'_> {
         rows: &[R],
         all_or_nothing: bool,
     ) -> Vec<(usize, String)> {
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = Backoff::new(Duration::from_millis(500), self.settings.max_backoff);
         let mut paused = false;
         let refused = loop {
             let started = std::time::Instant::now();
@@ -263,7 +280,7 @@ impl Loop<'_> {
             metrics::counter!("sink_insert_retries_total", "table" => table.to_owned()).increment(1);
             match problem {
                 (Failure::Transient, e) => {
-                    tracing::warn!(error = %e, table, rows = rows.len(), retry_in = ?backoff, "ClickHouse insert failed; keeping the batch");
+                    tracing::warn!(error = %e, table, rows = rows.len(), retry_in = ?backoff.peek(), "ClickHouse insert failed; keeping the batch");
                 }
                 (_, e) => {
                     metrics::counter!("sink_clickhouse_faults_total", "table" => table.to_owned()).increment(1);
@@ -271,7 +288,7 @@ impl Loop<'_> {
                         error = %e,
                         table,
                         rows = rows.len(),
-                        retry_in = ?backoff,
+                        retry_in = ?backoff.peek(),
                         "ClickHouse refuses every insert into this table: a missing column, table or database \
                          (run `sink-clickhouse migrate`), or wrong credentials (check `clickhouse_user` and \
                          `clickhouse_password`). Nothing is committed or dead-lettered until it is fixed"
@@ -284,8 +301,7 @@ impl Loop<'_> {
                 }
                 paused = true;
             }
-            self.wait_paused(jitter(backoff)).await;
-            backoff = (backoff * 2).min(self.settings.max_backoff);
+            self.wait_paused(backoff.next_wait()).await;
         };
         if paused {
             if let Ok(assignment) = self.consumer.assignment() {
@@ -415,12 +431,7 @@ async fn convert_tag(registry: &RegistryClient, msg: &OwnedMessage) -> Result<Co
 }
 
 /// Runs one source until `shutdown` turns true, then flushes and commits.
-async fn run_loop<R, F, Fut>(
-    l: Loop<'_>,
-    table: &str,
-    convert: F,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()>
+async fn run_loop<R, F, Fut>(l: Loop<'_>, table: &str, convert: F, mut shutdown: Shutdown) -> Result<(), SinkError>
 where
     R: RowOwned + RowWrite + Partitioned,
     F: Fn(Arc<OwnedMessage>) -> Fut,
@@ -430,9 +441,9 @@ where
     let mut batch: Batch<(R, Arc<OwnedMessage>)> = Batch::default();
     let mut dead: Vec<(i32, DeadLetterRow)> = Vec::new();
     loop {
-        let wait = batch.time_left(s.max_age).max(Duration::from_millis(10));
+        let wait = batch.time_left(s.batch.max_age).max(Duration::from_millis(10));
         tokio::select! {
-            _ = shutdown.changed() => {
+            _ = shutdown.requested() => {
                 if !batch.is_empty() {
                     l.flush(table, &mut batch, &mut dead).await;
                 }
@@ -452,14 +463,13 @@ where
                         let msg = Arc::new(msg.detach());
                         metrics::counter!("sink_records_received_total", "source" => l.source.name()).increment(1);
                         let (p, o, len) = (msg.partition(), msg.offset(), msg.payload().map_or(0, <[u8]>::len));
-                        let mut backoff = Duration::from_millis(500);
+                        let mut backoff = Backoff::new(Duration::from_millis(500), s.max_backoff);
                         let converted = loop {
                             match convert(Arc::clone(&msg)).await {
                                 Ok(c) => break c,
                                 Err(e) => {
                                     tracing::warn!(error = %e, "schema registry unavailable; retrying the record");
-                                    tokio::time::sleep(jitter(backoff)).await;
-                                    backoff = (backoff * 2).min(s.max_backoff);
+                                    tokio::time::sleep(backoff.next_wait()).await;
                                 }
                             }
                         };
@@ -476,13 +486,13 @@ where
             }
         }
         l.drop_revoked(&mut batch, &mut dead);
-        if !batch.is_empty() && batch.due(s.max_rows, s.max_bytes, s.max_age) {
+        if !batch.is_empty() && batch.due(s.batch.max_rows, s.batch.max_bytes, s.batch.max_age) {
             l.flush(table, &mut batch, &mut dead).await;
         }
     }
 }
 
-fn consumer(s: &Settings, source: Source, topic: &str) -> anyhow::Result<Sink> {
+fn consumer(s: &Config, source: Source, topic: &str) -> Result<Sink, SinkError> {
     let consumer: Sink = ClientConfig::new()
         .set("bootstrap.servers", &s.kafka_bootstrap)
         .set("group.id", format!("{}-{}", s.group_prefix, source.name()))
@@ -501,7 +511,7 @@ fn consumer(s: &Settings, source: Source, topic: &str) -> anyhow::Result<Sink> {
 }
 
 /// Runs every configured source until `shutdown` turns true.
-pub async fn run_sources(s: Settings, health: Arc<Health>, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run_sources(s: Config, health: Arc<Health>, shutdown: Shutdown) -> Result<(), SinkError> {
     let registry = RegistryClient::new(&s.registry_url)?;
     let writer = s.clickhouse(true).with_database(&s.database);
     let mut tasks = Vec::new();

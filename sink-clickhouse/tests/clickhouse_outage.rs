@@ -3,6 +3,7 @@
 //! once ClickHouse is back. This test stops the shared ClickHouse, so it is a
 //! test binary of its own (cargo runs test binaries one after another).
 
+use context_runtime::config::ServiceConfig;
 mod common;
 
 use std::time::Duration;
@@ -28,7 +29,7 @@ async fn ready(addr: std::net::SocketAddr) -> u16 {
 #[tokio::test(flavor = "multi_thread")]
 async fn clickhouse_down_for_a_while_then_the_sink_catches_up() {
     let s = setup().await;
-    let running = sink_clickhouse::start(s.config().validate().unwrap(), None)
+    let running = sink_clickhouse::start(s.config().checked().unwrap(), None)
         .await
         .unwrap();
     let mut sent = s.produce_events(20, 400).await;

@@ -4,6 +4,7 @@
 //! everything. Rows ClickHouse refuses one by one are dead-lettered with the
 //! record's bytes and origin.
 
+use context_runtime::config::ServiceConfig;
 mod common;
 
 use std::time::Duration;
@@ -50,7 +51,7 @@ async fn count(sql: &str) -> u64 {
 async fn a_dropped_column_or_table_pauses_the_sink_until_it_is_restored() {
     let s = setup().await;
     let db = s.database.clone();
-    let settings = s.config().validate().unwrap();
+    let settings = s.config().checked().unwrap();
     let running = sink_clickhouse::start(settings.clone(), None).await.unwrap();
     let group = format!("{}-events", s.group_prefix);
     let mut sent = s.produce_events(300, 100).await;

@@ -3,6 +3,7 @@
 //! that each span at most `MAX_PARTITIONS_PER_INSERT` partitions (current
 //! ClickHouse refuses more than 100 per insert with code 252, for good).
 
+use context_runtime::config::ServiceConfig;
 mod common;
 
 use std::time::Duration;
@@ -34,8 +35,8 @@ async fn a_batch_spanning_150_device_clock_months_is_inserted_whole() {
     }
     let mut config = s.config();
     config.batch.max_rows = 1000; // all 150 in one batch
-    config.batch.max_age = "2s".into();
-    let running = sink_clickhouse::start(config.validate().unwrap(), None).await.unwrap();
+    config.batch.max_age = Duration::from_secs(2);
+    let running = sink_clickhouse::start(config.checked().unwrap(), None).await.unwrap();
     assert_eq!(s.wait_for_events(150, Duration::from_secs(120)).await, 150);
     let months: u64 = clickhouse_reader()
         .query(&format!(

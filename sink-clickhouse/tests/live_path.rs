@@ -4,6 +4,7 @@
 //! `activity_tags` through the sink, next to the events themselves. Events
 //! without motion reach `events` and get no tag.
 
+use context_runtime::config::ServiceConfig;
 mod common;
 
 use std::collections::BTreeSet;
@@ -33,10 +34,10 @@ async fn posted_motion_comes_out_as_activity_tags_in_clickhouse() {
         include_str!("../../stream-router/rules.toml").replace("context.motion.v1", &motion_topic),
     )
     .unwrap();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (stop, stopped) = context_runtime::shutdown::Shutdown::new();
     let router = {
         let mut c = stream_router::Config {
-            admin_listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
             kafka_bootstrap: context_integration::kafka_bootstrap(),
             registry_url: common::registry_url(),
             source_topic: s.events_topic.clone(),
@@ -46,12 +47,8 @@ async fn posted_motion_comes_out_as_activity_tags_in_clickhouse() {
             transactional_id: unique("it_live_router_txn"),
             ..stream_router::Config::default()
         };
-        c.linger = "20ms".into();
-        tokio::spawn(stream_router::service::run(
-            c.validate().unwrap(),
-            None,
-            stopped.clone(),
-        ))
+        c.linger = Duration::from_millis(20);
+        tokio::spawn(stream_router::service::run(c.checked().unwrap(), None, stopped.clone()))
     };
 
     // The tagger with a model trained on the shipped data.
@@ -66,15 +63,15 @@ async fn posted_motion_comes_out_as_activity_tags_in_clickhouse() {
     let model_path = dir.join("model.json");
     std::fs::write(&model_path, model.to_json()).unwrap();
     let tagger = tokio::spawn(enrich_activity::serve::run(
-        enrich_activity::serve::ServeSettings {
+        enrich_activity::config::Config {
             kafka_bootstrap: context_integration::kafka_bootstrap(),
             registry_url: common::registry_url(),
             motion_topic: motion_topic.clone(),
             activity_topic: s.activity_topic.clone(),
             group_id: unique("it_live_enrich"),
-            model_path,
+            model: Some(model_path),
             max_batch: 64,
-            session_timeout_ms: 6000,
+            session_timeout: Duration::from_secs(6),
             admin_listen: "127.0.0.1:0".parse().unwrap(),
             deadletter_topic: s.deadletter_topic.clone(),
             delivery: Delivery::ExactlyOnce,
@@ -147,7 +144,7 @@ async fn posted_motion_comes_out_as_activity_tags_in_clickhouse() {
     }
     .await;
     let events = s.wait_for_events(all.len() as u64, Duration::from_secs(60)).await;
-    let _ = stop.send(true);
+    stop.fire();
     sink.kill().unwrap();
     sink.wait().unwrap();
     router.await.unwrap().unwrap();

@@ -3,6 +3,7 @@
 //! schema versions side by side, tags and dead letters in their tables,
 //! and an idempotent, additive migration.
 
+use context_runtime::config::ServiceConfig;
 mod common;
 
 use std::time::Duration;
@@ -39,7 +40,7 @@ async fn every_event_once_poison_in_dead_letters_old_and_new_versions_together()
     );
 
     let metrics = context_runtime::install_metrics();
-    let running = sink_clickhouse::start(s.config().validate().unwrap(), metrics)
+    let running = sink_clickhouse::start(s.config().checked().unwrap(), metrics)
         .await
         .unwrap();
     let mut sent = s.produce_events(1, 500).await;
@@ -206,7 +207,7 @@ async fn reqwest_get(url: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread")]
 async fn migrate_is_idempotent_and_adds_a_new_signals_column() {
     let s = setup().await;
-    let settings = s.config().validate().unwrap();
+    let settings = s.config().checked().unwrap();
     let client = settings.clickhouse(false);
     let again = sink_clickhouse::migrate::migrate(&client, &s.database).await.unwrap();
     assert!(again.applied.is_empty(), "{:?}", again.applied);

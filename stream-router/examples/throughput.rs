@@ -152,9 +152,11 @@ async fn main() {
         include_str!("../rules.toml").replace("context.motion.v1", &target),
     )
     .unwrap();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut c = stream_router::Config {
-        admin_listen: "127.0.0.1:0".into(),
+    let (stop, stopped) = context_runtime::shutdown::Shutdown::new();
+    // ROUTER_MAX_BATCH, ROUTER_LINGER... apply as they do to the service.
+    let from_env = stream_router::Config::load(None).unwrap().config;
+    let c = stream_router::Config {
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
         kafka_bootstrap: kafka_bootstrap(),
         registry_url: registry_url(),
         source_topic: source.clone(),
@@ -162,15 +164,13 @@ async fn main() {
         rules_file: rules,
         transactional_id: unique("bench_router_txn"),
         create_topics: true,
-        ..stream_router::Config::default()
+        new_topic_partitions: 2,
+        ..from_env
     };
-    c.new_topic_partitions = 2;
-    // ROUTER_MAX_BATCH, ROUTER_LINGER... apply as they do to the service.
-    c.apply_env(|k| std::env::var(k).ok()).unwrap();
     let start = Instant::now();
-    let router = tokio::spawn(stream_router::service::run(c.validate().unwrap(), None, stopped));
+    let router = tokio::spawn(stream_router::service::run(c, None, stopped));
     let routed = time_outputs(&target, with_motion, start).await;
-    let _ = stop.send(true);
+    stop.fire();
     router.await.unwrap().unwrap();
 
     let ceiling_rate = n as f64 / ceiling;

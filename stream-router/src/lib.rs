@@ -13,4 +13,4 @@ pub mod router;
 pub mod rules;
 pub mod service;
 
-pub use config::{Config, Settings};
+pub use config::Config;

@@ -78,14 +78,16 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Run { config }) => {
-            let settings = match Config::load(config.as_deref()) {
-                Ok(s) => s,
+            let loaded = match Config::load(config.as_deref()) {
+                Ok(loaded) => loaded,
                 Err(problems) => {
                     eprintln!("stream-router: the configuration is invalid:\n{problems}");
                     return ExitCode::from(2);
                 }
             };
             context_runtime::init_tracing();
+            loaded.log_warnings();
+            let settings = loaded.config;
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
@@ -95,7 +97,7 @@ fn main() -> ExitCode {
             };
             runtime.block_on(async move {
                 let metrics = context_runtime::install_metrics();
-                let shutdown = context_runtime::pipeline::shutdown_signal();
+                let shutdown = context_runtime::shutdown::Shutdown::on_signals();
                 match stream_router::service::run(settings, metrics, shutdown).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
@@ -111,7 +113,12 @@ fn main() -> ExitCode {
 
 fn check_config(path: &std::path::Path) -> ExitCode {
     let settings = match Config::load(Some(path)) {
-        Ok(s) => s,
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
+            loaded.config
+        }
         Err(problems) => {
             eprintln!("stream-router: {} is invalid:\n{problems}", path.display());
             return ExitCode::from(2);

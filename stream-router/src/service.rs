@@ -6,13 +6,14 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use context_runtime::pipeline::{Pipeline, PipelineError, PipelineSettings};
+use context_runtime::pipeline::{drive, DriveOptions, Pipeline, PipelineSettings, Stage};
+use context_runtime::shutdown::Shutdown;
+use rdkafka::message::OwnedMessage;
 use schema_registry::RegistryClient;
-use tokio::sync::watch;
 
-use crate::config::Settings;
+use crate::config::Config;
 use crate::router::{prepare, route_batch, Admin, Routes};
 use crate::rules::Rules;
 
@@ -30,20 +31,20 @@ pub fn load_rules(path: &Path) -> Result<Rules, String> {
 /// Runs until `shutdown` turns true; the batch in flight is committed or
 /// given up (to be read again) first.
 pub async fn run(
-    s: Settings,
+    s: Config,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let rules = load_rules(&s.rules_file).map_err(anyhow::Error::msg)?;
     let registry = RegistryClient::new(&s.registry_url)?;
     let admin = Admin::new(&s.kafka_bootstrap, s.create_topics, s.new_topic_partitions, s.timeout)
         .map_err(anyhow::Error::msg)?;
-    let mut routes = Arc::new(
+    let routes = Arc::new(
         prepare(rules, &registry, &admin, &s.deadletter_topic)
             .await
             .map_err(anyhow::Error::msg)?,
     );
-    let mut rules_mtime = modified(&s.rules_file);
+    let rules_mtime = modified(&s.rules_file);
     log_routes(&routes, "routing");
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -71,78 +72,63 @@ pub async fn run(
     .map_err(anyhow::Error::msg)?;
     ready.store(true, Ordering::Relaxed);
 
-    let mut backoff = Duration::from_millis(200);
-    let result = loop {
-        if *shutdown.borrow() {
-            break Ok(());
-        }
-        if modified(&s.rules_file) != rules_mtime {
-            rules_mtime = modified(&s.rules_file);
-            match reload(&s, &registry, &admin).await {
-                Ok(new) => {
-                    routes = Arc::new(new);
-                    log_routes(&routes, "reloaded the rules");
-                    metrics::counter!("router_rules_reloads_total", "outcome" => "ok").increment(1);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "the changed rules file is invalid; the rules in force stay until it is fixed");
-                    metrics::counter!("router_rules_reloads_total", "outcome" => "refused").increment(1);
-                }
-            }
-        }
-        let batch = tokio::select! {
-            _ = shutdown.changed() => break Ok(()),
-            b = pipeline.next_batch(s.max_batch, s.linger, Duration::from_millis(500)) => b,
-        };
-        let batch = match batch {
-            Ok(b) if b.is_empty() => continue,
-            Ok(b) => b,
-            Err(PipelineError::Retry(e)) => {
-                tracing::warn!(error = %e, "reading a batch");
-                continue;
-            }
-            Err(PipelineError::Fatal(e)) => break Err(anyhow::anyhow!(e)),
-        };
-        let started = std::time::Instant::now();
-        let outcome = match route_batch(&routes, &registry, &batch, &s.deadletter_topic).await {
-            Ok(outputs) => {
-                let routed = started.elapsed();
-                let committed = pipeline.commit(&batch, outputs).await;
-                metrics::histogram!("router_route_seconds").record(routed.as_secs_f64());
-                metrics::histogram!("router_commit_seconds").record((started.elapsed() - routed).as_secs_f64());
-                tracing::debug!(records = batch.len(), route = ?routed, commit = ?(started.elapsed() - routed), "batch");
-                committed
-            }
-            Err(not_now) => {
-                // Nothing of it was produced; read it again after a pause.
-                pipeline.rewind().and(Err(PipelineError::Retry(not_now.0)))
-            }
-        };
-        match outcome {
-            Ok(()) => {
-                ready.store(true, Ordering::Relaxed);
-                backoff = Duration::from_millis(200);
-                metrics::counter!("router_batches_committed_total").increment(1);
-            }
-            Err(PipelineError::Retry(e)) => {
-                ready.store(false, Ordering::Relaxed);
-                tracing::warn!(error = %e, retry_in = ?backoff, "batch not committed; it will be read again");
-                tokio::select! {
-                    _ = shutdown.changed() => break Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-            Err(PipelineError::Fatal(e)) => break Err(anyhow::anyhow!(e)),
-        }
+    let mut stage = Router {
+        s: &s,
+        registry,
+        admin,
+        routes,
+        rules_mtime,
     };
+    let options = DriveOptions {
+        max_batch: s.max_batch,
+        linger: s.linger,
+    };
+    let result = drive(&pipeline, &mut stage, options, &ready, shutdown)
+        .await
+        .map_err(anyhow::Error::msg);
     tracing::info!("stopping");
     drop(pipeline);
     admin_server.stop().await;
     result
 }
 
-async fn reload(s: &Settings, registry: &RegistryClient, admin: &Admin) -> Result<Routes, String> {
+/// The router's part of the loop: the rules in force, re-read when their
+/// file changes.
+struct Router<'a> {
+    s: &'a Config,
+    registry: RegistryClient,
+    admin: Admin,
+    routes: Arc<Routes>,
+    rules_mtime: Option<SystemTime>,
+}
+
+impl Stage for Router<'_> {
+    async fn refresh(&mut self) {
+        if modified(&self.s.rules_file) == self.rules_mtime {
+            return;
+        }
+        self.rules_mtime = modified(&self.s.rules_file);
+        match reload(self.s, &self.registry, &self.admin).await {
+            Ok(new) => {
+                self.routes = Arc::new(new);
+                log_routes(&self.routes, "reloaded the rules");
+                metrics::counter!("router_rules_reloads_total", "outcome" => "ok").increment(1);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the changed rules file is invalid; the rules in force stay until it is fixed");
+                metrics::counter!("router_rules_reloads_total", "outcome" => "refused").increment(1);
+            }
+        }
+    }
+
+    async fn transform(&mut self, batch: &[OwnedMessage]) -> Result<Vec<context_runtime::pipeline::Output>, String> {
+        route_batch(&self.routes, &self.registry, batch, &self.s.deadletter_topic)
+            .await
+            .map_err(|not_now| not_now.0)
+    }
+}
+
+async fn reload(s: &Config, registry: &RegistryClient, admin: &Admin) -> Result<Routes, String> {
     let rules = load_rules(&s.rules_file)?;
     prepare(rules, registry, admin, &s.deadletter_topic).await
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use context_runtime::config::ServiceConfig;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,17 +62,17 @@ pub async fn start(customize: impl FnOnce(&mut Config)) -> Harness {
     f.write_all(key_entry("app-slow", &slow_key, true, 1.0, 5.0).as_bytes())
         .unwrap();
     let mut config = Config {
-        listen: "127.0.0.1:0".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
         kafka_bootstrap: kafka_bootstrap(),
         registry_url: registry_url(),
         events_topic: events_topic.clone(),
         deadletter_topic: deadletter_topic.clone(),
         keys_file: keys_file.clone(),
-        produce_timeout: "3s".into(),
+        produce_timeout: Duration::from_secs(3),
         ..Config::default()
     };
     customize(&mut config);
-    let gateway = ingest_gateway::start(config.validate().unwrap(), None).await.unwrap();
+    let gateway = ingest_gateway::start(config.checked().unwrap(), None).await.unwrap();
     Harness {
         base: format!("http://{}", gateway.addr),
         gateway,

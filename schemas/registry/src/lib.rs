@@ -23,7 +23,7 @@ use actix_web::{web, App, HttpServer};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use client::RegistryClient;
-pub use config::{Config, Settings};
+pub use config::Config;
 pub use error::RegistryError;
 pub use registry::Registry;
 
@@ -63,7 +63,7 @@ impl Running {
 /// Starts the registry: checks that the state topic is compacted with one
 /// partition (creating it when missing and allowed), starts reading it, and
 /// serves the API. Readiness turns true once the topic is read.
-pub async fn start(settings: Settings, metrics: Option<PrometheusHandle>) -> anyhow::Result<Running> {
+pub async fn start(settings: Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<Running> {
     topic::ensure_state_topic(
         &settings.kafka_bootstrap,
         &settings.topic,

@@ -19,6 +19,10 @@ use schema_registry::{Config, RegistryClient, RegistryError};
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
+    /// Validate a configuration file (with the SCHEMA_REGISTRY_* environment):
+    /// every problem at once, or the settings; exits without starting.
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -57,7 +61,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    context_runtime::init_tracing();
+    if let Some(file) = cli.check_config {
+        return context_runtime::config::check_file::<Config>(&file);
+    }
     match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Serve { config } => serve(config).await,
         Command::Register {
@@ -65,18 +71,21 @@ async fn main() -> ExitCode {
             dir,
             git_history,
             compatibility,
-        } => register(&url, dir.as_deref(), git_history, compatibility.as_deref()).await,
+        } => {
+            context_runtime::init_tracing();
+            register(&url, dir.as_deref(), git_history, compatibility.as_deref()).await
+        }
     }
 }
 
 async fn serve(config: Option<PathBuf>) -> ExitCode {
-    let settings = match Config::load(config.as_deref()) {
-        Ok(s) => s,
-        Err(problems) => {
-            eprintln!("schema-registry: the configuration is incomplete:\n{problems}");
-            return ExitCode::from(2);
-        }
+    let loaded = match context_runtime::config::load_or_exit::<Config>("schema-registry", config.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
+    context_runtime::init_tracing();
+    loaded.log_warnings();
+    let settings = loaded.config;
     let metrics = context_runtime::install_metrics();
     let running = match schema_registry::start(settings, metrics).await {
         Ok(r) => r,

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use common::{config, record, start_registry, url};
 use context_integration::{create_topic, create_topic_with, kafka_bootstrap, unique};
+use context_runtime::config::ServiceConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -209,7 +210,7 @@ async fn the_state_topic_must_exist_be_compacted_and_have_one_partition() {
     let start = |topic: String, create: bool| async move {
         let mut c = config(&topic);
         c.create_topic = create;
-        schema_registry::start(c.validate().unwrap(), None).await
+        schema_registry::start(c.checked().unwrap(), None).await
     };
 
     // Missing, not allowed to create: refused, naming both fixes.

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use context_runtime::config::ServiceConfig;
 use std::time::Duration;
 
 use context_integration::{clickhouse_reader, create_topic, kafka_bootstrap, producer, unique};
@@ -43,7 +44,7 @@ pub async fn setup() -> Setup {
         .register(&format!("{}-value", s.events_topic), ContextEvent::AVSC)
         .await
         .unwrap();
-    let settings = s.config().validate().unwrap();
+    let settings = s.config().checked().unwrap();
     sink_clickhouse::migrate::migrate(&settings.clickhouse(false), &s.database)
         .await
         .unwrap();
@@ -56,7 +57,7 @@ pub async fn setup() -> Setup {
 impl Setup {
     pub fn config(&self) -> Config {
         let mut c = Config {
-            admin_listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
             kafka_bootstrap: kafka_bootstrap(),
             registry_url: registry_url(),
             database: self.database.clone(),
@@ -64,13 +65,13 @@ impl Setup {
             activity_topic: self.activity_topic.clone(),
             deadletter_topic: self.deadletter_topic.clone(),
             group_prefix: self.group_prefix.clone(),
-            session_timeout: "6s".into(),
-            max_poll_interval: "10s".into(),
-            max_backoff: "2s".into(),
+            session_timeout: Duration::from_secs(6),
+            max_poll_interval: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(2),
             ..Config::default()
         };
         c.batch.max_rows = 200;
-        c.batch.max_age = "500ms".into();
+        c.batch.max_age = Duration::from_millis(500);
         c
     }
 
@@ -196,7 +197,7 @@ pub async fn start_gateway(s: &Setup, dir: &std::path::Path, app: &str) -> (inge
     .unwrap();
     let gateway = ingest_gateway::start(
         ingest_gateway::Config {
-            listen: "127.0.0.1:0".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
             kafka_bootstrap: kafka_bootstrap(),
             registry_url: registry_url(),
             events_topic: s.events_topic.clone(),
@@ -204,7 +205,7 @@ pub async fn start_gateway(s: &Setup, dir: &std::path::Path, app: &str) -> (inge
             keys_file: keys,
             ..ingest_gateway::Config::default()
         }
-        .validate()
+        .checked()
         .unwrap(),
         None,
     )

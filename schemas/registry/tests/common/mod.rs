@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use context_integration::{create_topic_with, kafka_bootstrap, unique};
+use context_runtime::config::ServiceConfig;
 use schema_registry::{Config, Running};
 
 /// A fresh state topic as the registry needs it: one partition, compacted.
@@ -19,7 +20,7 @@ pub async fn state_topic() -> String {
 /// The settings of a registry on a free port that reads `topic`.
 pub fn config(topic: &str) -> Config {
     Config {
-        listen: "127.0.0.1:0".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
         kafka_bootstrap: kafka_bootstrap(),
         topic: topic.into(),
         ..Config::default()
@@ -28,7 +29,7 @@ pub fn config(topic: &str) -> Config {
 
 /// A registry on a free port, reading `topic`, ready to serve.
 pub async fn start_registry(topic: &str) -> Running {
-    let running = schema_registry::start(config(topic).validate().expect("valid config"), None)
+    let running = schema_registry::start(config(topic).checked().expect("valid config"), None)
         .await
         .expect("start the registry");
     assert!(

@@ -1,0 +1,150 @@
+//! One [`ApiError`] per answer other than 200, with its status, its `error`
+//! kind in the JSON body and, when waiting helps, `Retry-After`.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use thiserror::Error;
+
+use crate::error::BatchError;
+
+/// Every answer of `POST /v1/batch` other than 200. A client may retry the
+/// same body after any of them; only those with [`ApiError::retry_after`]
+/// can succeed unchanged.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error("send `Authorization: Bearer <api key>`")]
+    MissingKey,
+    #[error("unknown API key")]
+    UnknownKey,
+    #[error("the key of app `{0}` is disabled")]
+    DisabledKey(String),
+    #[error("app `{app}` is over its rate limit of {rate} events/s")]
+    RateLimited { app: String, rate: f64, retry_after: u64 },
+    #[error("too many bytes in flight; retry shortly")]
+    Busy,
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    #[error("{reason}; nothing is lost by retrying this batch")]
+    Unavailable { reason: String, retry_after: u64 },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The `error` field of the JSON body.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Batch(BatchError::TooLarge(_)) => "too_large",
+            ApiError::Batch(BatchError::UnsupportedEncoding(_) | BatchError::UnsupportedContentType(_)) => {
+                "unsupported_media_type"
+            }
+            ApiError::Batch(BatchError::BadCompression(_) | BatchError::NotABatch(_)) => "not_a_batch",
+            ApiError::MissingKey | ApiError::UnknownKey => "unauthorized",
+            ApiError::DisabledKey(_) => "forbidden",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Busy => "busy",
+            ApiError::ShuttingDown => "shutting_down",
+            ApiError::Unavailable { .. } => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// Seconds after which the same request can succeed, when waiting helps.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited { retry_after, .. } | ApiError::Unavailable { retry_after, .. } => Some(*retry_after),
+            ApiError::Busy | ApiError::ShuttingDown => Some(1),
+            _ => None,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Batch(BatchError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Batch(BatchError::UnsupportedEncoding(_) | BatchError::UnsupportedContentType(_)) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            ApiError::Batch(BatchError::BadCompression(_) | BatchError::NotABatch(_)) => StatusCode::BAD_REQUEST,
+            ApiError::MissingKey | ApiError::UnknownKey => StatusCode::UNAUTHORIZED,
+            ApiError::DisabledKey(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Busy | ApiError::ShuttingDown | ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        metrics::counter!("gateway_requests_total", "status" => status.as_u16().to_string()).increment(1);
+        let mut answer = HttpResponse::build(status);
+        if let Some(seconds) = self.retry_after() {
+            answer.insert_header((header::RETRY_AFTER, seconds));
+        }
+        answer.json(serde_json::json!({"error": self.kind(), "message": self.to_string()}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::body::MessageBody;
+
+    use super::*;
+
+    #[test]
+    fn each_answer_has_its_status_kind_and_retry_after() {
+        let cases = [
+            (ApiError::from(BatchError::TooLarge("x".into())), 413, "too_large", None),
+            (
+                ApiError::from(BatchError::NotABatch("x".into())),
+                400,
+                "not_a_batch",
+                None,
+            ),
+            (
+                ApiError::from(BatchError::UnsupportedEncoding("br".into())),
+                415,
+                "unsupported_media_type",
+                None,
+            ),
+            (ApiError::UnknownKey, 401, "unauthorized", None),
+            (ApiError::DisabledKey("a".into()), 403, "forbidden", None),
+            (
+                ApiError::RateLimited {
+                    app: "a".into(),
+                    rate: 5.0,
+                    retry_after: 3,
+                },
+                429,
+                "rate_limited",
+                Some("3"),
+            ),
+            (ApiError::Busy, 503, "busy", Some("1")),
+            (
+                ApiError::Unavailable {
+                    reason: "broker down".into(),
+                    retry_after: 7,
+                },
+                503,
+                "unavailable",
+                Some("7"),
+            ),
+        ];
+        for (e, status, kind, retry) in cases {
+            let r = e.error_response();
+            assert_eq!(r.status().as_u16(), status, "{e}");
+            assert_eq!(
+                r.headers().get("retry-after").map(|v| v.to_str().unwrap()),
+                retry,
+                "{e}"
+            );
+            let body = r.into_body().try_into_bytes().unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["error"], kind);
+            assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+    }
+}

@@ -122,7 +122,7 @@ async fn a_registry_outage_delays_tagging_and_skips_nothing() {
             unreachable!()
         };
         fields.push(("note".into(), Value::Union(0, Box::new(Value::Null))));
-        let body = apache_avro::to_avro_datum(&evolved_schema, Value::Record(fields)).unwrap();
+        let body = context_schemas::codec::write_datum(&evolved_schema, Value::Record(fields)).unwrap();
         send(context_schemas::wire::frame(second_id, &body)).await;
     }
     let meanwhile = tokio::time::timeout(Duration::from_secs(4), tags.recv()).await;

@@ -321,3 +321,52 @@ func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
 	return line
 }
+
+// prefixes of the environment variables each service reads; the test runs
+// the binaries without them so only the rendered file is judged.
+var envPrefix = map[string]string{
+	"ingest-gateway":  "INGEST_",
+	"schema-registry": "SCHEMA_REGISTRY_",
+	"sink-clickhouse": "SINK_",
+	"enrich-activity": "ENRICH_",
+}
+
+// Every other service's rendered configuration passes its own
+// `--check-config` (the router's, with its rules file, is checked above).
+func TestEveryServiceConfigPassesCheckConfig(t *testing.T) {
+	target := os.Getenv("CARGO_TARGET_DIR")
+	if target == "" {
+		home, _ := os.UserHomeDir()
+		target = filepath.Join(home, ".cache/context-target")
+	}
+	df := parseDockerfile(t)
+	forEachSet(t, func(t *testing.T, r *render) {
+		for _, sc := range configsOf(t, r, df) {
+			prefix, ok := envPrefix[sc.service]
+			if !ok {
+				continue
+			}
+			bin := filepath.Join(target, "debug", sc.service)
+			if _, err := os.Stat(bin); err != nil {
+				t.Logf("no %s build at %s; its rendered TOML was still checked key by key", sc.service, bin)
+				continue
+			}
+			cfg := filepath.Join(t.TempDir(), sc.service+".toml")
+			if err := os.WriteFile(cfg, []byte(sc.text), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(bin, "--check-config", cfg)
+			for _, e := range os.Environ() {
+				if !strings.HasPrefix(e, prefix) {
+					cmd.Env = append(cmd.Env, e)
+				}
+			}
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Errorf("%s --check-config refuses the rendered config of %s: %v\n%s\n--- config:\n%s", sc.service, sc.pod.name, err, out, sc.text)
+			} else {
+				t.Logf("%s: %s --check-config: %s", sc.pod.name, sc.service, firstLine(string(out)))
+			}
+		}
+	})
+}

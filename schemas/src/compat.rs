@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
-use apache_avro::schema::{Name, RecordSchema};
+use apache_avro::schema::{InnerDecimalSchema, Name, RecordSchema, UuidSchema};
 use apache_avro::Schema;
 
 /// A compatibility level, as named by the Confluent Schema Registry.
@@ -205,21 +205,25 @@ fn base(s: &Schema) -> Base {
         Schema::Float => Base::Float,
         Schema::Double => Base::Double,
         Schema::Bytes | Schema::BigDecimal => Base::Bytes,
-        Schema::String | Schema::Uuid => Base::String,
-        Schema::Decimal(d) => base(&d.inner),
+        Schema::String | Schema::Uuid(UuidSchema::String) => Base::String,
+        Schema::Uuid(UuidSchema::Bytes) => Base::Bytes,
+        Schema::Decimal(d) => match d.inner {
+            InnerDecimalSchema::Bytes => Base::Bytes,
+            InnerDecimalSchema::Fixed(_) => Base::Complex,
+        },
         _ => Base::Complex,
     }
 }
 
 fn type_name(s: &Schema) -> String {
     match s {
-        Schema::Record(r) => format!("record {}", r.name.name),
-        Schema::Enum(e) => format!("enum {}", e.name.name),
-        Schema::Fixed(f) => format!("fixed {}({})", f.name.name, f.size),
+        Schema::Record(r) => format!("record {}", r.name.name()),
+        Schema::Enum(e) => format!("enum {}", e.name.name()),
+        Schema::Fixed(f) => format!("fixed {}({})", f.name.name(), f.size),
         Schema::Array(_) => "array".into(),
         Schema::Map(_) => "map".into(),
         Schema::Union(_) => "union".into(),
-        Schema::Ref { name } => name.name.clone(),
+        Schema::Ref { name } => name.name().to_string(),
         other => format!("{:?}", base(other)).to_lowercase(),
     }
 }
@@ -275,12 +279,12 @@ impl<'a> Checker<'a> {
             }
             (Schema::Record(w), Schema::Record(r)) => self.records(w, r, path),
             (Schema::Enum(w), Schema::Enum(r)) => {
-                if w.name.name != r.name.name {
+                if w.name.name() != r.name.name() {
                     return Err(format!(
                         "{}: enum {} cannot be read as enum {}",
                         at(path),
-                        w.name.name,
-                        r.name.name
+                        w.name.name(),
+                        r.name.name()
                     ));
                 }
                 if r.default.is_some() {
@@ -298,19 +302,19 @@ impl<'a> Checker<'a> {
                     Err(format!(
                         "{}: the reader's enum {} lacks the symbols {} and has no default",
                         at(path),
-                        r.name.name,
+                        r.name.name(),
                         missing.join(", ")
                     ))
                 }
             }
             (Schema::Fixed(w), Schema::Fixed(r)) => {
-                if w.name.name != r.name.name || w.size != r.size {
+                if w.name.name() != r.name.name() || w.size != r.size {
                     Err(format!(
                         "{}: fixed {}({}) cannot be read as fixed {}({})",
                         at(path),
-                        w.name.name,
+                        w.name.name(),
                         w.size,
-                        r.name.name,
+                        r.name.name(),
                         r.size
                     ))
                 } else {
@@ -339,13 +343,13 @@ impl<'a> Checker<'a> {
         let aliases_match = r
             .aliases
             .as_ref()
-            .is_some_and(|a| a.iter().any(|alias| alias.name() == w.name.name));
-        if w.name.name != r.name.name && !aliases_match {
+            .is_some_and(|a| a.iter().any(|alias| alias.name() == w.name.name()));
+        if w.name.name() != r.name.name() && !aliases_match {
             return Err(format!(
                 "{}: record {} cannot be read as record {}",
                 at(path),
-                w.name.name,
-                r.name.name
+                w.name.name(),
+                r.name.name()
             ));
         }
         if !self
@@ -361,13 +365,10 @@ impl<'a> Checker<'a> {
             } else {
                 format!("{path}.{}", rf.name)
             };
-            let wf = w.fields.iter().find(|wf| {
-                wf.name == rf.name
-                    || rf
-                        .aliases
-                        .as_ref()
-                        .is_some_and(|a| a.iter().any(|alias| alias == &wf.name))
-            });
+            let wf = w
+                .fields
+                .iter()
+                .find(|wf| wf.name == rf.name || rf.aliases.iter().any(|alias| alias == &wf.name));
             match wf {
                 Some(wf) => self.check(&wf.schema, &rf.schema, &field_path)?,
                 None if rf.default.is_some() => {}
@@ -395,7 +396,7 @@ fn lookup<'a>(names: &HashMap<String, &'a Schema>, name: &Name) -> Option<&'a Sc
         .or_else(|| {
             names
                 .values()
-                .find(|s| matches!(s, Schema::Record(r) if r.name.name == name.name))
+                .find(|s| matches!(s, Schema::Record(r) if r.name.name() == name.name()))
         })
         .copied()
 }

@@ -201,7 +201,7 @@ fn records_of_an_older_schema_decode_into_the_current_type() {
     let mut e = sample::event(9, &SampleOptions::default());
     e.signals.clear(catalog().get("optimized_charging").unwrap().index);
     let value = sample::value_without_signal(&e, "optimized_charging");
-    let body = apache_avro::to_avro_datum(&old, value).unwrap();
+    let body = context_schemas::codec::write_datum(&old, value).unwrap();
     assert!(
         ContextEvent::decode(&body).is_err(),
         "the current schema alone cannot read old bytes"

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::setup;
 use context_integration::clickhouse_reader;
 use context_schemas::apache_avro::types::Value;
-use context_schemas::apache_avro::{self, Schema};
+use context_schemas::apache_avro::Schema;
 use context_schemas::sample::{self, SampleOptions};
 use context_schemas::{wire, ActivityTag, AvroRecord, ClassProbability, ContextEvent};
 use rdkafka::producer::FutureRecord;
@@ -36,7 +36,7 @@ async fn every_event_once_poison_in_dead_letters_old_and_new_versions_together()
     let old_id = old_id.unwrap();
     let old_bytes = wire::frame(
         old_id,
-        &apache_avro::to_avro_datum(&Schema::parse_str(&old_text).unwrap(), old_value).unwrap(),
+        &context_schemas::codec::write_datum(&Schema::parse_str(&old_text).unwrap(), old_value).unwrap(),
     );
 
     let metrics = context_runtime::install_metrics();

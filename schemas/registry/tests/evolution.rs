@@ -5,7 +5,7 @@ mod common;
 
 use common::{start_registry, state_topic, url};
 use context_integration::unique;
-use context_schemas::apache_avro::{self, Schema};
+use context_schemas::apache_avro::Schema;
 use context_schemas::sample::{self, SampleOptions};
 use context_schemas::{catalog, wire, AvroRecord, ContextEvent};
 use schema_registry::RegistryClient;
@@ -25,7 +25,10 @@ async fn records_of_an_older_version_decode_into_the_current_type() {
     event.signals.clear(catalog().get("screen_on_seconds").unwrap().index);
     let value = sample::value_without_signal(&event, "screen_on_seconds");
     let old_schema = Schema::parse_str(&old_text).unwrap();
-    let bytes = wire::frame(old_id, &apache_avro::to_avro_datum(&old_schema, value).unwrap());
+    let bytes = wire::frame(
+        old_id,
+        &context_schemas::codec::write_datum(&old_schema, value).unwrap(),
+    );
 
     let (id, decoded) = client.decode::<ContextEvent>(&bytes).await.unwrap();
     assert_eq!(id, old_id);

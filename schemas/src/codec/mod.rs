@@ -46,7 +46,7 @@ pub trait AvroRecord: Sized {
 
     /// Avro binary body (no framing).
     fn encode(&self) -> Result<Vec<u8>, SchemaError> {
-        apache_avro::to_avro_datum(Self::schema(), self.to_value()).map_err(|e| avro_err("encoding", Self::NAME, e))
+        encode_generic(self)
     }
 
     /// Decodes a body written with the current schema.
@@ -95,8 +95,11 @@ pub trait AvroRecord: Sized {
 
 fn decode_body<T: AvroRecord>(body: &[u8], writer: &Schema, reader: Option<&Schema>) -> Result<T, SchemaError> {
     let mut input = StrictReader { rest: body, eof: false };
-    let value =
-        apache_avro::from_avro_datum(writer, &mut input, reader).map_err(|e| avro_err("decoding", T::NAME, e))?;
+    let value = apache_avro::reader::datum::GenericDatumReader::builder(writer)
+        .maybe_reader_schema(reader)
+        .build()
+        .and_then(|r| r.read_value(&mut input))
+        .map_err(|e| avro_err("decoding", T::NAME, e))?;
     if input.eof {
         return Err(SchemaError::shape(T::NAME, "<body>", "the body is truncated"));
     }
@@ -133,7 +136,15 @@ pub fn decode_generic<T: AvroRecord>(body: &[u8]) -> Result<T, SchemaError> {
 /// Avro binary of `record` through `apache_avro`'s generic writer (the value
 /// tree), the reference the fast writers are tested against.
 pub fn encode_generic<T: AvroRecord>(record: &T) -> Result<Vec<u8>, SchemaError> {
-    apache_avro::to_avro_datum(T::schema(), record.to_value()).map_err(|e| avro_err("encoding", T::NAME, e))
+    write_datum(T::schema(), record.to_value()).map_err(|e| avro_err("encoding", T::NAME, e))
+}
+
+/// The Avro binary of `value` written with `schema` (any schema: tests use
+/// it to write records of older schema versions).
+pub fn write_datum(schema: &Schema, value: Value) -> Result<Vec<u8>, apache_avro::Error> {
+    apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+        .build()?
+        .write_value_to_vec(value)
 }
 
 /// Decodes a Confluent-framed record whose writer schema is found by id.

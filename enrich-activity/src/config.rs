@@ -73,6 +73,12 @@ impl ServiceConfig for Config {
         convert: context_runtime::config::millis_to_duration,
     }];
 
+    fn complete(&mut self) {
+        if self.transactional_id.trim().is_empty() {
+            self.transactional_id = context_runtime::pipeline::default_transactional_id("enrich-activity");
+        }
+    }
+
     fn check(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if self.model.is_none() {
@@ -108,9 +114,7 @@ impl Config {
             env.retain(|(k, _)| k != "ENRICH_MODEL");
             env.push(("ENRICH_MODEL".into(), m.to_string_lossy().into_owned()));
         }
-        Ok(with_transactional_id(context_runtime::config::load_from::<Config>(
-            path, env,
-        )?))
+        context_runtime::config::load_from::<Config>(path, env)
     }
 
     /// The model artifact (present once loaded: `check` requires it).
@@ -119,20 +123,11 @@ impl Config {
     }
 }
 
-fn with_transactional_id(mut loaded: Loaded<Config>) -> Loaded<Config> {
-    if loaded.config.transactional_id.trim().is_empty() {
-        loaded.config.transactional_id = context_runtime::pipeline::default_transactional_id("enrich-activity");
-    }
-    loaded
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
+    use context_runtime::config::vars as env;
 
     #[test]
     fn the_environment_overrides_the_file_and_problems_are_listed() {

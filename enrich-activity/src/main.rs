@@ -23,9 +23,8 @@ use enrich_activity::model::{confusion_text, train, Model};
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// Validate a configuration file (every problem at once) and exit.
-    #[arg(long, value_name = "FILE")]
-    check_config: Option<PathBuf>,
+    #[command(flatten)]
+    check: context_runtime::config::CheckConfigArg,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -234,7 +233,7 @@ fn run(command: Command) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(file) = cli.check_config {
+    if let Some(file) = cli.check.check_config {
         return context_runtime::config::check_file::<Config>(&file);
     }
     let Some(command) = cli.command else {

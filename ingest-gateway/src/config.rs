@@ -165,9 +165,7 @@ mod tests {
 
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
+    use context_runtime::config::vars as env;
 
     #[test]
     fn defaults_validate_and_problems_are_listed_together() {

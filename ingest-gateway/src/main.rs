@@ -19,10 +19,8 @@ use ingest_gateway::Config;
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// Validate a configuration file (with the INGEST_* environment): every
-    /// problem at once, or the settings; exits without starting.
-    #[arg(long, value_name = "FILE")]
-    check_config: Option<PathBuf>,
+    #[command(flatten)]
+    check: context_runtime::config::CheckConfigArg,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -67,7 +65,7 @@ enum KeysCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(file) = cli.check_config {
+    if let Some(file) = cli.check.check_config {
         return context_runtime::config::check_file::<Config>(&file);
     }
     match cli.command.unwrap_or(Command::Serve {

@@ -37,6 +37,10 @@ pub trait ServiceConfig: Serialize + DeserializeOwned + Default {
     const ENV_PREFIX: &'static str;
     /// Keys that were renamed, still read under their old name.
     const RENAMED: &'static [Renamed] = &[];
+    /// Fills in what depends on the machine once everything is read (an
+    /// empty `transactional_id` becomes `<service>-<host name>`).
+    fn complete(&mut self) {}
+
     /// Checks that span keys or ranges types cannot express: every problem.
     fn check(&self) -> Vec<String> {
         Vec::new()
@@ -212,7 +216,9 @@ pub fn load_from<T: ServiceConfig>(
             }
         }
     };
-    if let Some(config) = &config {
+    let mut config = config;
+    if let Some(config) = &mut config {
+        config.complete();
         problems.extend(config.check());
     }
     match config {
@@ -239,6 +245,22 @@ pub fn load_or_exit<T: ServiceConfig>(service: &str, file: Option<&Path>) -> Res
         );
         std::process::ExitCode::from(2)
     })
+}
+
+/// Environment pairs from literals, for [`load_from`] in tests.
+pub fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// The `--check-config FILE` flag every service's command line has
+/// (`#[command(flatten)]`); [`check_file`] does the work.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckConfigArg {
+    /// Validate a configuration file, with this service's environment
+    /// variables applied: every problem at once (exit 2), or the settings
+    /// with secrets hidden (exit 0). Starts nothing.
+    #[arg(long, value_name = "FILE")]
+    pub check_config: Option<std::path::PathBuf>,
 }
 
 /// What `--check-config <file>` prints and exits with: the file (and the
@@ -461,9 +483,7 @@ mod tests {
         }
     }
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
+    use super::vars as env;
 
     #[test]
     fn defaults_then_file_then_environment() {

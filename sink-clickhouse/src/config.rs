@@ -129,9 +129,7 @@ mod tests {
 
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
+    use context_runtime::config::vars as env;
 
     #[test]
     fn secrets_do_not_show_and_problems_are_listed() {

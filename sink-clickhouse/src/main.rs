@@ -19,10 +19,8 @@ use sink_clickhouse::Config;
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// Validate a configuration file (with the SINK_* environment): every
-    /// problem at once, or the settings; exits without starting.
-    #[arg(long, value_name = "FILE")]
-    check_config: Option<PathBuf>,
+    #[command(flatten)]
+    check: context_runtime::config::CheckConfigArg,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -52,7 +50,7 @@ fn settings(config: Option<PathBuf>) -> Result<Config, ExitCode> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(file) = cli.check_config {
+    if let Some(file) = cli.check.check_config {
         return context_runtime::config::check_file::<Config>(&file);
     }
     let Some(command) = cli.command else {

@@ -79,6 +79,12 @@ impl Default for Config {
 impl ServiceConfig for Config {
     const ENV_PREFIX: &'static str = "ROUTER_";
 
+    fn complete(&mut self) {
+        if self.transactional_id.trim().is_empty() {
+            self.transactional_id = context_runtime::pipeline::default_transactional_id("stream-router");
+        }
+    }
+
     fn check(&self) -> Vec<String> {
         let mut problems = Vec::new();
         for (name, value) in [
@@ -106,41 +112,29 @@ impl ServiceConfig for Config {
 }
 
 impl Config {
-    /// Reads the file (if any) and the environment; an empty
-    /// `transactional_id` becomes `stream-router-<host name>`.
+    /// Reads the file (if any) and the environment.
     pub fn load(path: Option<&Path>) -> Result<Loaded<Config>, ConfigError> {
-        Ok(with_transactional_id(context_runtime::config::load::<Config>(path)?))
+        context_runtime::config::load::<Config>(path)
     }
-}
-
-fn with_transactional_id(mut loaded: Loaded<Config>) -> Loaded<Config> {
-    if loaded.config.transactional_id.trim().is_empty() {
-        loaded.config.transactional_id = context_runtime::pipeline::default_transactional_id("stream-router");
-    }
-    loaded
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
+    use context_runtime::config::vars as env;
 
     #[test]
     fn env_overrides_and_every_problem_is_listed() {
-        let c = with_transactional_id(
-            context_runtime::config::load_from::<Config>(
-                None,
-                env(&[
-                    ("ROUTER_GROUP_ID", "g2"),
-                    ("ROUTER_MAX_BATCH", "10"),
-                    ("ROUTER_DELIVERY", "at-least-once"),
-                ]),
-            )
-            .unwrap(),
+        let c = context_runtime::config::load_from::<Config>(
+            None,
+            env(&[
+                ("ROUTER_GROUP_ID", "g2"),
+                ("ROUTER_MAX_BATCH", "10"),
+                ("ROUTER_DELIVERY", "at-least-once"),
+            ]),
         )
+        .unwrap()
         .config;
         assert_eq!((c.max_batch, c.group_id.as_str()), (10, "g2"));
         assert_eq!(c.delivery, Delivery::AtLeastOnce);

@@ -30,10 +30,8 @@ use stream_router::Config;
 #[derive(Parser)]
 #[command(version, about, long_about, verbatim_doc_comment)]
 struct Cli {
-    /// Validate a service configuration file (and the rules file it names),
-    /// print the settings, and exit without starting.
-    #[arg(long, value_name = "FILE")]
-    check_config: Option<PathBuf>,
+    #[command(flatten)]
+    check: context_runtime::config::CheckConfigArg,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -59,7 +57,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(path) = cli.check_config {
+    if let Some(path) = cli.check.check_config {
         return check_config(&path);
     }
     match cli.command {

@@ -64,9 +64,7 @@ mod tests {
 
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
+    use context_runtime::config::vars as env;
 
     #[test]
     fn env_overrides_and_all_problems_are_reported() {

@@ -109,7 +109,7 @@ impl Config {
     /// command line) overrides both. An empty `transactional_id` becomes
     /// `enrich-activity-<host name>`.
     pub fn load(path: Option<&Path>, model: Option<PathBuf>) -> Result<Loaded<Config>, ConfigError> {
-        let mut env: Vec<(String, String)> = std::env::vars().collect();
+        let mut env = context_runtime::config::process_env::<Config>();
         if let Some(m) = model {
             env.retain(|(k, _)| k != "ENRICH_MODEL");
             env.push(("ENRICH_MODEL".into(), m.to_string_lossy().into_owned()));

@@ -275,18 +275,51 @@ impl Tagger {
         }
         let (m, started, n) = (model.clone(), std::time::Instant::now(), batch.len());
         let min_confidence = self.min_confidence;
-        let tags: Vec<ActivityTag> = tokio::task::spawn_blocking(move || {
+        // One window that makes feature extraction or the model panic is
+        // dead-lettered alone; the others of its batch are tagged.
+        let results: Vec<Option<Result<ActivityTag, String>>> = tokio::task::spawn_blocking(move || {
             let spec = FeatureSpec::default();
             windows
                 .iter()
-                .flatten()
-                .map(|w| tag(&m, &spec, w, min_confidence))
+                .map(|w| {
+                    w.as_ref().map(|w| {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tag(&m, &spec, w, min_confidence)))
+                            .map_err(|panic| {
+                                panic
+                                    .downcast_ref::<&str>()
+                                    .map(|s| s.to_string())
+                                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                                    .unwrap_or_else(|| "a panic".into())
+                            })
+                    })
+                })
                 .collect()
         })
         .await
         .map_err(|e| TagError::Inference(e.to_string()))?;
         metrics::histogram!("enrich_inference_seconds").record(started.elapsed().as_secs_f64() / n as f64);
-        for t in &tags {
+        let mut tags = 0;
+        for (msg, result) in batch.iter().zip(results) {
+            let t = match result {
+                None => continue,
+                Some(Ok(t)) => t,
+                Some(Err(why)) if deadletter_topic.is_empty() => {
+                    return Err(TagError::Inference(format!("offset {}: {why}", msg.offset())))
+                }
+                Some(Err(why)) => {
+                    tracing::error!(error = %why, offset = msg.offset(), "tagging this window failed; dead-lettering it");
+                    metrics::counter!("enrich_tagging_failed_total").increment(1);
+                    outputs.push(context_runtime::deadletter::record(
+                        msg,
+                        deadletter_topic,
+                        "enrich-activity",
+                        "tagging_failed",
+                        &why,
+                        None,
+                    ));
+                    continue;
+                }
+            };
             outputs.push(Output {
                 topic: self.activity_topic.clone(),
                 key: Some(t.install_id.to_string().into_bytes()),
@@ -297,8 +330,9 @@ impl Tagger {
             if let Some(why) = &t.reason {
                 *counts.unknown.entry(why.clone()).or_default() += 1;
             }
+            tags += 1;
         }
-        counts.tagged = tags.len();
+        counts.tagged = tags;
         Ok((outputs, counts))
     }
 
@@ -401,26 +435,10 @@ impl Stage for Serving<'_> {
     async fn transform(&mut self, batch: &[OwnedMessage]) -> Result<Vec<Output>, String> {
         match self.tagger.outputs(&self.model, batch, &self.s.deadletter_topic).await {
             Ok((outputs, _)) => Ok(outputs),
-            Err(e) if e.is_retryable() || self.s.deadletter_topic.is_empty() => Err(e.to_string()),
-            // The same windows would fail the same way: keep them, with
-            // their bytes, as dead letters instead of stalling the topic.
-            Err(e) => {
-                tracing::error!(error = %e, records = batch.len(), "the batch cannot be tagged; dead-lettering it");
-                metrics::counter!("enrich_batches_dead_lettered_total").increment(1);
-                Ok(batch
-                    .iter()
-                    .map(|m| {
-                        context_runtime::deadletter::record(
-                            m,
-                            &self.s.deadletter_topic,
-                            "enrich-activity",
-                            "tagging_failed",
-                            &e.to_string(),
-                            None,
-                        )
-                    })
-                    .collect())
-            }
+            // Retryable or not, the batch is kept and read again (the tagger
+            // turns not ready): a window that panics is dead-lettered alone
+            // above, so what is left here is the registry, Kafka or a bug.
+            Err(e) => Err(e.to_string()),
         }
     }
 }

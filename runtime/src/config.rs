@@ -128,7 +128,21 @@ impl fmt::Debug for Secret {
 
 /// Reads `file` (if any) and the process environment.
 pub fn load<T: ServiceConfig>(file: Option<&Path>) -> Result<Loaded<T>, ConfigError> {
-    load_from(file, std::env::vars())
+    load_from(file, process_env::<T>())
+}
+
+/// The process environment with `T`'s prefix. Read without `std::env::vars`,
+/// which panics on a variable that is not UTF-8 anywhere in the environment;
+/// such a variable of this service is kept, with its bytes replaced, so that
+/// its key reports the problem.
+pub fn process_env<T: ServiceConfig>() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let k = k.to_string_lossy();
+            k.starts_with(T::ENV_PREFIX)
+                .then(|| (k.into_owned(), v.to_string_lossy().into_owned()))
+        })
+        .collect()
 }
 
 /// [`load`] with the environment given (tests).
@@ -147,7 +161,7 @@ pub fn load_from<T: ServiceConfig>(
         match std::fs::read_to_string(path) {
             Err(e) => problems.push(format!("cannot read {}: {e}", path.display())),
             Ok(text) => match Toml::string(&text).data() {
-                Err(e) => problems.push(format!("{}: {}", path.display(), e.kind)),
+                Err(e) => problems.push(format!("{}: {}", path.display(), syntax_error(&e.kind.to_string()))),
                 Ok(mut profiles) => {
                     let dict = profiles.remove(&Profile::Default).unwrap_or_default();
                     let mut leaves = Vec::new();
@@ -272,7 +286,7 @@ pub fn check_file<T: ServiceConfig + fmt::Debug>(path: &Path) -> std::process::E
                 eprintln!("warning: {w}");
             }
             println!("{}: valid", path.display());
-            println!("{:#?}", loaded.config);
+            println!("{}", redact_urls(&format!("{:#?}", loaded.config)));
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
@@ -291,6 +305,44 @@ struct Layer {
 fn is_secret(key: &str) -> bool {
     let last = key.rsplit('.').next().unwrap_or(key);
     ["password", "secret", "token"].iter().any(|s| last.contains(s))
+}
+
+/// A TOML syntax error without the quoted line it points at (that line may
+/// hold a password): where it is and what is wrong.
+fn syntax_error(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.starts_with(|c: char| c.is_ascii_digit()))
+        .filter(|l| !l.chars().all(|c| c == '^' || c == ' '))
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// `text` with the password of every `scheme://user:password@host` URL
+/// replaced by `***`.
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '/' || c == '\'')
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match (authority.rfind('@'), authority.find(':')) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&authority[..colon]);
+                out.push_str(":***");
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn describe(key: &str, kind: &figment::error::Kind) -> String {
@@ -557,6 +609,17 @@ mod tests {
             .config;
         assert_eq!(c.password.expose(), "hunter2");
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn passwords_in_urls_and_broken_lines_are_not_printed() {
+        assert_eq!(
+            redact_urls("url: \"http://app:s3cret@ch:8123/db\", other: https://h/x"),
+            "url: \"http://app:***@ch:8123/db\", other: https://h/x"
+        );
+        let f = file("password = \"ab\\q\"\n");
+        let err = load_from::<Demo>(Some(&f.0), Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("line 1") && !err.contains("ab\\q"), "{err}");
     }
 
     #[test]

@@ -485,8 +485,8 @@ pub fn default_transactional_id(prefix: &str) -> String {
 /// What a consume → produce service does with each batch.
 #[allow(async_fn_in_trait)]
 pub trait Stage {
-    /// Called after each read, before [`Stage::transform`]: the place to
-    /// pick up a changed rules or model file, so one batch sees one version.
+    /// Called before each read: the place to pick up a changed rules or
+    /// model file, so one batch sees one version.
     async fn refresh(&mut self) {}
 
     /// The records to produce for `batch`; `Err` (a reason) when it cannot be
@@ -519,7 +519,9 @@ pub async fn drive(
     let prefix = pipeline.prefix;
     let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
+        stage.refresh().await;
         let batch = tokio::select! {
+            biased;
             _ = shutdown.requested() => return Ok(()),
             b = pipeline.next_batch(options.max_batch, options.linger, Duration::from_millis(500)) => b,
         };
@@ -531,7 +533,6 @@ pub async fn drive(
             }
             Err(PipelineError::Fatal(e)) => return Err(e),
         };
-        stage.refresh().await;
         if batch.is_empty() {
             continue;
         }
@@ -543,6 +544,7 @@ pub async fn drive(
                 metrics::histogram!(format!("{prefix}_transform_seconds")).record(transformed.as_secs_f64());
                 metrics::histogram!(format!("{prefix}_commit_seconds"))
                     .record((started.elapsed() - transformed).as_secs_f64());
+                tracing::debug!(records = batch.len(), transform = ?transformed, commit = ?(started.elapsed() - transformed), "batch");
                 committed
             }
             // Nothing of it was produced; read it again after a pause.

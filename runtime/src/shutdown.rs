@@ -28,11 +28,14 @@ impl Shutdown {
     /// A token fired by SIGTERM or SIGINT. Needs a Tokio runtime.
     pub fn on_signals() -> Shutdown {
         let (trigger, shutdown) = Shutdown::new();
+        // Installed here, not in the task: a SIGTERM right after this
+        // returns is already ours.
+        #[cfg(unix)]
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
         tokio::spawn(async move {
             #[cfg(unix)]
             {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("installing the SIGTERM handler");
                 tokio::select! {
                     _ = term.recv() => tracing::info!("SIGTERM: stopping"),
                     _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping"),

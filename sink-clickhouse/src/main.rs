@@ -86,7 +86,7 @@ async fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!(
                         "sink-clickhouse migrate: ClickHouse at {} failed: {e}",
-                        s.clickhouse_url
+                        context_runtime::config::redact_urls(&s.clickhouse_url)
                     );
                     ExitCode::FAILURE
                 }

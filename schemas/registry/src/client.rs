@@ -44,10 +44,7 @@ fn from_converter(base: &str, e: SRCError) -> RegistryError {
     let answer = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<RawError>());
     match answer {
         Some(raw) => RegistryError::Remote {
-            status: u16::try_from(raw.error_code / 100)
-                .ok()
-                .filter(|s| (100..600).contains(s))
-                .unwrap_or(if e.retriable { 503 } else { 500 }),
+            status: status_of(raw.error_code, &e),
             code: raw.error_code,
             message: raw.message.clone(),
         },
@@ -59,6 +56,24 @@ fn from_converter(base: &str, e: SRCError) -> RegistryError {
             },
         },
     }
+}
+
+/// The HTTP status behind a Confluent error code: the code itself when it is
+/// one (`409`), its first three digits for the long form (`40401`), else the
+/// status the converter wrote into its message.
+fn status_of(code: u32, e: &SRCError) -> u16 {
+    let from_code = match code {
+        100..=599 => Some(code),
+        10_000..=59_999 => Some(code / 100),
+        _ => None,
+    };
+    from_code
+        .and_then(|c| u16::try_from(c).ok())
+        .or_else(|| {
+            let (_, after) = e.error.split_once("status ")?;
+            after.get(..3)?.parse().ok()
+        })
+        .unwrap_or(if e.retriable { 503 } else { 500 })
 }
 
 fn avro(avsc: &str) -> SuppliedSchema {
@@ -97,7 +112,10 @@ impl RegistryClient {
             url: url.clone(),
             message: e.to_string(),
         };
-        let resp = reqwest::Client::new()
+        let resp = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .map_err(http_err)?
             .put(&url)
             .header("Content-Type", crate::api::CONTENT_TYPE)
             .body(serde_json::json!({ "compatibility": level }).to_string())
@@ -124,7 +142,10 @@ impl RegistryClient {
     pub async fn lookup(&self, subject: &str, avsc: &str) -> Result<Option<u32>, RegistryError> {
         let body = serde_json::json!({ "schema": avsc }).to_string();
         match perform_sr_call(&self.settings, SrCall::PostForVersion(subject, &body)).await {
-            Ok(raw) => Ok(raw.id),
+            Ok(raw) => raw.id.map(Some).ok_or_else(|| RegistryError::Http {
+                url: self.base.clone(),
+                message: "the registry's answer to a lookup has no id".into(),
+            }),
             Err(e) => match from_converter(&self.base, e) {
                 RegistryError::Remote {
                     code: 40401 | 40403, ..

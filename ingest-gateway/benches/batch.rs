@@ -63,7 +63,7 @@ fn bench(c: &mut Criterion) {
     ] {
         group.bench_with_input(BenchmarkId::new("parse_validate_encode", name), body, |b, body| {
             b.iter(|| {
-                let p = prepare(body, encoding, "bench-app", now, &validator, 1).unwrap();
+                let p = prepare(body, encoding, "bench-app", now, None, &validator, 1).unwrap();
                 assert_eq!(p.accepted.len(), EVENTS);
                 p
             })
@@ -75,7 +75,7 @@ fn bench(c: &mut Criterion) {
     let mut stages = c.benchmark_group("gateway_stages_50_events");
     stages.throughput(Throughput::Elements(EVENTS as u64));
     let batch = ingest_gateway::batch::parse_batch(&json, &Limits::default()).unwrap();
-    let env = ingest_gateway::validate::Envelope::from_batch(&batch, "bench-app", now).unwrap();
+    let env = ingest_gateway::validate::Envelope::from_batch(&batch, "bench-app", now, None).unwrap();
     stages.bench_function("parse_envelope", |b| {
         b.iter(|| {
             ingest_gateway::batch::parse_batch(&json, &Limits::default())

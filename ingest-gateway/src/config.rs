@@ -72,10 +72,12 @@ pub struct Config {
     pub queue_max_kbytes: u32,
     /// Decompressed bytes of requests being processed at once; over it, 503.
     pub max_in_flight_bytes: usize,
-    /// Events whose corrected time lies further ahead of the server clock are rejected.
+    /// Events whose corrected time lies further ahead of the server clock
+    /// are stored with `time_suspect` (never refused for their time).
     #[serde(with = "context_runtime::config::duration")]
     pub max_future: Duration,
-    /// Events whose corrected time lies further in the past are rejected.
+    /// Events whose corrected time lies further in the past are stored with
+    /// `time_suspect`.
     #[serde(with = "context_runtime::config::duration")]
     pub max_age: Duration,
     /// A repeated `batch_id` within this window is answered from memory.

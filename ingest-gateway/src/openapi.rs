@@ -13,14 +13,6 @@ pub const REJECTION_REASONS: &[(&str, &str)] = &[
     ("malformed_event", "the event is not an object of the documented shape"),
     ("invalid_event_id", "event_id is not a UUID"),
     ("invalid_timestamp", "timestamp is not an RFC 3339 time"),
-    (
-        "timestamp_in_future",
-        "the skew-corrected time is too far after the server's clock",
-    ),
-    (
-        "timestamp_too_old",
-        "the skew-corrected time is too far before the server's clock",
-    ),
     ("invalid_signal", "a signal has the wrong JSON type for its Avro type"),
     (
         "signal_out_of_range",
@@ -97,7 +89,10 @@ pub fn document(limits: &Limits) -> Value {
             "summary": "Send one session's batch of events",
             "security": [{"apiKey": []}],
             "parameters": [{"name": "Content-Encoding", "in": "header", "required": false,
-                "schema": {"type": "string", "enum": ["identity", "gzip", "zstd"]}}],
+                "schema": {"type": "string", "enum": ["identity", "gzip", "zstd"]}},
+                {"name": "X-Sent-At", "in": "header", "required": false,
+                "description": "Device time of this attempt (RFC 3339), set on every send, retries included; overrides the body's sent_at so a stored body can be resent unchanged. Clock skew is received_at - X-Sent-At.",
+                "schema": {"type": "string", "format": "date-time"}}],
             "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}}},
             "responses": {
                 "200": {"description": "Every accepted event is acknowledged by Kafka; rejected ones are dead-lettered.",
@@ -118,7 +113,7 @@ pub fn document(limits: &Limits) -> Value {
             "schemas": {
                 "Batch": {"type": "object", "required": ["batch_id", "sent_at", "sdk", "device", "session_id", "events"], "properties": {
                     "batch_id": {"type": "string", "format": "uuid", "description": "Chosen by the client, stable across retries."},
-                    "sent_at": {"type": "string", "format": "date-time", "description": "Device time when this request was sent; used to correct clock skew."},
+                    "sent_at": {"type": "string", "format": "date-time", "description": "Device time when the body was built; used to correct clock skew unless the request has an X-Sent-At header (the time of this attempt), which takes precedence."},
                     "sdk": {"type": "object", "required": ["name", "version"], "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
                     "device": {"type": "object", "required": ["install_id", "model", "os_version"], "additionalProperties": true, "properties": {
                         "install_id": {"type": "string", "format": "uuid"}, "model": {"type": "string"},

@@ -26,6 +26,8 @@ pub struct PreparedBatch {
     pub key: Vec<u8>,
     pub received_at: i64,
     pub events: usize,
+    /// Accepted events whose corrected time is outside the plausible window.
+    pub time_suspect: usize,
     pub unknown_signals: usize,
     /// Fields of the `sdk` object, the events or their motion that this
     /// gateway does not know (a newer SDK's), skipped.
@@ -35,19 +37,23 @@ pub struct PreparedBatch {
     pub rejected: Vec<RejectedEvent>,
 }
 
-/// Turns a request body into encoded events and rejections.
+/// Turns a request body into encoded events and rejections. `sent_at` is the
+/// request's `X-Sent-At` (overriding the body's `sent_at`), when it has one.
+#[allow(clippy::too_many_arguments)]
 pub fn prepare(
     body: &[u8],
     encoding: Encoding,
     app_id: &str,
     received_at: i64,
+    sent_at: Option<i64>,
     validator: &Validator,
     schema_id: u32,
 ) -> Result<PreparedBatch, BatchError> {
     let limits = &validator.limits;
     let json = decompress(body, encoding, limits.max_decompressed_bytes)?;
     let batch = parse_batch(&json, limits)?;
-    let env = Envelope::from_batch(&batch, app_id, received_at)?;
+    let env = Envelope::from_batch(&batch, app_id, received_at, sent_at)?;
+    let mut time_suspect = 0;
     let mut accepted = Vec::with_capacity(batch.events.len());
     let mut rejected = Vec::new();
     let mut unknown_signals = 0;
@@ -55,6 +61,7 @@ pub fn prepare(
     for (index, raw) in batch.events.iter().enumerate() {
         match validator.event(&env, raw) {
             Ok(valid) => {
+                time_suspect += usize::from(valid.event.time_suspect);
                 unknown_signals += valid.unknown_signals;
                 unknown_fields += valid.unknown_fields;
                 let value = valid
@@ -93,6 +100,7 @@ pub fn prepare(
         key: env.install_id.to_string().into_bytes(),
         received_at,
         events: batch.events.len(),
+        time_suspect,
         unknown_signals,
         unknown_fields,
         accepted,

@@ -144,8 +144,25 @@ struct Prepared {
 
 impl Gateway {
     /// The CPU part of a request ([`pipeline::prepare`]) and the records it makes.
-    fn prepare(&self, body: &[u8], encoding: Encoding, app_id: &str) -> Result<Prepared, BatchError> {
-        let batch = pipeline::prepare(body, encoding, app_id, now_micros(), &self.validator, self.schema_id)?;
+    fn prepare(
+        &self,
+        body: &[u8],
+        encoding: Encoding,
+        app_id: &str,
+        sent_at: Option<i64>,
+    ) -> Result<Prepared, BatchError> {
+        let batch = pipeline::prepare(
+            body,
+            encoding,
+            app_id,
+            now_micros(),
+            sent_at,
+            &self.validator,
+            self.schema_id,
+        )?;
+        if batch.time_suspect > 0 {
+            metrics::counter!("gateway_time_suspect_total").increment(batch.time_suspect as u64);
+        }
         let mut records = Vec::with_capacity(batch.events);
         for value in batch.accepted {
             records.push(Outgoing {
@@ -213,6 +230,15 @@ async fn post_batch(
         return Err(BatchError::UnsupportedContentType(content_type.to_owned()).into());
     }
     let encoding = Encoding::from_header(header(&req, "content-encoding"))?;
+    // The time of this attempt, set by the client on every send (SPEC's
+    // client contract): a body stored and resent hours later keeps its
+    // capture times instead of having the delay added as clock skew.
+    let sent_at = header(&req, "x-sent-at")
+        .map(|v| {
+            crate::validate::parse_time(v.trim())
+                .map_err(|e| BatchError::NotABatch(format!("the X-Sent-At header: {e}")))
+        })
+        .transpose()?;
     let ring = gw.keys.current();
     let app = match ring.check(header(&req, "authorization")) {
         Auth::Missing => return Err(ApiError::MissingKey),
@@ -252,7 +278,7 @@ async fn post_batch(
     let prepared = {
         let (gw, app_id) = (gw.clone(), app.app_id.clone());
         let body = body.freeze();
-        web::block(move || gw.prepare(&body, encoding, &app_id))
+        web::block(move || gw.prepare(&body, encoding, &app_id, sent_at))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))??
     };

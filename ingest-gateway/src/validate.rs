@@ -51,7 +51,9 @@ pub struct Envelope {
     pub install_id: Uuid,
     pub sdk: Sdk,
     pub device: DeviceFacts,
-    /// Device clock when sent, µs since the epoch.
+    /// Device clock when sent, µs since the epoch: the request's `X-Sent-At`
+    /// header when it has one (the time of this attempt), else the body's
+    /// `sent_at` (the time the body was built).
     pub sent_at: i64,
     /// Server clock when received, µs since the epoch.
     pub received_at: i64,
@@ -77,7 +79,12 @@ fn fact_text(v: &serde_json::Value) -> String {
 impl Envelope {
     /// Checks the envelope of a parsed batch; a bad envelope makes the whole
     /// request "not a batch" (400).
-    pub fn from_batch(batch: &RawBatch<'_>, app_id: &str, received_at: i64) -> Result<Self, BatchError> {
+    pub fn from_batch(
+        batch: &RawBatch<'_>,
+        app_id: &str,
+        received_at: i64,
+        sent_at_header: Option<i64>,
+    ) -> Result<Self, BatchError> {
         let bad = BatchError::NotABatch;
         check_envelope_size(batch)?;
         Ok(Envelope {
@@ -100,7 +107,10 @@ impl Envelope {
                     .map(|(k, v)| (k.clone(), fact_text(v)))
                     .collect::<BTreeMap<_, _>>(),
             },
-            sent_at: parse_time(&batch.sent_at).map_err(|e| bad(format!("sent_at: {e}")))?,
+            sent_at: match sent_at_header {
+                Some(t) => t,
+                None => parse_time(&batch.sent_at).map_err(|e| bad(format!("sent_at: {e}")))?,
+            },
             received_at,
         })
     }
@@ -481,26 +491,10 @@ impl Validator {
         let event_id = parse_uuid("event_id", &ev.event_id).map_err(|e| Rejection::new("invalid_event_id", e))?;
         let client_timestamp = parse_time(&ev.timestamp).map_err(|e| Rejection::new("invalid_timestamp", e))?;
         let timestamp = ContextEvent::corrected_timestamp(client_timestamp, env.sent_at, env.received_at);
-        if timestamp - env.received_at > self.max_future_us {
-            return Err(Rejection::new(
-                "timestamp_in_future",
-                format!(
-                    "corrected time is {} s after the server's clock (limit {} s)",
-                    (timestamp - env.received_at) / 1_000_000,
-                    self.max_future_us / 1_000_000
-                ),
-            ));
-        }
-        if env.received_at - timestamp > self.max_age_us {
-            return Err(Rejection::new(
-                "timestamp_too_old",
-                format!(
-                    "corrected time is {} s before the server's clock (limit {} s)",
-                    (env.received_at - timestamp) / 1_000_000,
-                    self.max_age_us / 1_000_000
-                ),
-            ));
-        }
+        // No event is refused for its time: one outside the plausible window
+        // is stored with its raw times and flagged.
+        let time_suspect = timestamp.saturating_sub(env.received_at) > self.max_future_us
+            || env.received_at.saturating_sub(timestamp) > self.max_age_us;
         let cat = catalog();
         let mut signals = Signals::default();
         let mut unknown_signals = 0;
@@ -527,6 +521,7 @@ impl Validator {
                 sent_at: env.sent_at,
                 received_at: env.received_at,
                 timestamp,
+                time_suspect,
                 signals,
                 motion,
             },
@@ -635,7 +630,7 @@ mod tests {
             "device":{"install_id":"0f7e5c1a-8b9d-4c3e-a2f1-6d5b4a3c2e10","model":"iPhone15,2","os_version":"17.4","storage":256},
             "session_id":"9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d","events":[]}"#;
         let batch = parse_batch(json.as_bytes(), &Limits::default()).unwrap();
-        Envelope::from_batch(&batch, "app-1", RECEIVED).unwrap()
+        Envelope::from_batch(&batch, "app-1", RECEIVED, None).unwrap()
     }
 
     fn validator() -> Validator {
@@ -720,8 +715,12 @@ mod tests {
         assert_eq!(reason(&long, now), "signal_too_long");
         assert_eq!(reason(r#""battery_level":[1]"#, now), "malformed_event");
         assert_eq!(reason("", "yesterday"), "invalid_timestamp");
-        assert_eq!(reason("", "2025-10-09T12:00:00Z"), "timestamp_in_future");
-        assert_eq!(reason("", "2025-01-01T00:00:00Z"), "timestamp_too_old");
+        // Times far off are stored, flagged, never refused.
+        let suspect = |ts: &str| v.event(&env, &event("", ts)).unwrap().event.time_suspect;
+        assert!(suspect("2025-10-09T12:00:00Z"), "hours ahead of the server");
+        assert!(suspect("2025-01-01T00:00:00Z"), "months behind the server");
+        assert!(suspect("1970-01-01T00:00:00Z"), "a reset clock");
+        assert!(!suspect(now));
         let bad_id = RawValue::from_string(r#"{"event_id":"nope","timestamp":"2025-10-09T08:54:30Z"}"#.into()).unwrap();
         assert_eq!(v.event(&env, &bad_id).unwrap_err().reason, "invalid_event_id");
         assert_eq!(Validator::event_id_of(&bad_id).as_deref(), Some("nope"));
@@ -770,7 +769,7 @@ mod tests {
             "device":{"install_id":"0f7e5c1a-8b9d-4c3e-a2f1-6d5b4a3c2e10","model":"m","os_version":"1"},
             "session_id":"9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d","events":[]}"#;
         let batch = parse_batch(json.as_bytes(), &Limits::default()).unwrap();
-        let err = Envelope::from_batch(&batch, "a", RECEIVED).unwrap_err();
+        let err = Envelope::from_batch(&batch, "a", RECEIVED, None).unwrap_err();
         assert!(err.to_string().contains("batch_id"), "{err}");
     }
 }

@@ -373,3 +373,78 @@ async fn an_event_too_large_for_kafka_is_rejected_and_dead_lettered_whole() {
     );
     assert_eq!(raw["motion"]["accelerometer"].as_array().unwrap().len(), 60_000);
 }
+
+/// One session captured at `captured` (device clock right), its body built
+/// (and its `sent_at` stamped) five seconds later.
+fn session_at(seed: u64, n: usize, captured: i64) -> (Vec<ContextEvent>, Vec<u8>) {
+    let events: Vec<ContextEvent> = session(seed, n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut e)| {
+            e.client_timestamp = captured + i as i64 * 1_000_000;
+            e
+        })
+        .collect();
+    let body = sdk::batch_json(&events, captured + 5_000_000).to_string().into_bytes();
+    (events, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_resent_hours_later_with_a_fresh_x_sent_at_keeps_its_capture_times() {
+    let h = start(|_| {}).await;
+    let now = common::now_micros();
+    let two_hours = 2 * 3600 * 1_000_000i64;
+
+    // Built two hours ago, kept on the phone, resent unchanged now with the
+    // time of this attempt in X-Sent-At.
+    let (kept, body_kept) = session_at(801, 5, now - two_hours);
+    let sent_now = sdk::rfc3339(common::now_micros());
+    let (status, _, answer) = h.post(Some(&h.key), body_kept, &[("X-Sent-At", &sent_now)]).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 5);
+
+    // The same kind of body without the header: its age is taken for skew.
+    let (shifted, body_shifted) = session_at(802, 5, now - two_hours);
+    let (status, _, _) = h.post(Some(&h.key), body_shifted, &[]).await;
+    assert_eq!(status, 200);
+
+    // Forty days old and sent now: stored, flagged, not dead-lettered.
+    let (old, body_old) = session_at(803, 2, now - 40 * 86_400 * 1_000_000);
+    let sent_now = sdk::rfc3339(common::now_micros());
+    let (status, _, answer) = h.post(Some(&h.key), body_old, &[("X-Sent-At", &sent_now)]).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer, serde_json::json!({"accepted": 2, "rejected": []}));
+
+    let stored = read_events(&h.events_topic, 12).await;
+    let find = |e: &ContextEvent| stored.iter().find(|s| s.event_id == e.event_id).unwrap().clone();
+    for e in &kept {
+        let s = find(e);
+        assert_eq!(s.client_timestamp, e.client_timestamp, "the raw capture time is kept");
+        let drift = (s.timestamp - e.client_timestamp).abs();
+        assert!(
+            drift < 60_000_000,
+            "captured two hours ago, stored as such (off by {drift} µs)"
+        );
+        assert!(!s.time_suspect);
+    }
+    for e in &shifted {
+        let s = find(e);
+        let shift = s.timestamp - e.client_timestamp;
+        assert!(
+            shift > two_hours - 60_000_000,
+            "without X-Sent-At the delay reads as skew ({shift} µs)"
+        );
+    }
+    for e in &old {
+        let s = find(e);
+        assert!(s.time_suspect, "forty days behind the server is flagged");
+        assert_eq!(s.client_timestamp, e.client_timestamp);
+    }
+    assert_eq!(count(&h.deadletter_topic), 0, "no event is refused for its time");
+
+    // A malformed header is the client's to fix: 400, nothing stored.
+    let (_, body_bad) = session_at(804, 1, now);
+    let (status, retry, answer) = h.post(Some(&h.key), body_bad, &[("X-Sent-At", "yesterday")]).await;
+    assert_eq!((status, retry), (400, None), "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("X-Sent-At"), "{answer}");
+}

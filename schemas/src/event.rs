@@ -26,6 +26,9 @@ pub struct ContextEvent {
     pub received_at: i64,
     /// Skew-corrected capture time: `client_timestamp + (received_at - sent_at)`.
     pub timestamp: i64,
+    /// The corrected time lies outside the gateway's plausible window
+    /// (`max_future` ahead, `max_age` behind): stored, but doubtful.
+    pub time_suspect: bool,
     pub signals: Signals,
     pub motion: Option<Motion>,
 }

@@ -161,6 +161,7 @@ pub fn event(seed: u64, opts: &SampleOptions) -> ContextEvent {
         sent_at,
         received_at,
         timestamp: ContextEvent::corrected_timestamp(client_timestamp, sent_at, received_at),
+        time_suspect: false,
         signals,
         motion,
     }

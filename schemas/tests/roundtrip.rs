@@ -55,7 +55,7 @@ prop_compose! {
         app_id in text(),
         sdk in (text(), text()),
         device in (text(), text(), text(), prop::collection::btree_map(text(), text(), 0..4)),
-        times in (any::<i64>(), any::<i64>(), any::<i64>(), any::<i64>()),
+        times in (any::<i64>(), any::<i64>(), any::<i64>(), any::<i64>(), any::<bool>()),
         signals in signals(),
         motion in prop::option::of((finite(), axes3(), axes3())),
     ) -> ContextEvent {
@@ -64,7 +64,7 @@ prop_compose! {
             app_id,
             sdk: Sdk { name: sdk.0, version: sdk.1 },
             device: DeviceFacts { model: device.0, os_name: device.1, os_version: device.2, extra: device.3 },
-            client_timestamp: times.0, sent_at: times.1, received_at: times.2, timestamp: times.3,
+            client_timestamp: times.0, sent_at: times.1, received_at: times.2, timestamp: times.3, time_suspect: times.4,
             signals,
             motion: motion.map(|(sample_rate_hz, accelerometer, gyroscope)| Motion { sample_rate_hz, accelerometer, gyroscope }),
         }

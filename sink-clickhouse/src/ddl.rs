@@ -43,6 +43,7 @@ pub fn event_columns() -> Vec<(String, String)> {
         ("sent_at_us", "Int64"),
         ("received_at_us", "Int64"),
         ("timestamp_us", "Int64"),
+        ("time_suspect", "UInt8 DEFAULT 0"),
     ]);
     for s in &catalog().signals {
         let ty = match s.kind {
@@ -151,7 +152,7 @@ mod tests {
     #[test]
     fn events_have_a_column_per_signal_and_no_new_types() {
         let c = event_columns();
-        assert_eq!(c.len(), catalog().len() + 26);
+        assert_eq!(c.len(), catalog().len() + 27);
         assert_eq!(bare_type("DateTime DEFAULT now()"), "DateTime");
         assert!(c.iter().any(|(n, t)| n == "battery_level" && t == "Nullable(Float64)"));
         let sql: String = tables().iter().map(|t| create_table("context", t)).collect();

@@ -7,6 +7,23 @@ fn seconds(micros: i64) -> u32 {
     u32::try_from(micros.div_euclid(1_000_000)).unwrap_or(if micros < 0 { 0 } else { u32::MAX })
 }
 
+/// First second of 2000 and of 2100: device times outside are absurd.
+const PLAUSIBLE_SECONDS: std::ops::Range<u32> = 946_684_800..4_102_444_800;
+
+/// The `DateTime` a device time is partitioned by: itself, or the sentinel
+/// 1970-01-01 (partition `197001`) when it is before 2000 or after 2099, so
+/// wild device clocks fill one partition instead of a hundred. A function of
+/// the time alone, so every retry of an event lands in the same partition
+/// and its duplicates merge away; the exact time stays in the `_us` column.
+pub fn partition_seconds(micros: i64) -> u32 {
+    let s = seconds(micros);
+    if PLAUSIBLE_SECONDS.contains(&s) {
+        s
+    } else {
+        0
+    }
+}
+
 fn double(v: Option<SignalValue>) -> Option<f64> {
     match v {
         Some(SignalValue::Double(d)) => Some(d),
@@ -94,7 +111,7 @@ impl ActivityRow {
             session_id: t.session_id,
             install_id: t.install_id,
             timestamp_us: t.timestamp,
-            event_time: seconds(t.timestamp),
+            event_time: partition_seconds(t.timestamp),
             activity: t.activity.clone(),
             confidence: t.confidence,
             labels: t.probabilities.iter().map(|p| p.label.clone()).collect(),
@@ -182,6 +199,21 @@ impl DeadLetterRow {
 mod tests {
     use super::*;
     use context_schemas::sample::{self, SampleOptions};
+
+    #[test]
+    fn absurd_device_times_share_one_sentinel_partition() {
+        assert_eq!(partition_seconds(1_760_000_000_000_000), 1_760_000_000);
+        for absurd in [
+            0,
+            -5_000_000,
+            900_000_000_000_000,
+            4_200_000_000_000_000,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            assert_eq!(partition_seconds(absurd), 0, "{absurd}");
+        }
+    }
 
     #[test]
     fn partition_months_follow_the_calendar() {

@@ -50,3 +50,54 @@ async fn a_batch_spanning_150_device_clock_months_is_inserted_whole() {
     running.shutdown().await.unwrap();
     s.drop_database().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn absurd_device_clocks_share_one_sentinel_partition_and_keep_their_times() {
+    let s = setup().await;
+    let p = producer().unwrap();
+    let absurd = [
+        -86_400_000_000i64,      // 1969-12-31
+        0,                       // a reset clock
+        315_532_800_000_000,     // 1980
+        5_000_000_000_000_000,   // 2128
+        253_402_300_799_000_000, // 9999-12-31
+    ];
+    for (i, t) in absurd.iter().enumerate() {
+        let mut e = sample::event(71_000 + i as u64, &SampleOptions::default());
+        e.client_timestamp = *t;
+        e.time_suspect = true;
+        let payload = e.to_wire(s.event_schema_id).unwrap();
+        p.send(
+            FutureRecord::to(&s.events_topic).key("k").payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+    let running = sink_clickhouse::start(s.config().checked().unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.wait_for_events(absurd.len() as u64, Duration::from_secs(120)).await,
+        absurd.len() as u64
+    );
+    let rows: Vec<(u32, i64, u8)> = clickhouse_reader()
+        .query(&format!(
+            "SELECT toYYYYMM(client_time), client_timestamp_us, time_suspect FROM `{}`.events ORDER BY client_timestamp_us",
+            s.database
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    let mut want = absurd.to_vec();
+    want.sort();
+    assert_eq!(
+        rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+        want,
+        "raw device times kept"
+    );
+    assert!(rows.iter().all(|r| r.0 == 197001 && r.2 == 1), "{rows:?}");
+    running.shutdown().await.unwrap();
+    s.drop_database().await;
+}

@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
         1 => Encoding::Gzip,
         _ => Encoding::Zstd,
     };
-    if let Ok(batch) = prepare(body, encoding, "fuzz-app", 1_760_000_000_000_000, validator(), 1) {
+    if let Ok(batch) = prepare(body, encoding, "fuzz-app", 1_760_000_000_000_000, None, validator(), 1) {
         assert_eq!(batch.accepted.len() + batch.rejected.len(), batch.events);
     }
 });

@@ -174,6 +174,8 @@ async fn http(
                         .post(format!("{url}/v1/batch"))
                         .header("Authorization", format!("Bearer {key}"))
                         .header("Content-Type", "application/json")
+                        // The time of this attempt: the body is resent unchanged.
+                        .header("X-Sent-At", sdk::rfc3339(context_runtime::clock::now_micros()))
                         .body(bodies[i].clone());
                     if gzip {
                         req = req.header("Content-Encoding", "gzip");

@@ -125,6 +125,11 @@ pub(super) fn context_event(bytes: &[u8]) -> R<ContextEvent> {
         }
     }
     let (client_timestamp, sent_at, received_at, timestamp) = (r.long()?, r.long()?, r.long()?, r.long()?);
+    let time_suspect = match r.take(1)?[0] {
+        0 => false,
+        1 => true,
+        b => return Err(format!("boolean byte {b} for time_suspect")),
+    };
     let mut signals = Signals::default();
     for spec in &catalog().signals {
         if r.branch()? {
@@ -170,6 +175,7 @@ pub(super) fn context_event(bytes: &[u8]) -> R<ContextEvent> {
         sent_at,
         received_at,
         timestamp,
+        time_suspect,
         signals,
         motion,
     })

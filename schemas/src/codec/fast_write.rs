@@ -77,6 +77,7 @@ pub(super) fn context_event(e: &ContextEvent, buf: &mut Vec<u8>) {
     for t in [e.client_timestamp, e.sent_at, e.received_at, e.timestamp] {
         long(buf, t);
     }
+    buf.push(u8::from(e.time_suspect));
     for (_, value) in e.signals.iter() {
         match value {
             None => buf.push(0),

@@ -79,6 +79,7 @@ impl AvroRecord for ContextEvent {
             ("sent_at", ts(self.sent_at)),
             ("received_at", ts(self.received_at)),
             ("timestamp", ts(self.timestamp)),
+            ("time_suspect", Value::Boolean(self.time_suspect)),
             ("signals", signals_value(&self.signals)),
             (
                 "motion",
@@ -138,6 +139,7 @@ impl AvroRecord for ContextEvent {
             sent_at: f.timestamp("sent_at")?,
             received_at: f.timestamp("received_at")?,
             timestamp: f.timestamp("timestamp")?,
+            time_suspect: f.boolean("time_suspect")?,
             signals: signals_from(f.sub("signals")?)?,
             motion,
         })

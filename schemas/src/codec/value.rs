@@ -107,6 +107,13 @@ impl Fields {
         }
     }
 
+    pub(super) fn boolean(&mut self, name: &str) -> Result<bool, SchemaError> {
+        match self.take(name)? {
+            Value::Boolean(b) => Ok(b),
+            other => Err(self.err(name, format!("expected a boolean, got {other:?}"))),
+        }
+    }
+
     pub(super) fn timestamp(&mut self, name: &str) -> Result<i64, SchemaError> {
         match self.take(name)? {
             Value::TimestampMicros(t) | Value::Long(t) => Ok(t),

@@ -28,6 +28,11 @@ pub enum ApiError {
     ShuttingDown,
     #[error("{reason}; nothing is lost by retrying this batch")]
     Unavailable { reason: String, retry_after: u64 },
+    /// Kafka refuses the records for good (size limit of the topic, missing
+    /// topic, no permission): an operator must act; nothing was
+    /// acknowledged, so the client keeps the batch and sends it again later.
+    #[error("Kafka refuses this batch until the gateway's topics or permissions are fixed: {0}; nothing of it was stored, keep it and send it again later")]
+    KafkaRefused(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -47,6 +52,7 @@ impl ApiError {
             ApiError::Busy => "busy",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Unavailable { .. } => "unavailable",
+            ApiError::KafkaRefused(_) => "kafka_refused",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -73,7 +79,7 @@ impl ResponseError for ApiError {
             ApiError::DisabledKey(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Busy | ApiError::ShuttingDown | ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::KafkaRefused(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

@@ -37,6 +37,31 @@ pub enum ProduceError {
     Kafka(KafkaError),
 }
 
+impl ProduceError {
+    /// A refusal every retry of the same records meets until an operator
+    /// acts (a record over the topic's size limit, a missing topic, no
+    /// permission): not worth a `Retry-After`.
+    pub fn is_permanent(&self) -> bool {
+        use RDKafkaErrorCode as C;
+        match self {
+            ProduceError::Kafka(e) => matches!(
+                e.rdkafka_error_code(),
+                Some(
+                    C::MessageSizeTooLarge
+                        | C::InvalidMessageSize
+                        | C::UnknownTopicOrPartition
+                        | C::UnknownTopic
+                        | C::TopicAuthorizationFailed
+                        | C::ClusterAuthorizationFailed
+                        | C::PolicyViolation
+                        | C::InvalidRecord
+                )
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// What the gateway has observed of the broker.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -103,6 +128,21 @@ impl Kafka {
     /// deadline passes.
     pub async fn send_all(&self, records: Vec<Outgoing>) -> Result<(), ProduceError> {
         let started = Instant::now();
+        let result = self.send_each(records).await;
+        match &result {
+            Ok(()) => {
+                self.health.succeeded();
+                metrics::histogram!("gateway_produce_seconds").record(started.elapsed().as_secs_f64());
+            }
+            // A refusal for good says nothing about the broker being away.
+            Err(e) if e.is_permanent() => {}
+            Err(_) => self.health.failed(),
+        }
+        result
+    }
+
+    async fn send_each(&self, records: Vec<Outgoing>) -> Result<(), ProduceError> {
+        let started = Instant::now();
         let deadline = started + self.timeout;
         let mut pending = Vec::with_capacity(records.len());
         for r in &records {
@@ -120,34 +160,19 @@ impl Kafka {
             match self.producer.send_result(record) {
                 Ok(f) => pending.push(f),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    self.health.failed();
                     return Err(ProduceError::QueueFull);
                 }
-                Err((e, _)) => {
-                    self.health.failed();
-                    return Err(ProduceError::Kafka(e));
-                }
+                Err((e, _)) => return Err(ProduceError::Kafka(e)),
             }
         }
         for f in pending {
             match tokio::time::timeout_at(deadline, f).await {
-                Err(_) => {
-                    self.health.failed();
-                    return Err(ProduceError::Timeout(self.timeout));
-                }
-                Ok(Err(_canceled)) => {
-                    self.health.failed();
-                    return Err(ProduceError::Kafka(KafkaError::Canceled));
-                }
-                Ok(Ok(Err((e, _)))) => {
-                    self.health.failed();
-                    return Err(ProduceError::Kafka(e));
-                }
+                Err(_) => return Err(ProduceError::Timeout(self.timeout)),
+                Ok(Err(_canceled)) => return Err(ProduceError::Kafka(KafkaError::Canceled)),
+                Ok(Ok(Err((e, _)))) => return Err(ProduceError::Kafka(e)),
                 Ok(Ok(Ok(_))) => {}
             }
         }
-        self.health.succeeded();
-        metrics::histogram!("gateway_produce_seconds").record(started.elapsed().as_secs_f64());
         Ok(())
     }
 

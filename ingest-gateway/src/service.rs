@@ -333,6 +333,15 @@ async fn post_batch(
                 .lock()
                 .expect("rate lock")
                 .refund(&app.app_id, prepared.events as f64, app.burst);
+            if e.is_permanent() {
+                tracing::error!(
+                    error = %e,
+                    "Kafka refuses records for good: check the topics exist, their max.message.bytes \
+                     against limits.max_record_bytes, and the gateway's ACLs"
+                );
+                metrics::counter!("gateway_kafka_refusals_total").increment(1);
+                return Err(ApiError::KafkaRefused(e.to_string()));
+            }
             Err(ApiError::Unavailable {
                 reason: e.to_string(),
                 retry_after: gw.kafka.health.retry_after(),

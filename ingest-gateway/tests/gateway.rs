@@ -448,3 +448,23 @@ async fn a_body_resent_hours_later_with_a_fresh_x_sent_at_keeps_its_capture_time
     assert_eq!((status, retry), (400, None), "{answer}");
     assert!(answer["message"].as_str().unwrap().contains("X-Sent-At"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_kafka_refuses_for_good_is_not_answered_retry_later() {
+    // A topic whose size limit no event fits: the broker refuses every
+    // record with MESSAGE_TOO_LARGE, on every retry.
+    let small = context_integration::unique("it_gw_small");
+    context_integration::create_topic_with(&small, 1, &[("max.message.bytes", "200")])
+        .await
+        .unwrap();
+    let topic = small.clone();
+    let h = start(move |c| c.events_topic = topic).await;
+    let (status, retry, answer) = h.post(Some(&h.key), body(&session(901, 3)), &[]).await;
+    assert_eq!((status, retry), (500, None), "{answer}");
+    assert_eq!(answer["error"], "kafka_refused", "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("keep it"), "{answer}");
+    // A refusal for good says nothing about the broker: still ready, and a
+    // batch for a healthy topic is still taken.
+    assert_eq!(h.get("/readyz").await.0, 200);
+    assert_eq!(count(&small), 0);
+}

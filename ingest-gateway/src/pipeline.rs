@@ -32,6 +32,8 @@ pub struct PreparedBatch {
     /// Fields of the `sdk` object, the events or their motion that this
     /// gateway does not know (a newer SDK's), skipped.
     pub unknown_fields: usize,
+    /// The envelope as JSON for the dead letters (empty without rejects).
+    pub envelope: String,
     /// Confluent-framed Avro of each accepted event, in batch order.
     pub accepted: Vec<Vec<u8>>,
     pub rejected: Vec<RejectedEvent>,
@@ -96,6 +98,11 @@ pub fn prepare(
         }
     }
     Ok(PreparedBatch {
+        envelope: if rejected.is_empty() {
+            String::new()
+        } else {
+            env.to_json()
+        },
         batch_id: env.batch_id,
         key: env.install_id.to_string().into_bytes(),
         received_at,

@@ -181,6 +181,7 @@ impl Gateway {
                 (dl::TIME, crate::sdk::rfc3339(batch.received_at)),
                 (dl::APP_ID, app_id.to_owned()),
                 (dl::BATCH_ID, batch.batch_id.to_string()),
+                (dl::ENVELOPE, batch.envelope.clone()),
             ];
             if let Some(id) = &r.event_id {
                 headers.push((dl::EVENT_ID, id.clone()));

@@ -77,6 +77,28 @@ fn fact_text(v: &serde_json::Value) -> String {
 }
 
 impl Envelope {
+    /// This envelope as a batch's JSON without its events: what a dead
+    /// letter keeps so that its event can be submitted again as it came.
+    pub fn to_json(&self) -> String {
+        let mut device = serde_json::json!({
+            "install_id": self.install_id.to_string(),
+            "model": self.device.model,
+            "os_name": self.device.os_name,
+            "os_version": self.device.os_version,
+        });
+        for (k, v) in &self.device.extra {
+            device[k] = serde_json::Value::String(v.clone());
+        }
+        serde_json::json!({
+            "batch_id": self.batch_id.to_string(),
+            "sent_at": context_runtime::clock::rfc3339(self.sent_at),
+            "session_id": self.session_id.to_string(),
+            "sdk": {"name": self.sdk.name, "version": self.sdk.version},
+            "device": device,
+        })
+        .to_string()
+    }
+
     /// Checks the envelope of a parsed batch; a bad envelope makes the whole
     /// request "not a batch" (400).
     pub fn from_batch(

@@ -16,6 +16,11 @@ pub const SOURCE_OFFSET: &str = "dl.source_offset";
 pub const APP_ID: &str = "dl.app_id";
 pub const EVENT_ID: &str = "dl.event_id";
 pub const BATCH_ID: &str = "dl.batch_id";
+/// The batch envelope of a gateway reject as JSON (`batch_id`, `sent_at`,
+/// `session_id`, `sdk`, `device`): with the event's JSON it rebuilds a
+/// one-event batch, which is how `sink-clickhouse dead-letters redrive`
+/// submits it again.
+pub const ENVELOPE: &str = "dl.envelope";
 
 use crate::clock::{now_micros, rfc3339};
 

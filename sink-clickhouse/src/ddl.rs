@@ -117,6 +117,7 @@ pub fn tables() -> Vec<Table> {
                 ("failed_at_us", "Int64"),
                 ("failed_time", "DateTime"),
                 ("payload", "String"),
+                ("envelope", "String DEFAULT ''"),
             ]),
             engine: "ENGINE = MergeTree PARTITION BY toYYYYMM(failed_time) ORDER BY (failed_time, reason)",
         },

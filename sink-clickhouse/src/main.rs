@@ -37,6 +37,134 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// What was dead-lettered, and sending it again once the cause is fixed
+    /// (docs/runbooks/dead-letters.md).
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
+}
+
+/// Which dead letters: all filters are optional and combine.
+#[derive(clap::Args)]
+struct Filter {
+    /// TOML configuration (ClickHouse, Kafka, registry, topics); SINK_*
+    /// variables override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Only this reason, such as signal_out_of_range or unknown_schema_id.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only this source: ingest-gateway, stream-router, enrich-activity,
+    /// sink-clickhouse.
+    #[arg(long)]
+    source: Option<String>,
+    /// Dead-lettered at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Dead-lettered before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum DeadLettersCommand {
+    /// Count dead letters by source and reason, with the first and last time.
+    List {
+        #[command(flatten)]
+        filter: Filter,
+    },
+    /// Send the chosen dead letters through the normal path again: gateway
+    /// rejects are validated again and produced to the events topic when
+    /// valid now; the others go back, bytes unchanged, to the topic they were
+    /// read from. Events already stored are skipped (idempotent by event_id).
+    ///
+    /// Example: sink-clickhouse dead-letters redrive --reason unknown_schema_id --since 2026-11-26T00:00:00Z --dry-run
+    Redrive {
+        #[command(flatten)]
+        filter: Filter,
+        /// At most this many dead letters, oldest first.
+        #[arg(long, default_value_t = 100_000)]
+        limit: u64,
+        /// Only say what would be sent.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn micros(flag: &str, t: &Option<String>) -> Result<Option<i64>, ExitCode> {
+    t.as_deref()
+        .map(|s| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map(|t| (t.unix_timestamp_nanos() / 1000) as i64)
+                .map_err(|e| {
+                    eprintln!("sink-clickhouse: --{flag} `{s}` is not an RFC 3339 time: {e}");
+                    ExitCode::from(2)
+                })
+        })
+        .transpose()
+}
+
+fn selection(f: &Filter, limit: u64) -> Result<sink_clickhouse::redrive::Selection, ExitCode> {
+    Ok(sink_clickhouse::redrive::Selection {
+        reason: f.reason.clone(),
+        source: f.source.clone(),
+        since: micros("since", &f.since)?,
+        until: micros("until", &f.until)?,
+        limit,
+    })
+}
+
+async fn dead_letters(command: DeadLettersCommand) -> ExitCode {
+    let (filter, limit, dry_run, redrive) = match &command {
+        DeadLettersCommand::List { filter } => (filter, 0, true, false),
+        DeadLettersCommand::Redrive { filter, limit, dry_run } => (filter, *limit, *dry_run, true),
+    };
+    let c = match settings(filter.config.clone()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let sel = match selection(filter, limit) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if !redrive {
+        return match sink_clickhouse::redrive::list(&c, &sel).await {
+            Ok(groups) if groups.is_empty() => {
+                println!("no dead letters match");
+                ExitCode::SUCCESS
+            }
+            Ok(groups) => {
+                let time = |s: u32| context_runtime::clock::rfc3339(i64::from(s) * 1_000_000);
+                println!("{:>8}  {:<18} {:<28} {:<27} last", "count", "source", "reason", "first");
+                for g in groups {
+                    println!(
+                        "{:>8}  {:<18} {:<28} {:<27} {}",
+                        g.count,
+                        g.source,
+                        g.reason,
+                        time(g.first),
+                        time(g.last)
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sink-clickhouse dead-letters list: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match sink_clickhouse::redrive::redrive(&c, &sel, dry_run).await {
+        Ok(outcome) => {
+            println!("{}", outcome.summary(dry_run));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sink-clickhouse dead-letters redrive: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The configuration, then telemetry (with the configuration's warnings).
@@ -58,6 +186,7 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     match command {
+        Command::DeadLetters { command } => dead_letters(command).await,
         Command::Migrate { config } => {
             let s = match settings(config) {
                 Ok(s) => s,

@@ -169,6 +169,8 @@ pub struct DeadLetterRow {
     pub failed_at_us: i64,
     pub failed_time: u32,
     pub payload: Bytes,
+    /// A gateway reject's batch envelope (JSON, `dl.envelope`); empty otherwise.
+    pub envelope: String,
 }
 
 impl Partitioned for DeadLetterRow {
@@ -178,6 +180,11 @@ impl Partitioned for DeadLetterRow {
 }
 
 impl DeadLetterRow {
+    pub fn with_envelope(mut self, envelope: String) -> Self {
+        self.envelope = envelope;
+        self
+    }
+
     pub fn from_dead_letter(d: DeadLetter) -> Self {
         DeadLetterRow {
             failed_time: seconds(d.failed_at),
@@ -191,6 +198,7 @@ impl DeadLetterRow {
             event_id: d.event_id,
             failed_at_us: d.failed_at,
             payload: Bytes(d.payload),
+            envelope: String::new(),
         }
     }
 }

@@ -119,6 +119,7 @@ fn dead_row(msg: &OwnedMessage, reason: &str, detail: String) -> DeadLetterRow {
 
 /// A record of the dead-letter topic as a row: the headers say why.
 fn dead_letter_topic_row(msg: &OwnedMessage) -> DeadLetterRow {
+    let envelope = header(msg, dl::ENVELOPE).unwrap_or_default();
     let failed_at = header(msg, dl::TIME)
         .and_then(|t| time_micros(&t))
         .or_else(|| msg.timestamp().to_millis().map(|ms| ms * 1000))
@@ -135,6 +136,7 @@ fn dead_letter_topic_row(msg: &OwnedMessage) -> DeadLetterRow {
         failed_at,
         payload: msg.payload().unwrap_or_default().to_vec(),
     })
+    .with_envelope(envelope)
 }
 
 /// RFC 3339 (as the gateway writes `dl.time`) to µs since the epoch.

@@ -181,6 +181,16 @@ pub fn spawn_sink(config: &std::path::Path, log: &std::path::Path) -> std::proce
 /// A gateway in this process writing to this setup's topics, with one API key
 /// for `app` (rate limit out of the way); returns it and the key.
 pub async fn start_gateway(s: &Setup, dir: &std::path::Path, app: &str) -> (ingest_gateway::Running, String) {
+    start_gateway_with(s, dir, app, |_| {}).await
+}
+
+/// [`start_gateway`] with its configuration changed by `customize`.
+pub async fn start_gateway_with(
+    s: &Setup,
+    dir: &std::path::Path,
+    app: &str,
+    customize: impl FnOnce(&mut ingest_gateway::Config),
+) -> (ingest_gateway::Running, String) {
     use ingest_gateway::auth::{hash_key, key_from_random};
     let mut random = [0u8; 32];
     random[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
@@ -195,22 +205,17 @@ pub async fn start_gateway(s: &Setup, dir: &std::path::Path, app: &str) -> (inge
         ),
     )
     .unwrap();
-    let gateway = ingest_gateway::start(
-        ingest_gateway::Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            kafka_bootstrap: kafka_bootstrap(),
-            registry_url: registry_url(),
-            events_topic: s.events_topic.clone(),
-            deadletter_topic: s.deadletter_topic.clone(),
-            keys_file: keys,
-            ..ingest_gateway::Config::default()
-        }
-        .checked()
-        .unwrap(),
-        None,
-    )
-    .await
-    .unwrap();
+    let mut config = ingest_gateway::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        kafka_bootstrap: kafka_bootstrap(),
+        registry_url: registry_url(),
+        events_topic: s.events_topic.clone(),
+        deadletter_topic: s.deadletter_topic.clone(),
+        keys_file: keys,
+        ..ingest_gateway::Config::default()
+    };
+    customize(&mut config);
+    let gateway = ingest_gateway::start(config.checked().unwrap(), None).await.unwrap();
     (gateway, key)
 }
 

@@ -1,0 +1,289 @@
+//! `sink-clickhouse dead-letters list | redrive`: what was given up on, and
+//! submitting it again once its cause is fixed.
+//!
+//! Every dead letter ends up in `context.dead_letters` with its original
+//! bytes. A redrive takes the ones chosen by reason (and source, time
+//! window) and puts them back on the normal path:
+//! - a gateway reject (`source = ingest-gateway`) is rebuilt from its event
+//!   JSON and the batch envelope it kept (`dl.envelope`), validated again as
+//!   the gateway does, and, when valid now, produced to the events topic;
+//! - any other (the sink's, the router's, the tagger's) is produced, bytes
+//!   unchanged, to the topic it was read from (`source_topic`).
+//!
+//! It is idempotent by `event_id`: an event already in `context.events` is
+//! skipped, and what is sent twice anyway merges away by `event_id`
+//! downstream.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use context_schemas::{AvroRecord, ContextEvent};
+use ingest_gateway::batch::Encoding;
+use ingest_gateway::validate::Validator;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+
+use crate::config::Config;
+use crate::rows::Bytes;
+
+/// Which dead letters a command looks at.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub reason: Option<String>,
+    pub source: Option<String>,
+    /// µs since the epoch, inclusive.
+    pub since: Option<i64>,
+    /// µs since the epoch, exclusive.
+    pub until: Option<i64>,
+    pub limit: u64,
+}
+
+impl Selection {
+    fn filter(&self) -> String {
+        let mut clauses = vec!["1".to_owned()];
+        let quote = |s: &str| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"));
+        if let Some(r) = &self.reason {
+            clauses.push(format!("reason = {}", quote(r)));
+        }
+        if let Some(s) = &self.source {
+            clauses.push(format!("source = {}", quote(s)));
+        }
+        if let Some(t) = self.since {
+            clauses.push(format!("failed_at_us >= {t}"));
+        }
+        if let Some(t) = self.until {
+            clauses.push(format!("failed_at_us < {t}"));
+        }
+        clauses.join(" AND ")
+    }
+}
+
+/// One line of `list`.
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+pub struct Group {
+    pub source: String,
+    pub reason: String,
+    pub count: u64,
+    pub first: u32,
+    pub last: u32,
+}
+
+/// Dead letters by source and reason, most first.
+pub async fn list(c: &Config, sel: &Selection) -> Result<Vec<Group>, clickhouse::error::Error> {
+    c.clickhouse(false)
+        .query(&format!(
+            "SELECT source, reason, count() AS count, toUInt32(min(failed_time)) AS first, \
+             toUInt32(max(failed_time)) AS last FROM `{}`.dead_letters WHERE {} \
+             GROUP BY source, reason ORDER BY count DESC, source, reason",
+            c.database,
+            sel.filter()
+        ))
+        .fetch_all()
+        .await
+}
+
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+struct Letter {
+    source: String,
+    source_topic: Option<String>,
+    app_id: Option<String>,
+    event_id: Option<String>,
+    failed_at_us: i64,
+    payload: Bytes,
+    envelope: String,
+}
+
+/// What a redrive did (or, dry, would do).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Produced again, by destination topic.
+    pub sent: BTreeMap<String, usize>,
+    /// Its event is already in `context.events`, or it was selected twice.
+    pub already_stored: usize,
+    /// A gateway reject still invalid, by its reason now.
+    pub still_rejected: BTreeMap<String, usize>,
+    /// Cannot be rebuilt: a gateway reject without its envelope (older than
+    /// envelopes in dead letters), or another without a source topic.
+    pub not_rebuildable: usize,
+}
+
+impl Outcome {
+    pub fn summary(&self, dry_run: bool) -> String {
+        let verb = if dry_run { "would send" } else { "sent" };
+        let sent: Vec<String> = self.sent.iter().map(|(t, n)| format!("{n} to {t}")).collect();
+        let still: Vec<String> = self.still_rejected.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        format!(
+            "{verb}: {}; already stored: {}; still rejected: {}; not rebuildable: {}",
+            if sent.is_empty() {
+                "none".into()
+            } else {
+                sent.join(", ")
+            },
+            self.already_stored,
+            if still.is_empty() {
+                "none".into()
+            } else {
+                still.join(", ")
+            },
+            self.not_rebuildable
+        )
+    }
+}
+
+/// Sends the selected dead letters again (unless `dry_run`).
+pub async fn redrive(c: &Config, sel: &Selection, dry_run: bool) -> anyhow::Result<Outcome> {
+    let reader = c.clickhouse(false);
+    let registry = schema_registry::RegistryClient::new(&c.registry_url)?;
+    let mut letters: Vec<Letter> = reader
+        .query(&format!(
+            "SELECT source, source_topic, app_id, event_id, failed_at_us, payload, envelope \
+             FROM `{}`.dead_letters WHERE {} ORDER BY failed_at_us LIMIT {}",
+            c.database,
+            sel.filter(),
+            sel.limit
+        ))
+        .fetch_all()
+        .await?;
+    // A record of the events topic given up on without its event id (the
+    // sink's own dead letters): its id is in its bytes.
+    for l in &mut letters {
+        if l.event_id.is_none() && l.source_topic.as_deref() == Some(c.events_topic.as_str()) {
+            if let Ok((_, e)) = registry.decode::<ContextEvent>(&l.payload.0).await {
+                l.event_id = Some(e.event_id.to_string());
+            }
+        }
+    }
+    // Events already stored are not sent again.
+    let ids: Vec<String> = letters.iter().filter_map(|l| l.event_id.clone()).collect();
+    let mut stored: HashSet<String> = HashSet::new();
+    for chunk in ids.chunks(1000) {
+        let list: Vec<String> = chunk
+            .iter()
+            .filter(|id| uuid::Uuid::parse_str(id).is_ok())
+            .map(|id| format!("toUUID('{id}')"))
+            .collect();
+        if list.is_empty() {
+            continue;
+        }
+        let found: Vec<String> = reader
+            .query(&format!(
+                "SELECT DISTINCT toString(event_id) FROM `{}`.events WHERE event_id IN ({})",
+                c.database,
+                list.join(", ")
+            ))
+            .fetch_all()
+            .await?;
+        stored.extend(found);
+    }
+
+    let schema_id = if letters.iter().any(|l| l.source == "ingest-gateway") {
+        Some(
+            registry
+                .register(&format!("{}-value", c.events_topic), ContextEvent::AVSC)
+                .await?,
+        )
+    } else {
+        None
+    };
+    let gateway = ingest_gateway::Config::default();
+    let validator = Validator::new(gateway.limits.clone(), gateway.max_future, gateway.max_age);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &c.kafka_bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("compression.type", "zstd")
+        .set("message.max.bytes", (64 << 20).to_string())
+        .create()?;
+
+    let mut outcome = Outcome::default();
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    let mut pending = Vec::new();
+    for l in letters {
+        let identity = match &l.event_id {
+            Some(id) => id.as_bytes().to_vec(),
+            None => l.payload.0.clone(),
+        };
+        if l.event_id.as_ref().is_some_and(|id| stored.contains(id)) || !seen.insert(identity) {
+            outcome.already_stored += 1;
+            continue;
+        }
+        let (topic, key, value) = if l.source == "ingest-gateway" {
+            if l.envelope.is_empty() {
+                outcome.not_rebuildable += 1;
+                continue;
+            }
+            match rebuild(&l, &validator, schema_id.unwrap_or_default()) {
+                Ok((key, value)) => (c.events_topic.clone(), Some(key), value),
+                Err(reason) => {
+                    *outcome.still_rejected.entry(reason).or_default() += 1;
+                    continue;
+                }
+            }
+        } else {
+            match &l.source_topic {
+                Some(t) if !t.is_empty() => (t.clone(), None, l.payload.0.clone()),
+                _ => {
+                    outcome.not_rebuildable += 1;
+                    continue;
+                }
+            }
+        };
+        *outcome.sent.entry(topic.clone()).or_default() += 1;
+        if dry_run {
+            continue;
+        }
+        let mut record = FutureRecord::to(&topic).payload(&value);
+        if let Some(k) = &key {
+            record = record.key(k);
+        }
+        let delivery = loop {
+            match producer.send_result(record) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err((e, _)) => anyhow::bail!("Kafka did not take a redriven record: {e}"),
+            }
+        };
+        pending.push(delivery);
+    }
+    for p in pending {
+        p.await
+            .map_err(|_| anyhow::anyhow!("the producer stopped before every redriven record was delivered"))?
+            .map_err(|(e, _)| anyhow::anyhow!("Kafka did not take a redriven record: {e}"))?;
+    }
+    Ok(outcome)
+}
+
+/// A gateway reject as a one-event batch, validated as the gateway does:
+/// the Kafka key and record, or the reason it is still refused.
+fn rebuild(l: &Letter, validator: &Validator, schema_id: u32) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let mut batch: serde_json::Value =
+        serde_json::from_str(&l.envelope).map_err(|e| format!("unreadable_envelope ({e})"))?;
+    let event: serde_json::Value = serde_json::from_slice(&l.payload.0).map_err(|_| "malformed_event".to_owned())?;
+    batch["events"] = serde_json::Value::Array(vec![event]);
+    let body = batch.to_string();
+    let app_id = l.app_id.as_deref().unwrap_or("unknown");
+    // Received when it was first dead-lettered: the same skew correction.
+    let prepared = ingest_gateway::pipeline::prepare(
+        body.as_bytes(),
+        Encoding::Identity,
+        app_id,
+        l.failed_at_us,
+        None,
+        validator,
+        schema_id,
+    )
+    .map_err(|e| format!("not_a_batch ({e})"))?;
+    match (
+        prepared.accepted.into_iter().next(),
+        prepared.rejected.into_iter().next(),
+    ) {
+        (Some(record), _) => Ok((prepared.key, record)),
+        (None, Some(r)) => Err(r.rejection.reason.to_owned()),
+        (None, None) => Err("empty".into()),
+    }
+}

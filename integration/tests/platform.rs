@@ -78,6 +78,27 @@ async fn platform_up_runs_everything_ready_twice_and_down_stops_only_the_service
     let logs = platform(&["logs"]);
     assert!(logs.contains("gateway.log"), "{logs}");
 
+    // --lan: the gateway again, on all interfaces over HTTPS with a
+    // self-signed certificate whose fingerprint is printed.
+    let lan = platform(&["up", "--lan"]);
+    assert!(
+        lan.contains("sha256 Fingerprint=") || lan.contains("SHA256 Fingerprint="),
+        "{lan}"
+    );
+    let https = Command::new("curl")
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "https://127.0.0.1:8443/readyz",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&https.stdout), "200", "{lan}");
+    platform(&["up"]);
+
     let down = platform(&["down"]);
     let status = platform(&["status"]);
     for s in ["gateway", "router", "enrich", "sink"] {

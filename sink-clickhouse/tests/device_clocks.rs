@@ -9,29 +9,21 @@ mod common;
 use std::time::Duration;
 
 use common::setup;
-use context_integration::{clickhouse_reader, producer};
+use context_integration::clickhouse_reader;
 use context_schemas::sample::{self, SampleOptions};
 use context_schemas::AvroRecord;
-use rdkafka::producer::FutureRecord;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_spanning_150_device_clock_months_is_inserted_whole() {
     let s = setup().await;
-    let p = producer().unwrap();
     let month = 31 * 86_400 * 1_000_000i64;
     let base = 946_684_800_000_000i64; // 2000-01-01
     for i in 0..150i64 {
         let mut e = sample::event(70_000 + i as u64, &SampleOptions::default());
         e.client_timestamp = base + i * month;
         e.timestamp = e.client_timestamp;
-        let payload = e.to_wire(s.event_schema_id).unwrap();
-        p.send(
-            FutureRecord::to(&s.events_topic).key("k").payload(&payload),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+        s.produce_raw(&s.events_topic, &e.to_wire(s.event_schema_id).unwrap(), &[])
+            .await;
     }
     let mut config = s.config();
     config.batch.max_rows = 1000; // all 150 in one batch
@@ -54,7 +46,6 @@ async fn a_batch_spanning_150_device_clock_months_is_inserted_whole() {
 #[tokio::test(flavor = "multi_thread")]
 async fn absurd_device_clocks_share_one_sentinel_partition_and_keep_their_times() {
     let s = setup().await;
-    let p = producer().unwrap();
     let absurd = [
         -86_400_000_000i64,      // 1969-12-31
         0,                       // a reset clock
@@ -66,14 +57,8 @@ async fn absurd_device_clocks_share_one_sentinel_partition_and_keep_their_times(
         let mut e = sample::event(71_000 + i as u64, &SampleOptions::default());
         e.client_timestamp = *t;
         e.time_suspect = true;
-        let payload = e.to_wire(s.event_schema_id).unwrap();
-        p.send(
-            FutureRecord::to(&s.events_topic).key("k").payload(&payload),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+        s.produce_raw(&s.events_topic, &e.to_wire(s.event_schema_id).unwrap(), &[])
+            .await;
     }
     let running = sink_clickhouse::start(s.config().checked().unwrap(), None)
         .await

@@ -5,6 +5,8 @@
 //! Endpoints come from `KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`) and
 //! `CLICKHOUSE_URL` (default `http://127.0.0.1:8123`).
 
+pub mod fleet;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;

@@ -56,6 +56,25 @@ pub fn stack(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Runs `scripts/platform <args>` on the debug builds the tests made
+/// (`PLATFORM_PROFILE=debug PLATFORM_NO_BUILD=1`) and returns its output;
+/// panics with that output when it fails.
+pub fn platform(args: &[&str]) -> String {
+    let out = Command::new(repo_root().join("scripts/platform"))
+        .args(args)
+        .env("PLATFORM_PROFILE", "debug")
+        .env("PLATFORM_NO_BUILD", "1")
+        .output()
+        .expect("running scripts/platform");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "scripts/platform {args:?} failed:\n{text}");
+    text
+}
+
 fn base_config() -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", kafka_bootstrap());

@@ -6,24 +6,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use context_integration::repo_root;
+use context_integration::{platform, repo_root};
 use context_schemas::sample::{self, SampleOptions};
-
-fn platform(args: &[&str]) -> String {
-    let out = Command::new(repo_root().join("scripts/platform"))
-        .args(args)
-        .env("PLATFORM_PROFILE", "debug")
-        .env("PLATFORM_NO_BUILD", "1")
-        .output()
-        .expect("running scripts/platform");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "scripts/platform {args:?} failed:\n{text}");
-    text
-}
 
 fn pids() -> Vec<String> {
     ["gateway", "router", "enrich", "sink"]

@@ -1,0 +1,167 @@
+//! The fault suite: the whole platform (`scripts/platform`, debug builds)
+//! under a simulated fleet's load while its parts fail, then
+//! `devicesim verify`: every acknowledged event stored exactly once, every
+//! motion event tagged, every device queue drained, with no manual step.
+//!
+//! The short suite (always): `kill -9` of the gateway, the sink, the router
+//! and the tagger, each restarted by `scripts/platform up`; a registry
+//! restart; `kill -9` of the fleet itself, whose queued batches a second run
+//! sends. `CONTEXT_FAULTS=full` (`scripts/test --full`) adds the broker
+//! stopped 20 s, ClickHouse stopped 30 s, and a second sink and router
+//! replica joining and leaving.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use context_integration::{platform, repo_root, stack};
+
+fn devicesim() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_devicesim"));
+    cmd.current_dir(repo_root());
+    cmd
+}
+
+fn fleet(state: &Path, extra: &[&str]) -> Child {
+    let key = std::fs::read_to_string(repo_root().join(".stack/platform/api-key")).expect("the platform's key");
+    devicesim()
+        .args(["run", "--key", key.trim(), "--state"])
+        .arg(state)
+        .args(["--devices", "4", "--events", "5-20", "--max-seconds", "600"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting devicesim")
+}
+
+fn finish(child: Child, what: &str) -> String {
+    let out = child.wait_with_output().expect("waiting for devicesim");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{what}: devicesim run failed:\n{text}");
+    text
+}
+
+fn pid(service: &str) -> String {
+    std::fs::read_to_string(repo_root().join(format!(".stack/platform/{service}.pid")))
+        .expect("a pid file")
+        .trim()
+        .to_owned()
+}
+
+fn kill(signal: &str, pid: &str) {
+    let status = Command::new("kill").args([signal, pid]).status().expect("kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+fn pause(secs: u64) {
+    std::thread::sleep(Duration::from_secs(secs));
+}
+
+/// A second replica of `service` (sink or router) with the platform's
+/// config, its own admin port (and transactional id).
+fn replica(service: &str) -> Child {
+    let dir = repo_root().join(".stack/platform");
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_devicesim")).with_file_name(match service {
+        "sink" => "sink-clickhouse",
+        _ => "stream-router",
+    });
+    let mut cmd = Command::new(bin);
+    cmd.arg("run").arg("--config").arg(dir.join(format!("{service}.toml")));
+    match service {
+        "sink" => cmd.env("SINK_ADMIN_LISTEN", "127.0.0.1:9112"),
+        _ => cmd
+            .env("ROUTER_ADMIN_LISTEN", "127.0.0.1:9111")
+            .env("ROUTER_TRANSACTIONAL_ID", "stream-router-platform-2"),
+    };
+    let log = std::fs::File::create(dir.join(format!("{service}-2.log"))).expect("replica log");
+    cmd.stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("starting a replica")
+}
+
+fn verify(state: &Path) {
+    let out = devicesim()
+        .args(["verify", "--wait", "300", "--state"])
+        .arg(state)
+        .output()
+        .expect("devicesim verify");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "devicesim verify found losses:\n{text}");
+    assert!(text.contains("verify: OK"), "{text}");
+}
+
+#[test]
+fn the_fleet_loses_nothing_while_the_platform_fails_around_it() {
+    let full = std::env::var("CONTEXT_FAULTS").is_ok_and(|v| v == "full");
+    platform(&["up"]);
+    let state = std::env::temp_dir().join(format!("devicesim-faults-{}", uuid::Uuid::new_v4().simple()));
+    let started = Instant::now();
+
+    // 1. Each service killed -9 under load and brought back by `up`.
+    let run = fleet(
+        &state,
+        &["--sessions", "100000", "--duration", if full { "150" } else { "45" }],
+    );
+    pause(4);
+    for service in ["gateway", "sink", "router", "enrich"] {
+        eprintln!("[faults] kill -9 {service}");
+        kill("-9", &pid(service));
+        pause(2);
+        platform(&["up"]);
+        pause(3);
+    }
+    eprintln!("[faults] registry restart");
+    stack(&["down", "registry"]).unwrap();
+    pause(2);
+    stack(&["up", "registry"]).unwrap();
+    if full {
+        eprintln!("[faults] broker stopped 20 s");
+        stack(&["down", "broker"]).unwrap();
+        pause(20);
+        stack(&["up", "broker"]).unwrap();
+        pause(5);
+        eprintln!("[faults] ClickHouse stopped 30 s");
+        stack(&["down", "clickhouse"]).unwrap();
+        pause(30);
+        stack(&["up", "clickhouse"]).unwrap();
+        pause(5);
+        eprintln!("[faults] a second sink and router replica join, then leave");
+        let (sink, router) = (replica("sink"), replica("router"));
+        pause(20);
+        for mut r in [sink, router] {
+            kill("-TERM", &r.id().to_string());
+            let status = r.wait().unwrap();
+            assert!(status.success(), "a replica did not stop cleanly: {status}");
+        }
+    }
+    let report = finish(run, "under service faults");
+    eprintln!("{report}");
+
+    // 2. The fleet itself killed -9 while the gateway is away and batches
+    // pile up in its queues: a second run sends them once it is back.
+    kill("-9", &pid("gateway"));
+    let mut run = fleet(&state, &["--sessions", "100000", "--rate", "400", "--duration", "8"]);
+    pause(4);
+    kill("-9", &run.id().to_string());
+    let _ = run.wait();
+    platform(&["up"]);
+    let drained = finish(fleet(&state, &["--sessions", "0"]), "draining after the fleet's crash");
+    let sent: u64 = drained
+        .lines()
+        .find_map(|l| l.strip_prefix("acknowledged ")?.split(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(sent > 0, "nothing was queued when the fleet was killed:\n{drained}");
+    assert!(drained.contains("still queued: 0"), "{drained}");
+
+    verify(&state);
+    eprintln!("[faults] done in {:.0} s", started.elapsed().as_secs_f64());
+    platform(&["down"]);
+    let _ = std::fs::remove_dir_all(&state);
+}

@@ -28,14 +28,21 @@ pub enum ApiError {
     ShuttingDown,
     #[error("{reason}; nothing is lost by retrying this batch")]
     Unavailable { reason: String, retry_after: u64 },
-    /// Kafka refuses the records for good (size limit of the topic, missing
-    /// topic, no permission): an operator must act; nothing was
-    /// acknowledged, so the client keeps the batch and sends it again later.
+    /// Kafka refuses the records for good (size limit of the topic, no
+    /// permission, a policy): an operator must act; nothing was
+    /// acknowledged, so the client keeps the batch and sends it again after
+    /// [`KAFKA_REFUSED_RETRY_AFTER`]. (A missing topic is not for good: it
+    /// may be being created or moved, and is answered 503.)
     #[error("Kafka refuses this batch until the gateway's topics or permissions are fixed: {0}; nothing of it was stored, keep it and send it again later")]
     KafkaRefused(String),
     #[error("{0}")]
     Internal(String),
 }
+
+/// Seconds a client waits before resending a batch Kafka refused for good:
+/// long, because a person must change the topic or the permissions first,
+/// and a phone's retries should not hammer the gateway meanwhile.
+pub const KAFKA_REFUSED_RETRY_AFTER: u64 = 900;
 
 impl ApiError {
     /// The `error` field of the JSON body.
@@ -62,6 +69,7 @@ impl ApiError {
         match self {
             ApiError::RateLimited { retry_after, .. } | ApiError::Unavailable { retry_after, .. } => Some(*retry_after),
             ApiError::Busy | ApiError::ShuttingDown => Some(1),
+            ApiError::KafkaRefused(_) => Some(KAFKA_REFUSED_RETRY_AFTER),
             _ => None,
         }
     }

@@ -49,8 +49,6 @@ impl ProduceError {
                 Some(
                     C::MessageSizeTooLarge
                         | C::InvalidMessageSize
-                        | C::UnknownTopicOrPartition
-                        | C::UnknownTopic
                         | C::TopicAuthorizationFailed
                         | C::ClusterAuthorizationFailed
                         | C::PolicyViolation

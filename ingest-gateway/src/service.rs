@@ -234,12 +234,16 @@ async fn post_batch(
     // The time of this attempt, set by the client on every send (SPEC's
     // client contract): a body stored and resent hours later keeps its
     // capture times instead of having the delay added as clock skew.
-    let sent_at = header(&req, "x-sent-at")
-        .map(|v| {
-            crate::validate::parse_time(v.trim())
-                .map_err(|e| BatchError::NotABatch(format!("the X-Sent-At header: {e}")))
-        })
-        .transpose()?;
+    // A malformed header falls back to the body's `sent_at`: a 400 would
+    // make the client delete a batch whose events are fine.
+    let sent_at = header(&req, "x-sent-at").and_then(|v| match crate::validate::parse_time(v.trim()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            metrics::counter!("gateway_sent_at_header_malformed_total").increment(1);
+            tracing::debug!(header = v, error = %e, "malformed X-Sent-At; using the body's sent_at");
+            None
+        }
+    });
     let ring = gw.keys.current();
     let app = match ring.check(header(&req, "authorization")) {
         Auth::Missing => return Err(ApiError::MissingKey),

@@ -6,6 +6,7 @@
 //! `CLICKHOUSE_URL` (default `http://127.0.0.1:8123`).
 
 pub mod fleet;
+pub mod measure;
 
 use std::path::PathBuf;
 use std::process::Command;

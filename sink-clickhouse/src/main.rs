@@ -86,9 +86,14 @@ enum DeadLettersCommand {
         /// At most this many dead letters, oldest first.
         #[arg(long, default_value_t = 100_000)]
         limit: u64,
-        /// Only say what would be sent.
+        /// Only say what would be sent (registers nothing, sends nothing).
         #[arg(long)]
         dry_run: bool,
+        /// The gateway's configuration file, so that rejects are validated
+        /// again with its limits (with INGEST_* overrides, as the gateway
+        /// reads them); the gateway's defaults without it.
+        #[arg(long, value_name = "FILE")]
+        gateway_config: Option<std::path::PathBuf>,
     },
 }
 
@@ -116,9 +121,14 @@ fn selection(f: &Filter, limit: u64) -> Result<sink_clickhouse::redrive::Selecti
 }
 
 async fn dead_letters(command: DeadLettersCommand) -> ExitCode {
-    let (filter, limit, dry_run, redrive) = match &command {
-        DeadLettersCommand::List { filter } => (filter, 0, true, false),
-        DeadLettersCommand::Redrive { filter, limit, dry_run } => (filter, *limit, *dry_run, true),
+    let (filter, limit, dry_run, redrive, gateway_config) = match &command {
+        DeadLettersCommand::List { filter } => (filter, 0, true, false, None),
+        DeadLettersCommand::Redrive {
+            filter,
+            limit,
+            dry_run,
+            gateway_config,
+        } => (filter, *limit, *dry_run, true, gateway_config.as_deref()),
     };
     let c = match settings(filter.config.clone()) {
         Ok(c) => c,
@@ -155,7 +165,14 @@ async fn dead_letters(command: DeadLettersCommand) -> ExitCode {
             }
         };
     }
-    match sink_clickhouse::redrive::redrive(&c, &sel, dry_run).await {
+    let gateway = match context_runtime::config::load::<ingest_gateway::Config>(gateway_config) {
+        Ok(loaded) => loaded.config,
+        Err(e) => {
+            eprintln!("sink-clickhouse dead-letters redrive: the gateway's configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match sink_clickhouse::redrive::redrive(&c, &sel, dry_run, &gateway).await {
         Ok(outcome) => {
             println!("{}", outcome.summary(dry_run));
             ExitCode::SUCCESS

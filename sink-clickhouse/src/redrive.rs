@@ -10,9 +10,13 @@
 //! - any other (the sink's, the router's, the tagger's) is produced, bytes
 //!   unchanged, to the topic it was read from (`source_topic`).
 //!
-//! It is idempotent by `event_id`: an event already in `context.events` is
-//! skipped, and what is sent twice anyway merges away by `event_id`
-//! downstream.
+//! It is idempotent by `event_id`: an event (a gateway reject or a record
+//! of the events topic) already in `context.events` is skipped, and what is
+//! sent twice anyway merges away by `event_id` downstream. The router's and
+//! the tagger's letters are always sent: their outputs merge by `event_id`
+//! (and model version). Dead letters are never deleted, so a second redrive
+//! with the same selection reads the same letters again and skips what is
+//! stored; move `--since` on to go further.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -132,11 +136,20 @@ impl Outcome {
     }
 }
 
-/// Sends the selected dead letters again (unless `dry_run`).
-pub async fn redrive(c: &Config, sel: &Selection, dry_run: bool) -> anyhow::Result<Outcome> {
+/// Letters read, checked and sent per step: the memory a redrive holds.
+const CHUNK: usize = 1000;
+
+/// Sends the selected dead letters again (unless `dry_run`), oldest first,
+/// [`CHUNK`] at a time. Gateway rejects are validated with `gateway`'s
+/// limits (the running gateway's configuration, for the same verdicts).
+pub async fn redrive(
+    c: &Config,
+    sel: &Selection,
+    dry_run: bool,
+    gateway: &ingest_gateway::Config,
+) -> anyhow::Result<Outcome> {
     let reader = c.clickhouse(false);
-    let registry = schema_registry::RegistryClient::new(&c.registry_url)?;
-    let mut letters: Vec<Letter> = reader
+    let mut cursor = reader
         .query(&format!(
             "SELECT source, source_topic, app_id, event_id, failed_at_us, payload, envelope \
              FROM `{}`.dead_letters WHERE {} ORDER BY failed_at_us LIMIT {}",
@@ -144,118 +157,187 @@ pub async fn redrive(c: &Config, sel: &Selection, dry_run: bool) -> anyhow::Resu
             sel.filter(),
             sel.limit
         ))
-        .fetch_all()
-        .await?;
-    // A record of the events topic given up on without its event id (the
-    // sink's own dead letters): its id is in its bytes.
-    for l in &mut letters {
-        if l.event_id.is_none() && l.source_topic.as_deref() == Some(c.events_topic.as_str()) {
-            if let Ok((_, e)) = registry.decode::<ContextEvent>(&l.payload.0).await {
-                l.event_id = Some(e.event_id.to_string());
-            }
-        }
-    }
-    // Events already stored are not sent again.
-    let ids: Vec<String> = letters.iter().filter_map(|l| l.event_id.clone()).collect();
-    let mut stored: HashSet<String> = HashSet::new();
-    for chunk in ids.chunks(1000) {
-        let list: Vec<String> = chunk
-            .iter()
-            .filter(|id| uuid::Uuid::parse_str(id).is_ok())
-            .map(|id| format!("toUUID('{id}')"))
-            .collect();
-        if list.is_empty() {
-            continue;
-        }
-        let found: Vec<String> = reader
-            .query(&format!(
-                "SELECT DISTINCT toString(event_id) FROM `{}`.events WHERE event_id IN ({})",
-                c.database,
-                list.join(", ")
-            ))
-            .fetch_all()
-            .await?;
-        stored.extend(found);
-    }
-
-    let schema_id = if letters.iter().any(|l| l.source == "ingest-gateway") {
-        Some(
-            registry
-                .register(&format!("{}-value", c.events_topic), ContextEvent::AVSC)
-                .await?,
-        )
-    } else {
-        None
+        .fetch::<Letter>()?;
+    let mut run = Redrive {
+        c,
+        dry_run,
+        registry: schema_registry::RegistryClient::new(&c.registry_url)?,
+        validator: Validator::new(gateway.limits.clone(), gateway.max_future, gateway.max_age),
+        producer: ClientConfig::new()
+            .set("bootstrap.servers", &c.kafka_bootstrap)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("compression.type", "zstd")
+            .set("message.max.bytes", (64 << 20).to_string())
+            .create()?,
+        schema_id: None,
+        seen: HashSet::new(),
+        outcome: Outcome::default(),
     };
-    let gateway = ingest_gateway::Config::default();
-    let validator = Validator::new(gateway.limits.clone(), gateway.max_future, gateway.max_age);
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &c.kafka_bootstrap)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("compression.type", "zstd")
-        .set("message.max.bytes", (64 << 20).to_string())
-        .create()?;
-
-    let mut outcome = Outcome::default();
-    let mut seen: HashSet<Vec<u8>> = HashSet::new();
-    let mut pending = Vec::new();
-    for l in letters {
-        let identity = match &l.event_id {
-            Some(id) => id.as_bytes().to_vec(),
-            None => l.payload.0.clone(),
-        };
-        if l.event_id.as_ref().is_some_and(|id| stored.contains(id)) || !seen.insert(identity) {
-            outcome.already_stored += 1;
-            continue;
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut read = 0usize;
+    loop {
+        let next = cursor.next().await?;
+        let end = next.is_none();
+        if let Some(l) = next {
+            chunk.push(l);
         }
-        let (topic, key, value) = if l.source == "ingest-gateway" {
-            if l.envelope.is_empty() {
-                outcome.not_rebuildable += 1;
+        if chunk.len() >= CHUNK || (end && !chunk.is_empty()) {
+            read += chunk.len();
+            run.chunk(std::mem::take(&mut chunk)).await?;
+            eprintln!("[redrive] {read} dead letters read; {}", run.outcome.summary(dry_run));
+        }
+        if end {
+            return Ok(run.outcome);
+        }
+    }
+}
+
+struct Redrive<'a> {
+    c: &'a Config,
+    dry_run: bool,
+    registry: schema_registry::RegistryClient,
+    validator: Validator,
+    producer: FutureProducer,
+    schema_id: Option<u32>,
+    /// What was sent (or skipped) already in this run: its destination and
+    /// event id, or its bytes when it has no id.
+    seen: HashSet<Vec<u8>>,
+    outcome: Outcome,
+}
+
+impl Redrive<'_> {
+    /// Whether a letter is an event of the events topic (a gateway reject,
+    /// or a record of that topic), the kind `context.events` can already
+    /// hold. The router's and the tagger's letters are not checked: what
+    /// they lead to (windows, tags) merges away downstream.
+    fn is_event(&self, l: &Letter) -> bool {
+        l.source == "ingest-gateway" || l.source_topic.as_deref() == Some(self.c.events_topic.as_str())
+    }
+
+    async fn chunk(&mut self, mut letters: Vec<Letter>) -> anyhow::Result<()> {
+        let c = self.c;
+        // A record of the events topic given up on without its event id (the
+        // sink's own dead letters): its id is in its bytes. A registry that is
+        // away stops the redrive rather than skip the check.
+        for l in &mut letters {
+            if l.event_id.is_none() && l.source_topic.as_deref() == Some(c.events_topic.as_str()) {
+                match self.registry.decode::<ContextEvent>(&l.payload.0).await {
+                    Ok((_, e)) => l.event_id = Some(e.event_id.to_string()),
+                    Err(e) if e.is_retryable() => {
+                        anyhow::bail!("reading an event id from a dead letter's bytes: {e}; nothing further was sent")
+                    }
+                    Err(_) => {}
+                }
+            }
+            // One spelling per id, so that the same event is recognised.
+            l.event_id = l
+                .event_id
+                .take()
+                .map(|id| uuid::Uuid::parse_str(&id).map(|u| u.to_string()).unwrap_or(id));
+        }
+        // Events already stored are not sent again.
+        let ids: Vec<&String> = letters
+            .iter()
+            .filter(|l| self.is_event(l))
+            .filter_map(|l| l.event_id.as_ref())
+            .filter(|id| uuid::Uuid::parse_str(id).is_ok())
+            .collect();
+        let mut stored: HashSet<String> = HashSet::new();
+        if !ids.is_empty() {
+            let list: Vec<String> = ids.iter().map(|id| format!("toUUID('{id}')")).collect();
+            let found: Vec<String> = c
+                .clickhouse(false)
+                .query(&format!(
+                    "SELECT DISTINCT toString(event_id) FROM `{}`.events WHERE event_id IN ({})",
+                    c.database,
+                    list.join(", ")
+                ))
+                .fetch_all()
+                .await?;
+            stored.extend(found);
+        }
+        if self.schema_id.is_none() && letters.iter().any(|l| l.source == "ingest-gateway") {
+            let subject = format!("{}-value", c.events_topic);
+            // A dry run registers nothing: the id only goes into records it
+            // does not send.
+            self.schema_id = Some(if self.dry_run {
+                self.registry
+                    .lookup(&subject, ContextEvent::AVSC)
+                    .await?
+                    .unwrap_or_default()
+            } else {
+                self.registry.register(&subject, ContextEvent::AVSC).await?
+            });
+        }
+
+        let mut pending = Vec::new();
+        for l in letters {
+            let valid_id = l.event_id.as_ref().filter(|id| uuid::Uuid::parse_str(id).is_ok());
+            // Where it goes and what it is: an event and its motion window
+            // share an id but are not duplicates of each other.
+            let mut identity = if self.is_event(&l) {
+                b"event".to_vec()
+            } else {
+                l.source_topic.clone().unwrap_or_default().into_bytes()
+            };
+            identity.push(0);
+            match valid_id {
+                Some(id) => identity.extend_from_slice(id.as_bytes()),
+                None => identity.extend_from_slice(&l.payload.0),
+            }
+            if (self.is_event(&l) && valid_id.is_some_and(|id| stored.contains(id))) || !self.seen.insert(identity) {
+                self.outcome.already_stored += 1;
                 continue;
             }
-            match rebuild(&l, &validator, schema_id.unwrap_or_default()) {
-                Ok((key, value)) => (c.events_topic.clone(), Some(key), value),
-                Err(reason) => {
-                    *outcome.still_rejected.entry(reason).or_default() += 1;
+            let (topic, key, value) = if l.source == "ingest-gateway" {
+                if l.envelope.is_empty() {
+                    self.outcome.not_rebuildable += 1;
                     continue;
                 }
-            }
-        } else {
-            match &l.source_topic {
-                Some(t) if !t.is_empty() => (t.clone(), None, l.payload.0.clone()),
-                _ => {
-                    outcome.not_rebuildable += 1;
-                    continue;
+                match rebuild(&l, &self.validator, self.schema_id.unwrap_or_default()) {
+                    Ok((key, value)) => (c.events_topic.clone(), Some(key), value),
+                    Err(reason) => {
+                        *self.outcome.still_rejected.entry(reason).or_default() += 1;
+                        continue;
+                    }
                 }
-            }
-        };
-        *outcome.sent.entry(topic.clone()).or_default() += 1;
-        if dry_run {
-            continue;
-        }
-        let mut record = FutureRecord::to(&topic).payload(&value);
-        if let Some(k) = &key {
-            record = record.key(k);
-        }
-        let delivery = loop {
-            match producer.send_result(record) {
-                Ok(delivery) => break delivery,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+            } else {
+                match &l.source_topic {
+                    Some(t) if !t.is_empty() => (t.clone(), None, l.payload.0.clone()),
+                    _ => {
+                        self.outcome.not_rebuildable += 1;
+                        continue;
+                    }
                 }
-                Err((e, _)) => anyhow::bail!("Kafka did not take a redriven record: {e}"),
+            };
+            *self.outcome.sent.entry(topic.clone()).or_default() += 1;
+            if self.dry_run {
+                continue;
             }
-        };
-        pending.push(delivery);
+            let mut record = FutureRecord::to(&topic).payload(&value);
+            if let Some(k) = &key {
+                record = record.key(k);
+            }
+            let delivery = loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => break delivery,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err((e, _)) => anyhow::bail!("Kafka did not take a redriven record: {e}"),
+                }
+            };
+            pending.push(delivery);
+        }
+        for p in pending {
+            p.await
+                .map_err(|_| anyhow::anyhow!("the producer stopped before every redriven record was delivered"))?
+                .map_err(|(e, _)| anyhow::anyhow!("Kafka did not take a redriven record: {e}"))?;
+        }
+        Ok(())
     }
-    for p in pending {
-        p.await
-            .map_err(|_| anyhow::anyhow!("the producer stopped before every redriven record was delivered"))?
-            .map_err(|(e, _)| anyhow::anyhow!("Kafka did not take a redriven record: {e}"))?;
-    }
-    Ok(outcome)
 }
 
 /// A gateway reject as a one-event batch, validated as the gateway does:

@@ -93,6 +93,26 @@ async fn dead_letters_are_redriven_once_their_cause_is_fixed() {
         }))
         .await
         .unwrap();
+    // A window the router could not deliver, of an event that will be
+    // stored: not the kind `context.events` holds, so sent every time
+    // (its tag merges by event_id downstream).
+    let motion_topic = unique("it_redrive_motion");
+    context_integration::create_topic(&motion_topic, 1).await.unwrap();
+    insert
+        .write(&DeadLetterRow::from_dead_letter(DeadLetter {
+            source: "stream-router".into(),
+            reason: "produce_failed".into(),
+            detail: "timed out".into(),
+            source_topic: Some(motion_topic.clone()),
+            source_partition: Some(0),
+            source_offset: Some(3),
+            app_id: Some("app-redrive".into()),
+            event_id: Some(events[0].event_id.to_string()),
+            failed_at: now(),
+            payload: b"window bytes".to_vec(),
+        }))
+        .await
+        .unwrap();
     insert.end().await.unwrap();
 
     // Both kinds are listed once the gateway's have reached ClickHouse.
@@ -110,19 +130,44 @@ async fn dead_letters_are_redriven_once_their_cause_is_fixed() {
     );
     assert!(listed.contains("refused_by_clickhouse"), "{listed}");
 
-    // The limit is fixed (redrive validates with the gateway's defaults).
+    // Validated with the running gateway's configuration, the limit still
+    // refuses them.
+    let gateway_config = dir.join("gateway.toml");
+    std::fs::write(&gateway_config, "[limits]\nmax_samples = 10\n").unwrap();
+    let unfixed = run(
+        &config,
+        &[
+            "redrive",
+            "--dry-run",
+            "--gateway-config",
+            gateway_config.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        unfixed.contains(&format!("1 to {}", s.events_topic)) && unfixed.contains("still rejected: 3 invalid_motion"),
+        "{unfixed}"
+    );
+
+    // The limit is fixed (the gateway's defaults).
     let dry = run(&config, &["redrive", "--dry-run"]);
-    assert!(dry.contains(&format!("would send: 4 to {}", s.events_topic)), "{dry}");
+    assert!(
+        dry.contains(&format!("4 to {}", s.events_topic)) && dry.contains(&format!("1 to {motion_topic}")),
+        "{dry}"
+    );
     assert_eq!(s.distinct_events().await, 0, "a dry run sends nothing");
 
     let sent = run(&config, &["redrive"]);
-    assert!(sent.contains(&format!("sent: 4 to {}", s.events_topic)), "{sent}");
+    assert!(
+        sent.contains(&format!("4 to {}", s.events_topic)) && sent.contains(&format!("1 to {motion_topic}")),
+        "{sent}"
+    );
     assert_eq!(s.wait_for_events(4, Duration::from_secs(120)).await, 4);
 
-    // Idempotent: what is stored is not sent again.
+    // Idempotent for events: what is stored is not sent again; the
+    // router's window is (its outputs merge downstream).
     let again = run(&config, &["redrive"]);
     assert!(
-        again.contains("sent: none") && again.contains("already stored: 4"),
+        again.contains(&format!("sent: 1 to {motion_topic}")) && again.contains("already stored: 4"),
         "{again}"
     );
 

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use context_schemas::sample::{self, SampleOptions};
 use context_schemas::{AvroRecord, ContextEvent};
 use ingest_gateway::sdk;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 
 /// A simulated device fleet and load generator for the ingest path.
@@ -296,33 +296,8 @@ async fn kafka(
         })
         .collect();
     let bytes: usize = payloads.iter().map(|(_, p)| p.len()).sum();
-    let started = Instant::now();
-    let mut pending = Vec::with_capacity(records);
-    for (key, payload) in &payloads {
-        loop {
-            match producer.send_result(FutureRecord::to(&topic).key(key).payload(payload)) {
-                Ok(f) => {
-                    pending.push(f);
-                    break;
-                }
-                Err((e, _)) => {
-                    // queue full: wait for deliveries, then retry
-                    if pending.len() > 1000 {
-                        for f in pending.drain(..) {
-                            f.await?.map_err(|(e, _)| e)?;
-                        }
-                    } else {
-                        eprintln!("produce: {e}");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            }
-        }
-    }
-    for f in pending {
-        f.await?.map_err(|(e, _)| e)?;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = context_integration::measure::produce_all(&producer, &topic, &payloads).await?;
+    let elapsed = elapsed.as_secs_f64();
     println!(
         "kafka: {records} records ({:.1} KB each) acknowledged in {elapsed:.2} s",
         bytes as f64 / records as f64 / 1e3

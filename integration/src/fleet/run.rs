@@ -41,7 +41,8 @@ pub struct RunOptions {
     /// device makes its next session when the previous one is acknowledged.
     pub rate: Option<f64>,
     /// Make every session first, then start sending (load tests: the
-    /// generator's CPU is not spent while measuring).
+    /// generator's CPU is not spent while measuring); with `rate`, the
+    /// made sessions are sent on the rate's schedule.
     pub pregenerate: bool,
     /// Sessions a device keeps queued at most; it stops making new ones
     /// while its queue is full (an SDK caps its disk use the same way).
@@ -112,6 +113,9 @@ struct Stats {
     answers: Mutex<BTreeMap<u16, u64>>,
     latency: Mutex<Vec<f64>>,
     delay: Mutex<Vec<f64>>,
+    /// The first request: rates count from here, not from the start of
+    /// a pregenerated run.
+    first_send: std::sync::OnceLock<Instant>,
 }
 
 /// The folder of device `index`.
@@ -191,7 +195,13 @@ pub async fn run(opts: RunOptions, shutdown: Shutdown) -> Result<Report> {
     for dir in device_dirs(&opts.state)? {
         queued += Queue::open(&dir)?.pending()?.len() as u64;
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = stats
+        .first_send
+        .get()
+        .copied()
+        .unwrap_or(started)
+        .elapsed()
+        .as_secs_f64();
     let acked = stats.acked.load(Relaxed) + stats.rejected.load(Relaxed);
     let latency = std::mem::take(&mut *stats.latency.lock().unwrap());
     let delay = std::mem::take(&mut *stats.delay.lock().unwrap());
@@ -279,6 +289,10 @@ async fn device(
             made += 1;
         }
         ready.wait().await;
+        // Pregenerated sessions are sent on the rate's schedule from here.
+        if let Some(i) = interval {
+            next_session = Instant::now() + i.mul_f64(index as f64 / count as f64);
+        }
     }
     let mut pending = queue.pending()?;
     loop {
@@ -317,6 +331,13 @@ async fn device(
             continue;
         }
         not_before = None;
+        if let (true, Some(i)) = (opts.pregenerate, interval) {
+            if now < next_session {
+                sleep_or_stop(next_session.min(deadline), &mut shutdown).await;
+                continue;
+            }
+            next_session += i;
+        }
         let (body, meta) = queue.load(seq)?;
         let mut req = client
             .post(format!("{}/v1/batch", opts.url.trim_end_matches('/')))
@@ -328,6 +349,7 @@ async fn device(
         if meta.gzip {
             req = req.header("Content-Encoding", "gzip");
         }
+        stats.first_send.get_or_init(Instant::now);
         stats.attempts.fetch_add(1, Relaxed);
         stats.bytes.fetch_add(body.len() as u64, Relaxed);
         let t = Instant::now();
@@ -422,7 +444,14 @@ async fn progress(stats: Arc<Stats>, started: Instant, devices: usize) {
     };
     loop {
         tokio::time::sleep(every).await;
-        let s = started.elapsed().as_secs_f64();
+        let s = stats
+            .first_send
+            .get()
+            .copied()
+            .unwrap_or(started)
+            .elapsed()
+            .as_secs_f64()
+            .max(1e-3);
         let acked = stats.acked.load(Relaxed) + stats.rejected.load(Relaxed);
         let line = format!(
             "[devicesim] {s:6.1} s  {devices} devices  sessions {}  acknowledged {} batches / {acked} events  retries {}  {:.0} events/s",

@@ -74,6 +74,10 @@ struct Cli {
     /// Where scripts/stack keeps the broker's and ClickHouse's pids.
     #[arg(long, default_value = ".stack")]
     stack_dir: PathBuf,
+    /// Measure nothing: write the Markdown report of an earlier run's JSON
+    /// (next to it, same name) and print it.
+    #[arg(long, value_name = "JSON")]
+    render: Option<PathBuf>,
 }
 
 const SERVICES: [&str; 6] = ["gateway", "router", "enrich", "sink", "broker", "clickhouse"];
@@ -188,6 +192,13 @@ fn report_json(r: &Report) -> Value {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(json) = &cli.render {
+        let r: Value = serde_json::from_slice(&std::fs::read(json).with_context(|| format!("reading {}", json.display()))?)?;
+        let md = markdown(&r);
+        std::fs::write(json.with_extension("md"), &md)?;
+        println!("{md}");
+        return Ok(());
+    }
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
     let key = std::fs::read_to_string(cli.platform_dir.join("api-key"))
         .context("reading the platform's API key (scripts/platform up writes it)")?;
@@ -597,13 +608,30 @@ fn markdown(r: &Value) -> String {
     s
 }
 
+/// The memory a service may need whatever this run measured: the bounds of
+/// docs/helm.md from the default settings (the gateway's bytes in flight plus
+/// its producer queue, the sink's three batches), 256 MiB otherwise.
+fn memory_bound_mib(service: &str) -> f64 {
+    match service {
+        // max_in_flight_bytes 256 MiB + queue_max_kbytes 256 MiB + ~100 MiB
+        "gateway" => 612.0,
+        // 3 sources × batch.max_bytes 128 MiB + 25 %
+        "sink" => 480.0,
+        // a batch of max_batch events in and out, plus librdkafka's buffers
+        "router" | "enrich" => 512.0,
+        _ => 256.0,
+    }
+}
+
 /// Cores, replicas and memory per service for three loads, from the
 /// measured CPU seconds per 1,000 events, at 60 % target utilisation.
 fn capacity(r: &Value) -> String {
     let mut s = String::from(
         "## Capacity\n\nDerived from the CPU seconds per 1,000 events above: cores = events/s ÷ 1,000 × CPU s per 1,000 ÷ 0.6 \
          (60 % target utilisation, headroom for bursts and rebalances); replicas of 1 core each, at least 2 for availability; \
-         memory per replica = 1.5 × the measured peak, at least 256 MiB. The tagger's cost assumes 30 % of events carry motion, as here. \
+         memory per replica = 1.5 × the measured peak, and at least the bound hostile load can reach (docs/helm.md: \
+         the gateway's `max_in_flight_bytes` + producer queue + 100 MiB = 612 MiB, the sink's 3 × `batch.max_bytes` + 25 % = 480 MiB, \
+         512 MiB for the router and the tagger with their default batches). The tagger's cost assumes 30 % of events carry motion, as here. \
          Partitions of `context.events.v1` ≥ 2 × the largest consumer group (sink, router) so a replica can join without a \
          reshuffle of everything; `context.motion.v1` ≥ 2 × tagger replicas.\n\n\
          | load | service | cores | replicas | memory per replica |\n| --- | --- | ---: | ---: | ---: |\n",
@@ -626,7 +654,7 @@ fn capacity(r: &Value) -> String {
             if p == "enrich" {
                 tagger = replicas;
             }
-            let mem = (f(&r["memory_mib"][p]["peak"]) * 1.5).max(256.0);
+            let mem = (f(&r["memory_mib"][p]["peak"]) * 1.5).max(memory_bound_mib(p));
             s += &format!(
                 "| {name} | {p} | {cores:.2} | {replicas:.0} | {:.0} MiB |\n",
                 (mem / 64.0).ceil() * 64.0

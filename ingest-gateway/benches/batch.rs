@@ -68,6 +68,19 @@ fn bench(c: &mut Criterion) {
                 p
             })
         });
+        // The ceiling in the same group: decompressing the same bytes and
+        // merely parsing them with serde_json into IgnoredAny (#16's goal 1
+        // is the full path at least this fast).
+        group.bench_with_input(
+            BenchmarkId::new("ceiling_decompress_ignored_any", name),
+            body,
+            |b, body| {
+                b.iter(|| {
+                    let json = ingest_gateway::batch::decompress(body, encoding, usize::MAX).unwrap();
+                    serde_json::from_slice::<serde::de::IgnoredAny>(&json).unwrap()
+                })
+            },
+        );
     }
     group.finish();
 

@@ -88,7 +88,10 @@ pub struct GroupSpec {
 pub struct Catalog {
     pub signals: Vec<SignalSpec>,
     pub groups: Vec<GroupSpec>,
-    by_name: HashMap<String, usize>,
+    /// Looked up once per signal of every event on the gateway's hot path:
+    /// foldhash, not SipHash. Only the catalogue's own names are inserted,
+    /// so a client's names cannot degrade it (no hash flooding).
+    by_name: HashMap<String, usize, foldhash::fast::RandomState>,
 }
 
 /// The catalogue of the embedded `context_event.avsc`, parsed once.
@@ -110,7 +113,7 @@ impl Catalog {
             .ok_or_else(|| SchemaError::Contract("ContextEvent has no `signals` field".into()))?;
         let mut signals = Vec::new();
         let mut groups = Vec::new();
-        let mut by_name = HashMap::new();
+        let mut by_name = HashMap::with_hasher(foldhash::fast::RandomState::default());
         for group in fields(&signals_field["type"], "signals")? {
             let group_name = str_attr(group, "name", "a signal group")?;
             let record = &group["type"];

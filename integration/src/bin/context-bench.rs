@@ -193,7 +193,8 @@ fn report_json(r: &Report) -> Value {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(json) = &cli.render {
-        let r: Value = serde_json::from_slice(&std::fs::read(json).with_context(|| format!("reading {}", json.display()))?)?;
+        let r: Value =
+            serde_json::from_slice(&std::fs::read(json).with_context(|| format!("reading {}", json.display()))?)?;
         let md = markdown(&r);
         std::fs::write(json.with_extension("md"), &md)?;
         println!("{md}");

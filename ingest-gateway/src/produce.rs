@@ -39,8 +39,10 @@ pub enum ProduceError {
 
 impl ProduceError {
     /// A refusal every retry of the same records meets until an operator
-    /// acts (a record over the topic's size limit, a missing topic, no
-    /// permission): not worth a `Retry-After`.
+    /// acts (a record over the topic's size limit, no permission, a policy):
+    /// answered with a long `Retry-After`, and it says nothing about the
+    /// broker's health. A missing topic is not one: it may be being created
+    /// or its leader moving.
     pub fn is_permanent(&self) -> bool {
         use RDKafkaErrorCode as C;
         match self {

@@ -40,25 +40,37 @@ pub fn memory_mib(pid: u32) -> Option<(f64, f64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// Resets a process's peak resident memory (`VmHWM`) to its current size,
+/// so that [`memory_mib`]'s peak covers what follows (Linux `clear_refs`;
+/// nothing happens without the right to write it).
+pub fn reset_peak_memory(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
 /// Produces every `(key, payload)` to `topic` and waits for every delivery;
 /// returns the time from the first send to the last acknowledgement. A full
-/// local queue waits for deliveries, as a producer under load must.
+/// local queue waits for the oldest delivery, as a producer under load must.
 pub async fn produce_all(producer: &FutureProducer, topic: &str, records: &[(String, Vec<u8>)]) -> Result<Duration> {
     let started = Instant::now();
-    let mut pending = Vec::with_capacity(records.len());
+    let mut pending = std::collections::VecDeque::with_capacity(records.len());
     for (key, payload) in records {
         loop {
             match producer.send_result(FutureRecord::to(topic).key(key).payload(payload)) {
                 Ok(delivery) => {
-                    pending.push(delivery);
+                    pending.push_back(delivery);
                     break;
                 }
                 Err((
                     rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
                     _,
                 )) => {
-                    for d in pending.drain(..) {
-                        d.await?.map_err(|(e, _)| e)?;
+                    // The oldest delivery frees room; waiting for all of
+                    // them would empty the pipeline.
+                    match pending.pop_front() {
+                        Some(d) => {
+                            d.await?.map_err(|(e, _)| e)?;
+                        }
+                        None => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
                     }
                 }
                 Err((e, _)) => return Err(e.into()),

@@ -42,6 +42,25 @@ fn finish(child: Child, what: &str) -> String {
     text
 }
 
+/// Stops a fleet with SIGINT (as Ctrl-C): it sends nothing more and leaves
+/// what is unsent queued; its report.
+fn interrupt(mut child: Child) -> String {
+    kill("-INT", &child.id().to_string());
+    let _ = child.wait();
+    let mut out = String::new();
+    use std::io::Read;
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Fails unless the fleet still runs: a fault without load proves nothing.
+fn still_running(child: &mut Child, before: &str) {
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the fleet stopped before {before}; the faults would not be under load"
+    );
+}
+
 fn pid(service: &str) -> String {
     std::fs::read_to_string(repo_root().join(format!(".stack/platform/{service}.pid")))
         .expect("a pid file")
@@ -104,24 +123,25 @@ fn the_fleet_loses_nothing_while_the_platform_fails_around_it() {
     let state = std::env::temp_dir().join(format!("devicesim-faults-{}", uuid::Uuid::new_v4().simple()));
     let started = Instant::now();
 
-    // 1. Each service killed -9 under load and brought back by `up`.
-    let run = fleet(
-        &state,
-        &["--sessions", "100000", "--duration", if full { "150" } else { "45" }],
-    );
+    // 1. Each service killed -9 under load and brought back by `up`; the
+    // fleet runs until every fault is over.
+    let mut run = fleet(&state, &["--sessions", "100000000", "--duration", "3600"]);
     pause(4);
     for service in ["gateway", "sink", "router", "enrich"] {
+        still_running(&mut run, &format!("kill -9 {service}"));
         eprintln!("[faults] kill -9 {service}");
         kill("-9", &pid(service));
         pause(2);
         platform(&["up"]);
         pause(3);
     }
+    still_running(&mut run, "the registry restart");
     eprintln!("[faults] registry restart");
     stack(&["down", "registry"]).unwrap();
     pause(2);
     stack(&["up", "registry"]).unwrap();
     if full {
+        still_running(&mut run, "the broker outage");
         eprintln!("[faults] broker stopped 20 s");
         stack(&["down", "broker"]).unwrap();
         pause(20);
@@ -141,8 +161,19 @@ fn the_fleet_loses_nothing_while_the_platform_fails_around_it() {
             assert!(status.success(), "a replica did not stop cleanly: {status}");
         }
     }
-    let report = finish(run, "under service faults");
+    pause(3);
+    still_running(&mut run, "the end of the faults");
+    let report = interrupt(run);
     eprintln!("{report}");
+    // The gateway's kill -9 cost answers: the fleet retried.
+    let retries: u64 = report
+        .split("retries ")
+        .nth(1)
+        .and_then(|r| r.split(',').next()?.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(retries > 0, "no retry under the faults:\n{report}");
+    let drained = finish(fleet(&state, &["--sessions", "0"]), "draining after the faults");
+    assert!(drained.contains("still queued: 0"), "{drained}");
 
     // 2. The fleet itself killed -9 while the gateway is away and batches
     // pile up in its queues: a second run sends them once it is back.

@@ -207,12 +207,15 @@ struct Redrive<'a> {
 }
 
 impl Redrive<'_> {
-    /// Whether a letter is an event of the events topic (a gateway reject,
-    /// or a record of that topic), the kind `context.events` can already
-    /// hold. The router's and the tagger's letters are not checked: what
-    /// they lead to (windows, tags) merges away downstream.
+    /// Whether a letter is an event the sink gave up on (a gateway reject,
+    /// or the sink's own letter of an events-topic record), the kind
+    /// `context.events` can already hold. The router's and the tagger's
+    /// letters are not checked, even when read from the events topic: their
+    /// event may be stored while its window or tag never was, and what they
+    /// lead to merges away downstream.
     fn is_event(&self, l: &Letter) -> bool {
-        l.source == "ingest-gateway" || l.source_topic.as_deref() == Some(self.c.events_topic.as_str())
+        l.source == "ingest-gateway"
+            || (l.source == "sink-clickhouse" && l.source_topic.as_deref() == Some(self.c.events_topic.as_str()))
     }
 
     async fn chunk(&mut self, mut letters: Vec<Letter>) -> anyhow::Result<()> {
@@ -284,7 +287,14 @@ impl Redrive<'_> {
             identity.push(0);
             match valid_id {
                 Some(id) => identity.extend_from_slice(id.as_bytes()),
-                None => identity.extend_from_slice(&l.payload.0),
+                // Its bytes' digest: what `seen` keeps stays small per letter.
+                None => {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    l.payload.0.hash(&mut h);
+                    l.payload.0.len().hash(&mut h);
+                    identity.extend_from_slice(&h.finish().to_le_bytes());
+                }
             }
             if (self.is_event(&l) && valid_id.is_some_and(|id| stored.contains(id))) || !self.seen.insert(identity) {
                 self.outcome.already_stored += 1;

@@ -93,23 +93,23 @@ async fn dead_letters_are_redriven_once_their_cause_is_fixed() {
         }))
         .await
         .unwrap();
-    // A window the router could not deliver, of an event that will be
-    // stored: not the kind `context.events` holds, so sent every time
-    // (its tag merges by event_id downstream).
-    let motion_topic = unique("it_redrive_motion");
-    context_integration::create_topic(&motion_topic, 1).await.unwrap();
+    // An event the router could not route (read from the events topic),
+    // whose event will be stored: its window never was, so it is sent every
+    // time (what it leads to merges by event_id downstream).
+    let mut routed = events[0].clone();
+    routed.app_id = "app-redrive".into();
     insert
         .write(&DeadLetterRow::from_dead_letter(DeadLetter {
             source: "stream-router".into(),
-            reason: "produce_failed".into(),
-            detail: "timed out".into(),
-            source_topic: Some(motion_topic.clone()),
+            reason: "projection_failed".into(),
+            detail: "a rule's projection failed".into(),
+            source_topic: Some(s.events_topic.clone()),
             source_partition: Some(0),
             source_offset: Some(3),
             app_id: Some("app-redrive".into()),
-            event_id: Some(events[0].event_id.to_string()),
+            event_id: Some(routed.event_id.to_string()),
             failed_at: now(),
-            payload: b"window bytes".to_vec(),
+            payload: routed.to_wire(s.event_schema_id).unwrap(),
         }))
         .await
         .unwrap();
@@ -144,30 +144,24 @@ async fn dead_letters_are_redriven_once_their_cause_is_fixed() {
         ],
     );
     assert!(
-        unfixed.contains(&format!("1 to {}", s.events_topic)) && unfixed.contains("still rejected: 3 invalid_motion"),
+        unfixed.contains(&format!("2 to {}", s.events_topic)) && unfixed.contains("still rejected: 3 invalid_motion"),
         "{unfixed}"
     );
 
     // The limit is fixed (the gateway's defaults).
     let dry = run(&config, &["redrive", "--dry-run"]);
-    assert!(
-        dry.contains(&format!("4 to {}", s.events_topic)) && dry.contains(&format!("1 to {motion_topic}")),
-        "{dry}"
-    );
+    assert!(dry.contains(&format!("would send: 5 to {}", s.events_topic)), "{dry}");
     assert_eq!(s.distinct_events().await, 0, "a dry run sends nothing");
 
     let sent = run(&config, &["redrive"]);
-    assert!(
-        sent.contains(&format!("4 to {}", s.events_topic)) && sent.contains(&format!("1 to {motion_topic}")),
-        "{sent}"
-    );
+    assert!(sent.contains(&format!("sent: 5 to {}", s.events_topic)), "{sent}");
     assert_eq!(s.wait_for_events(4, Duration::from_secs(120)).await, 4);
 
     // Idempotent for events: what is stored is not sent again; the
     // router's window is (its outputs merge downstream).
     let again = run(&config, &["redrive"]);
     assert!(
-        again.contains(&format!("sent: 1 to {motion_topic}")) && again.contains("already stored: 4"),
+        again.contains(&format!("sent: 1 to {}", s.events_topic)) && again.contains("already stored: 4"),
         "{again}"
     );
 

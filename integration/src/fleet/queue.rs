@@ -121,9 +121,12 @@ impl Queue {
     /// Moves a batch the gateway refused for good to `failed/` with the answer.
     pub fn fail(&self, seq: u64, answer: &str) -> Result<()> {
         let failed = self.dir.join("failed");
-        fs::rename(self.path(seq, "body"), failed.join(format!("{seq:012}.body")))?;
+        // The answer, then the meta (the batch stops being queued), then the
+        // body: a crash in between never leaves a queued meta without a body.
+        write_synced(&failed.join(format!("{seq:012}.answer")), answer.as_bytes())?;
         fs::rename(self.path(seq, "json"), failed.join(format!("{seq:012}.json")))?;
-        write_synced(&failed.join(format!("{seq:012}.answer")), answer.as_bytes())
+        fs::rename(self.path(seq, "body"), failed.join(format!("{seq:012}.body")))?;
+        Ok(())
     }
 
     fn remove(&self, seq: u64) -> Result<()> {

@@ -243,8 +243,18 @@ async fn device(
     ready: &tokio::sync::Barrier,
 ) -> Result<()> {
     let dir = device_dir(&opts.state, index);
-    let mut phone = install(&dir, opts.seed.wrapping_mul(1_000_003).wrapping_add(index as u64))?;
-    let queue = Queue::open(&dir)?;
+    let opened = install(&dir, opts.seed.wrapping_mul(1_000_003).wrapping_add(index as u64))
+        .and_then(|phone| Ok((phone, Queue::open(&dir)?)));
+    let (mut phone, queue) = match opened {
+        Ok(p) => p,
+        Err(e) => {
+            // The others wait for every device before sending.
+            if opts.pregenerate {
+                ready.wait().await;
+            }
+            return Err(e);
+        }
+    };
     let started = Instant::now();
     let deadline = started + opts.max_time;
     let stop_making = opts.duration.map(|d| started + d);
@@ -284,11 +294,16 @@ async fn device(
         Ok(())
     };
     if opts.pregenerate {
+        let mut made_all = Ok(());
         while made < opts.sessions && !shutdown.is_requested() {
-            make(&mut phone)?;
+            if let Err(e) = make(&mut phone) {
+                made_all = Err(e);
+                break;
+            }
             made += 1;
         }
         ready.wait().await;
+        made_all?;
         // Pregenerated sessions are sent on the rate's schedule from here.
         if let Some(i) = interval {
             next_session = Instant::now() + i.mul_f64(index as f64 / count as f64);

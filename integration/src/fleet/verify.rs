@@ -53,9 +53,13 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// Whether nothing is missing, doubled or untagged and the queues are empty.
+    /// Whether something was acknowledged, nothing is missing, doubled or
+    /// untagged, and the queues are empty with no batch refused for good
+    /// (whose events nobody checks).
     pub fn complete(&self) -> bool {
-        self.missing.is_empty()
+        self.acknowledged + self.rejected > 0
+            && self.failed_batches == 0
+            && self.missing.is_empty()
             && self.duplicated.is_empty()
             && self.rejected_without_dead_letter.is_empty()
             && self.motion_untagged.is_empty()

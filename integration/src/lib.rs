@@ -61,7 +61,16 @@ pub fn stack(args: &[&str]) -> Result<()> {
 /// (`PLATFORM_PROFILE=debug PLATFORM_NO_BUILD=1`) and returns its output;
 /// panics with that output when it fails.
 pub fn platform(args: &[&str]) -> String {
-    let out = Command::new(repo_root().join("scripts/platform"))
+    let mut cmd = Command::new(repo_root().join("scripts/platform"));
+    // The binaries this test run built: a test binary lives in
+    // <target>/debug/deps, whatever CARGO_TARGET_DIR says.
+    if let Some(target) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
+    {
+        cmd.env("CARGO_TARGET_DIR", target);
+    }
+    let out = cmd
         .args(args)
         .env("PLATFORM_PROFILE", "debug")
         .env("PLATFORM_NO_BUILD", "1")

@@ -155,6 +155,8 @@ fn install(dir: &Path, seed: u64) -> Result<Install> {
 
 /// Runs the fleet until every device made its sessions and emptied its
 /// queue, the time is up, or `shutdown` fires. Unsent batches stay queued.
+/// Needs Tokio's multi-threaded runtime (the queue's synced writes use
+/// `block_in_place`).
 pub async fn run(opts: RunOptions, shutdown: Shutdown) -> Result<Report> {
     let opts = Arc::new(opts);
     let stats = Arc::new(Stats::default());
@@ -296,7 +298,7 @@ async fn device(
     if opts.pregenerate {
         let mut made_all = Ok(());
         while made < opts.sessions && !shutdown.is_requested() {
-            if let Err(e) = make(&mut phone) {
+            if let Err(e) = tokio::task::block_in_place(|| make(&mut phone)) {
                 made_all = Err(e);
                 break;
             }
@@ -321,7 +323,7 @@ async fn device(
             None => pending.is_empty(),
         };
         if making && due && pending.len() < opts.max_queued {
-            make(&mut phone)?;
+            tokio::task::block_in_place(|| make(&mut phone))?;
             made += 1;
             if let Some(i) = interval {
                 next_session += i;
@@ -406,7 +408,9 @@ async fn device(
                         (id.as_str(), o, label.as_str())
                     })
                     .collect();
-                queue.acknowledge(seq, &outcomes)?;
+                // Synced writes: off the async workers, so that one
+                // device's fsync does not stall another's request.
+                tokio::task::block_in_place(|| queue.acknowledge(seq, &outcomes))?;
                 stats.batches.fetch_add(1, Relaxed);
                 stats
                     .acked
@@ -426,7 +430,7 @@ async fn device(
                     "[devicesim] device {index}: batch {seq} refused for good ({status}): {text}; kept in {}",
                     dir.join("failed").display()
                 );
-                queue.fail(seq, &format!("{status} {text}"))?;
+                tokio::task::block_in_place(|| queue.fail(seq, &format!("{status} {text}")))?;
                 stats.failed.fetch_add(1, Relaxed);
                 pending.remove(0);
             }

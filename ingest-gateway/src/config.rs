@@ -42,6 +42,17 @@ impl Default for Limits {
     }
 }
 
+/// The producer settings that do not depend on the configuration: every
+/// record waits for all in-sync replicas, the producer's own retries never
+/// duplicate or reorder (idempotence), zstd batches after 5 ms. The load
+/// benchmark's plain-producer ceiling uses the same.
+pub const PRODUCER_SETTINGS: &[(&str, &str)] = &[
+    ("acks", "all"),
+    ("enable.idempotence", "true"),
+    ("compression.type", "zstd"),
+    ("linger.ms", "5"),
+];
+
 /// The configuration. Each key is overridden by `INGEST_` and its name in
 /// capitals (`INGEST_PRODUCE_TIMEOUT`, `INGEST_MAX_EVENTS` for
 /// `limits.max_events`). Durations are written like `10s`, `5m`, `30d`.

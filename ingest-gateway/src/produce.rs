@@ -99,13 +99,12 @@ pub struct Kafka {
 
 impl Kafka {
     pub fn new(s: &Config) -> Result<Self, KafkaError> {
-        let producer: FutureProducer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        for (key, value) in crate::config::PRODUCER_SETTINGS {
+            config.set(*key, *value);
+        }
+        let producer: FutureProducer = config
             .set("bootstrap.servers", &s.kafka_bootstrap)
-            .set("acks", "all")
-            // Always idempotent: the producer's own retries never duplicate or reorder.
-            .set("enable.idempotence", "true")
-            .set("compression.type", "zstd")
-            .set("linger.ms", "5")
             .set("message.timeout.ms", s.produce_timeout.as_millis().to_string())
             .set("queue.buffering.max.messages", s.queue_max_messages.to_string())
             .set("queue.buffering.max.kbytes", s.queue_max_kbytes.to_string())

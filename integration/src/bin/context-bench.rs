@@ -244,8 +244,8 @@ async fn main() -> Result<()> {
         "[bench] 1/5 full load: {} events from {} devices",
         cli.events, cli.devices
     );
-    let per_device = (cli.events as f64 / cli.devices as f64 / 12.5).ceil() as u64;
     let mut opts = fleet_options(&cli, key, scratch.join("full"), &recordings);
+    let per_device = opts.sessions_per_device(cli.events as f64);
     opts.sessions = per_device;
     opts.pregenerate = true;
     let bench_start_us = context_runtime::clock::now_micros();
@@ -278,7 +278,7 @@ async fn main() -> Result<()> {
         cli.half_seconds
     );
     let mut opts = fleet_options(&cli, key, scratch.join("half"), &recordings);
-    opts.sessions = (half_rate * cli.half_seconds as f64 / 12.5 / cli.devices as f64).ceil() as u64;
+    opts.sessions = opts.sessions_per_device(half_rate * cli.half_seconds as f64);
     opts.rate = Some(half_rate);
     opts.pregenerate = true;
     let half = run::run(opts, Shutdown::new().1).await?;
@@ -334,14 +334,13 @@ async fn main() -> Result<()> {
     for t in ["activity", "deadletter"] {
         context_integration::create_topic(&format!("bench.{t}.{run_id}"), 1).await?;
     }
-    // The gateway's producer settings (ingest-gateway/src/produce.rs).
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &cli.bootstrap)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("compression.type", "zstd")
-        .set("linger.ms", "5")
-        .create()?;
+    // The gateway's own producer settings.
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &cli.bootstrap);
+    for (key, value) in ingest_gateway::config::PRODUCER_SETTINGS {
+        config.set(*key, *value);
+    }
+    let producer: FutureProducer = config.create()?;
     let produce_s = produce_all(&producer, &topic, &records).await?.as_secs_f64();
     drop(records);
     let consume_s = consume_all(&cli.bootstrap, &topic, n as usize)?;

@@ -51,6 +51,18 @@ pub struct RunOptions {
     pub recordings: Vec<Recording>,
 }
 
+impl RunOptions {
+    /// Events in an average session of `events`.
+    pub fn mean_events(&self) -> f64 {
+        (self.events.0 + self.events.1) as f64 / 2.0
+    }
+
+    /// Sessions each device makes for the fleet to make about `events`.
+    pub fn sessions_per_device(&self, events: f64) -> u64 {
+        (events / self.devices.max(1) as f64 / self.mean_events()).ceil() as u64
+    }
+}
+
 /// The numbers of a run, printed at the end and written as JSON.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Report {
@@ -260,10 +272,9 @@ async fn device(
     let started = Instant::now();
     let deadline = started + opts.max_time;
     let stop_making = opts.duration.map(|d| started + d);
-    let avg_events = (opts.events.0 + opts.events.1) as f64 / 2.0;
     let interval = opts
         .rate
-        .map(|r| Duration::from_secs_f64(avg_events * count as f64 / r.max(1e-3)));
+        .map(|r| Duration::from_secs_f64(opts.mean_events() * count as f64 / r.max(1e-3)));
     // Spread the devices' first sessions over one interval.
     let mut next_session = started + interval.map_or(Duration::ZERO, |i| i.mul_f64(index as f64 / count as f64));
     let mut made = 0;

@@ -60,9 +60,10 @@ struct RunArgs {
     /// --state run too, so their queues drain.
     #[arg(long, default_value_t = 8)]
     devices: usize,
-    /// New sessions per device; 0 only sends what is queued.
-    #[arg(long, default_value_t = 20)]
-    sessions: u64,
+    /// New sessions per device; 0 only sends what is queued. By default 20,
+    /// or no limit with --duration.
+    #[arg(long)]
+    sessions: Option<u64>,
     /// Stop making sessions after this many seconds, then drain the queues.
     #[arg(long)]
     duration: Option<u64>,
@@ -160,7 +161,7 @@ async fn main() -> Result<()> {
                     key: a.key.trim().to_owned(),
                     state: a.state,
                     devices: a.devices,
-                    sessions: a.sessions,
+                    sessions: a.sessions.unwrap_or(if a.duration.is_some() { u64::MAX } else { 20 }),
                     duration: a.duration.map(Duration::from_secs),
                     max_time: Duration::from_secs(a.max_seconds),
                     events: a.events,

@@ -5,8 +5,10 @@
 //! - pure, no I/O (always built, fuzzed): [`batch`] (decompression with a
 //!   hard limit, the JSON envelope), [`validate`] (every event against the
 //!   catalogue, clock-skew correction), [`auth`] (key hashes), [`config`],
-//!   [`openapi`], [`sdk`] (request bodies as the SDK builds them), and
-//!   [`pipeline`], which strings them together for one request body;
+//!   [`openapi`], [`sdk`] (request bodies as the SDK builds them),
+//!   [`onepass`] (the fast reader: one pass from bytes to an event's parts,
+//!   checked against the generic path), and [`pipeline`], which strings them
+//!   together for one request body;
 //! - the service (feature `server`): [`service`] (HTTP handlers, rate limits,
 //!   dedup, backpressure), [`produce`] (Kafka with `acks=all`, waiting for
 //!   every delivery report), [`keys`] (the keys file, reloaded on change).
@@ -15,6 +17,7 @@ pub mod auth;
 pub mod batch;
 pub mod config;
 pub mod error;
+pub mod onepass;
 pub mod openapi;
 pub mod pipeline;
 pub mod sdk;

@@ -6,8 +6,10 @@ use context_schemas::AvroRecord;
 use uuid::Uuid;
 
 use crate::batch::{decompress, parse_batch, Encoding};
+use crate::config::Limits;
 use crate::error::BatchError;
-use crate::validate::{Envelope, Rejection, Validator};
+use crate::onepass;
+use crate::validate::{Envelope, Rejection, Valid, Validator};
 
 /// An event the gateway refused, with its original JSON for the dead letter.
 #[derive(Debug)]
@@ -41,6 +43,11 @@ pub struct PreparedBatch {
 
 /// Turns a request body into encoded events and rejections. `sent_at` is the
 /// request's `X-Sent-At` (overriding the body's `sent_at`), when it has one.
+///
+/// The one-pass reader ([`crate::onepass`]) reads the body when every event
+/// in it is accepted; anything else (an error, a rejected event, input it
+/// does not read) goes through the generic path, which gives every answer
+/// its wording. Both give the same batch for the same body.
 #[allow(clippy::too_many_arguments)]
 pub fn prepare(
     body: &[u8],
@@ -51,45 +58,54 @@ pub fn prepare(
     validator: &Validator,
     schema_id: u32,
 ) -> Result<PreparedBatch, BatchError> {
+    let json = decompress(body, encoding, validator.limits.max_decompressed_bytes)?;
+    if let Some(done) = prepare_onepass(&json, app_id, received_at, sent_at, validator, schema_id) {
+        return Ok(done);
+    }
+    prepare_generic(&json, app_id, received_at, sent_at, validator, schema_id)
+}
+
+/// The fast path alone, on a decompressed body: `None` when the one-pass
+/// reader gives up or an event is rejected.
+pub fn prepare_onepass(
+    json: &[u8],
+    app_id: &str,
+    received_at: i64,
+    sent_at: Option<i64>,
+    validator: &Validator,
+    schema_id: u32,
+) -> Option<PreparedBatch> {
     let limits = &validator.limits;
-    let json = decompress(body, encoding, limits.max_decompressed_bytes)?;
-    let batch = parse_batch(&json, limits)?;
+    let read = onepass::read(json, limits.max_events, limits.max_samples)?;
+    let batch = parse_batch(read.envelope.as_bytes(), limits).ok()?;
+    let env = Envelope::from_batch(&batch, app_id, received_at, sent_at).ok()?;
+    let mut out = Collect::new(&env, read.events.len(), batch.sdk.unknown.len());
+    for (index, event) in read.events.into_iter().enumerate() {
+        let valid = validator.finish(&env, event.parts).ok()?;
+        out.accept(index, valid, event.raw, schema_id, limits).ok()?;
+    }
+    Some(out.finish(&env))
+}
+
+/// The generic path alone, on a decompressed body: serde_json reads the
+/// envelope with each event as raw JSON, then each event on its own, so one
+/// bad event is rejected alone.
+pub fn prepare_generic(
+    json: &[u8],
+    app_id: &str,
+    received_at: i64,
+    sent_at: Option<i64>,
+    validator: &Validator,
+    schema_id: u32,
+) -> Result<PreparedBatch, BatchError> {
+    let limits = &validator.limits;
+    let batch = parse_batch(json, limits)?;
     let env = Envelope::from_batch(&batch, app_id, received_at, sent_at)?;
-    let mut time_suspect = 0;
-    let mut accepted = Vec::with_capacity(batch.events.len());
-    let mut rejected = Vec::new();
-    let mut unknown_signals = 0;
-    let mut unknown_fields = batch.sdk.unknown.len();
+    let mut out = Collect::new(&env, batch.events.len(), batch.sdk.unknown.len());
     for (index, raw) in batch.events.iter().enumerate() {
         match validator.event(&env, raw) {
-            Ok(valid) => {
-                time_suspect += usize::from(valid.event.time_suspect);
-                unknown_signals += valid.unknown_signals;
-                unknown_fields += valid.unknown_fields;
-                let value = valid
-                    .event
-                    .to_wire(schema_id)
-                    .map_err(|e| BatchError::NotABatch(format!("event {index} cannot be encoded: {e}")))?;
-                if value.len() > limits.max_record_bytes {
-                    // Kafka would refuse it on every retry: a reject, kept whole.
-                    rejected.push(RejectedEvent {
-                        index,
-                        event_id: Some(valid.event.event_id.to_string()),
-                        rejection: Rejection::new(
-                            "event_too_large",
-                            format!(
-                                "the event is {} bytes as a record; the limit is {} (max_record_bytes)",
-                                value.len(),
-                                limits.max_record_bytes
-                            ),
-                        ),
-                        raw: raw.get().as_bytes().to_vec(),
-                    });
-                    continue;
-                }
-                accepted.push(value);
-            }
-            Err(rejection) => rejected.push(RejectedEvent {
+            Ok(valid) => out.accept(index, valid, raw.get(), schema_id, limits)?,
+            Err(rejection) => out.batch.rejected.push(RejectedEvent {
                 index,
                 event_id: Validator::event_id_of(raw),
                 rejection,
@@ -97,20 +113,75 @@ pub fn prepare(
             }),
         }
     }
-    Ok(PreparedBatch {
-        envelope: if rejected.is_empty() {
-            String::new()
+    Ok(out.finish(&env))
+}
+
+/// A batch being put together, event by event.
+struct Collect {
+    batch: PreparedBatch,
+}
+
+impl Collect {
+    fn new(env: &Envelope, events: usize, unknown_sdk_fields: usize) -> Self {
+        Collect {
+            batch: PreparedBatch {
+                batch_id: env.batch_id,
+                key: env.install_id.to_string().into_bytes(),
+                received_at: env.received_at,
+                events,
+                time_suspect: 0,
+                unknown_signals: 0,
+                unknown_fields: unknown_sdk_fields,
+                envelope: String::new(),
+                accepted: Vec::with_capacity(events),
+                rejected: Vec::new(),
+            },
+        }
+    }
+
+    /// Encodes a valid event; one too large for a record is a reject, kept
+    /// whole with its JSON as sent.
+    fn accept(
+        &mut self,
+        index: usize,
+        valid: Valid,
+        raw: &str,
+        schema_id: u32,
+        limits: &Limits,
+    ) -> Result<(), BatchError> {
+        let b = &mut self.batch;
+        b.time_suspect += usize::from(valid.event.time_suspect);
+        b.unknown_signals += valid.unknown_signals;
+        b.unknown_fields += valid.unknown_fields;
+        let value = valid
+            .event
+            .to_wire(schema_id)
+            .map_err(|e| BatchError::NotABatch(format!("event {index} cannot be encoded: {e}")))?;
+        if value.len() > limits.max_record_bytes {
+            // Kafka would refuse it on every retry: a reject, kept whole.
+            b.rejected.push(RejectedEvent {
+                index,
+                event_id: Some(valid.event.event_id.to_string()),
+                rejection: Rejection::new(
+                    "event_too_large",
+                    format!(
+                        "the event is {} bytes as a record; the limit is {} (max_record_bytes)",
+                        value.len(),
+                        limits.max_record_bytes
+                    ),
+                ),
+                raw: raw.as_bytes().to_vec(),
+            });
         } else {
-            env.to_json()
-        },
-        batch_id: env.batch_id,
-        key: env.install_id.to_string().into_bytes(),
-        received_at,
-        events: batch.events.len(),
-        time_suspect,
-        unknown_signals,
-        unknown_fields,
-        accepted,
-        rejected,
-    })
+            b.accepted.push(value);
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, env: &Envelope) -> PreparedBatch {
+        if !self.batch.rejected.is_empty() {
+            self.batch.envelope = env.to_json();
+        }
+        self.batch
+    }
 }

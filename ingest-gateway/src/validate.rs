@@ -186,7 +186,7 @@ fn check_envelope_size(batch: &RawBatch<'_>) -> Result<(), BatchError> {
 
 /// A JSON scalar as sent for a signal.
 #[derive(Debug, Clone, PartialEq)]
-enum Scalar<'a> {
+pub(crate) enum Scalar<'a> {
     Null,
     Bool(bool),
     Int(i64),
@@ -246,6 +246,29 @@ impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
 /// The `signals` object, in the order sent.
 #[derive(Debug, Default)]
 struct RawSignals<'a>(Vec<(Cow<'a, str>, Scalar<'a>)>);
+
+/// One event as read from JSON, before any check of its values: what both
+/// readers produce, serde's ([`Validator::event`]) and the one-pass reader
+/// of [`crate::onepass`], so that one piece of code validates for both.
+#[derive(Debug)]
+pub(crate) struct EventParts<'a, M> {
+    pub event_id: Cow<'a, str>,
+    pub timestamp: Cow<'a, str>,
+    /// The `signals` object, in the order sent.
+    pub signals: Vec<(Cow<'a, str>, Scalar<'a>)>,
+    pub motion: Option<M>,
+    /// Fields of the event and of its motion that no catalogue knows.
+    pub unknown_fields: usize,
+}
+
+/// An event's `motion` as a reader left it: its rate, and its sample arrays
+/// read (or still to be read) into axes.
+pub(crate) trait MotionParts {
+    fn sample_rate_hz(&self) -> f64;
+    /// The accelerometer's and the gyroscope's axes, at most `max` samples
+    /// each; the error names the array.
+    fn axes(self, max: usize) -> Result<(Axes3, Axes3), Rejection>;
+}
 
 impl<'de: 'a, 'a> Deserialize<'de> for RawSignals<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -312,6 +335,25 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawMotion<'a> {
             }
         }
         d.deserialize_map(V)
+    }
+}
+
+impl MotionParts for RawMotion<'_> {
+    fn sample_rate_hz(&self) -> f64 {
+        self.sample_rate_hz
+    }
+
+    fn axes(self, max: usize) -> Result<(Axes3, Axes3), Rejection> {
+        let axes = |name: &str, raw: Option<&RawValue>| match raw {
+            None => Ok(Axes3::default()),
+            Some(raw) => {
+                parse_samples(raw.get(), max).map_err(|e| Rejection::new("invalid_motion", format!("{name}: {e}")))
+            }
+        };
+        Ok((
+            axes("accelerometer", self.accelerometer)?,
+            axes("gyroscope", self.gyroscope)?,
+        ))
     }
 }
 
@@ -510,6 +552,21 @@ impl Validator {
     pub fn event(&self, env: &Envelope, raw: &RawValue) -> Result<Valid, Rejection> {
         let ev: RawEvent<'_> =
             serde_json::from_str(raw.get()).map_err(|e| Rejection::new("malformed_event", e.to_string()))?;
+        self.finish(
+            env,
+            EventParts {
+                event_id: ev.event_id,
+                timestamp: ev.timestamp,
+                signals: ev.signals.0,
+                motion: ev.motion,
+                unknown_fields: ev.unknown_fields,
+            },
+        )
+    }
+
+    /// Checks an event's parts, whichever reader read them, and builds the
+    /// event with the batch's envelope.
+    pub(crate) fn finish<M: MotionParts>(&self, env: &Envelope, ev: EventParts<'_, M>) -> Result<Valid, Rejection> {
         let event_id = parse_uuid("event_id", &ev.event_id).map_err(|e| Rejection::new("invalid_event_id", e))?;
         let client_timestamp = parse_time(&ev.timestamp).map_err(|e| Rejection::new("invalid_timestamp", e))?;
         let timestamp = ContextEvent::corrected_timestamp(client_timestamp, env.sent_at, env.received_at);
@@ -520,7 +577,7 @@ impl Validator {
         let cat = catalog();
         let mut signals = Signals::default();
         let mut unknown_signals = 0;
-        for (name, value) in ev.signals.0 {
+        for (name, value) in ev.signals {
             let Some(spec) = cat.get(&name) else {
                 unknown_signals += 1;
                 continue;
@@ -552,27 +609,24 @@ impl Validator {
         })
     }
 
-    fn motion(&self, m: RawMotion<'_>) -> Result<Motion, Rejection> {
-        if !MOTION_RATE_HZ.contains(&m.sample_rate_hz) {
+    fn motion(&self, m: impl MotionParts) -> Result<Motion, Rejection> {
+        let sample_rate_hz = m.sample_rate_hz();
+        if !MOTION_RATE_HZ.contains(&sample_rate_hz) {
             return Err(Rejection::new(
                 "invalid_motion",
                 format!(
                     "sample_rate_hz {} is outside {}–{} Hz, the rates iPhones sample motion at",
-                    m.sample_rate_hz,
+                    sample_rate_hz,
                     MOTION_RATE_HZ.start(),
                     MOTION_RATE_HZ.end()
                 ),
             ));
         }
-        let axes = |name: &str, raw: Option<&RawValue>| match raw {
-            None => Ok(Axes3::default()),
-            Some(raw) => parse_samples(raw.get(), self.limits.max_samples)
-                .map_err(|e| Rejection::new("invalid_motion", format!("{name}: {e}"))),
-        };
+        let (accelerometer, gyroscope) = m.axes(self.limits.max_samples)?;
         Ok(Motion {
-            sample_rate_hz: m.sample_rate_hz,
-            accelerometer: axes("accelerometer", m.accelerometer)?,
-            gyroscope: axes("gyroscope", m.gyroscope)?,
+            sample_rate_hz,
+            accelerometer,
+            gyroscope,
         })
     }
 }

@@ -1,14 +1,16 @@
 //! Everything the gateway does with client bytes before Kafka: decompression
 //! (the first byte picks identity, gzip or zstd), the envelope, every event's
-//! validation and the Avro encoding. It must never panic, whatever the bytes.
+//! validation and the Avro encoding. It must never panic, whatever the bytes,
+//! and whenever the one-pass reader accepts a body the generic path must
+//! give the very same batch.
 
 #![no_main]
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use ingest_gateway::batch::Encoding;
-use ingest_gateway::pipeline::prepare;
+use ingest_gateway::batch::{decompress, Encoding};
+use ingest_gateway::pipeline::{prepare, prepare_generic, prepare_onepass};
 use ingest_gateway::validate::Validator;
 use ingest_gateway::Limits;
 use libfuzzer_sys::fuzz_target;
@@ -34,7 +36,14 @@ fuzz_target!(|data: &[u8]| {
         1 => Encoding::Gzip,
         _ => Encoding::Zstd,
     };
-    if let Ok(batch) = prepare(body, encoding, "fuzz-app", 1_760_000_000_000_000, None, validator(), 1) {
+    let now = 1_760_000_000_000_000;
+    if let Ok(batch) = prepare(body, encoding, "fuzz-app", now, None, validator(), 1) {
         assert_eq!(batch.accepted.len() + batch.rejected.len(), batch.events);
+    }
+    let Ok(json) = decompress(body, encoding, validator().limits.max_decompressed_bytes) else { return };
+    if let Some(fast) = prepare_onepass(&json, "fuzz-app", now, None, validator(), 1) {
+        let generic = prepare_generic(&json, "fuzz-app", now, None, validator(), 1)
+            .expect("the generic path accepts what the one-pass reader accepts");
+        assert_eq!(format!("{fast:?}"), format!("{generic:?}"));
     }
 });

@@ -1,0 +1,627 @@
+//! The fast reader: one pass over a batch's bytes, straight into each
+//! event's parts, the motion samples into `f32` axes on the way.
+//!
+//! The generic path ([`crate::batch::parse_batch`] then
+//! [`crate::validate::Validator::event`]) reads the motion bytes three
+//! times: the batch's `RawValue` per event, the event's `RawValue` per
+//! sample array, then [`crate::validate::parse_samples`]. Motion is most of
+//! an event's bytes, so this reader reads everything once.
+//!
+//! It reads only what it is sure to read exactly as the generic path does,
+//! and gives up (`None`) on anything else: a string with an escape, an
+//! integer of more than 19 digits, a nesting deeper than [`MAX_DEPTH`], a
+//! duplicate key, a missing field, a value of an unexpected type, too many
+//! events or samples, any syntax error. [`crate::pipeline::prepare`] then
+//! runs the generic path on the same bytes, so every error and every
+//! rejection keeps its one wording. What it accepts, it reads to the same
+//! values (numbers correctly rounded, like `str::parse`), which the
+//! proptests and the fuzz target check against the generic path byte for
+//! byte.
+
+use std::borrow::Cow;
+
+use context_schemas::Axes3;
+
+use crate::validate::{EventParts, MotionParts, Rejection, Scalar};
+
+/// Deepest nesting of an unknown field's value this reader skips; deeper
+/// ones go to the generic path (serde_json's own limit is 128).
+pub const MAX_DEPTH: usize = 32;
+
+/// A batch as this reader read it.
+#[derive(Debug)]
+pub(crate) struct ReadBatch<'a> {
+    /// The batch's JSON without its events (`"events":[]`), for the generic
+    /// envelope reader: the envelope is a few hundred bytes, so its checks
+    /// and their wording stay in one place.
+    pub envelope: String,
+    pub events: Vec<ReadEvent<'a>>,
+}
+
+/// One event: its parts, and its JSON as sent (for a dead letter).
+#[derive(Debug)]
+pub(crate) struct ReadEvent<'a> {
+    pub parts: EventParts<'a, ReadMotion>,
+    pub raw: &'a str,
+}
+
+/// Motion with its samples already read.
+#[derive(Debug)]
+pub(crate) struct ReadMotion {
+    sample_rate_hz: f64,
+    accelerometer: Axes3,
+    gyroscope: Axes3,
+}
+
+impl MotionParts for ReadMotion {
+    fn sample_rate_hz(&self) -> f64 {
+        self.sample_rate_hz
+    }
+
+    fn axes(self, _max: usize) -> Result<(Axes3, Axes3), Rejection> {
+        // The limit was enforced while reading.
+        Ok((self.accelerometer, self.gyroscope))
+    }
+}
+
+/// Reads a whole decompressed body, or `None` when the generic path must.
+pub(crate) fn read(json: &[u8], max_events: usize, max_samples: usize) -> Option<ReadBatch<'_>> {
+    let text = std::str::from_utf8(json).ok()?;
+    let mut r = Reader { text, b: json, i: 0 };
+    r.eat(b'{')?;
+    let mut envelope = String::with_capacity(1024);
+    envelope.push('{');
+    let mut events = None;
+    loop {
+        r.ws();
+        let pair_start = r.i;
+        let key = r.string()?;
+        r.eat(b':')?;
+        if key == "events" {
+            if events.is_some() {
+                return None;
+            }
+            events = Some(r.events(max_events, max_samples)?);
+        } else {
+            r.skip_value(0)?;
+            envelope.push_str(&text[pair_start..r.i]);
+            envelope.push(',');
+        }
+        match r.peek()? {
+            b',' => r.i += 1,
+            b'}' => {
+                r.i += 1;
+                break;
+            }
+            _ => return None,
+        }
+    }
+    r.ws();
+    if r.i != json.len() {
+        return None;
+    }
+    envelope.push_str("\"events\":[]}");
+    Some(ReadBatch {
+        envelope,
+        events: events?,
+    })
+}
+
+/// A JSON number as read: its decimal digits when they fit in a `u64`.
+#[derive(Debug, Clone, Copy)]
+struct Number {
+    negative: bool,
+    /// The digits without the point, when `fits`.
+    mantissa: u64,
+    /// The power of ten to scale `mantissa` by.
+    exp10: i32,
+    fits: bool,
+    /// No fraction and no exponent.
+    integer: bool,
+    start: usize,
+    end: usize,
+}
+
+/// Exact powers of ten in `f64`.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19,
+    1e20, 1e21, 1e22,
+];
+
+impl Number {
+    /// The correctly rounded `f64` when one multiplication or division of
+    /// exact operands gives it (Clinger's fast path: a mantissa of at most
+    /// 2^53 and a power of ten of at most 10^22 are both exact, and IEEE
+    /// arithmetic rounds the one operation correctly).
+    fn exact_f64(&self) -> Option<f64> {
+        if !self.fits || self.mantissa > 1 << 53 || self.exp10.unsigned_abs() > 22 {
+            return None;
+        }
+        let m = self.mantissa as f64;
+        let p = POW10[self.exp10.unsigned_abs() as usize];
+        let v = if self.exp10 < 0 { m / p } else { m * p };
+        Some(if self.negative { -v } else { v })
+    }
+
+    fn f64(&self, text: &str) -> Option<f64> {
+        let v = match self.exact_f64() {
+            Some(v) => v,
+            None => text[self.start..self.end].parse::<f64>().ok()?,
+        };
+        // serde_json refuses a number out of range; so does this reader.
+        v.is_finite().then_some(v)
+    }
+
+    /// The number as `str::parse::<f32>` reads it (correctly rounded),
+    /// through the exact `f64` when that cannot round differently.
+    fn f32(&self, text: &str) -> Option<f32> {
+        if let Some(v) = self.exact_f64() {
+            let a = v.abs();
+            // Rounding the real value to f64 and then to f32 gives the f32
+            // nearest the real value unless the f64 lands exactly on the
+            // midpoint of two f32s (an f32 midpoint is itself an f64, so the
+            // real value cannot lie across one from its f64). In f32's normal
+            // range a midpoint has its low 29 bits of f64 mantissa 1000…0.
+            if v == 0.0
+                || ((f32::MIN_POSITIVE as f64..=f32::MAX as f64).contains(&a)
+                    && v.to_bits() & 0x1FFF_FFFF != 0x1000_0000)
+            {
+                return Some(v as f32);
+            }
+        }
+        text[self.start..self.end].parse::<f32>().ok()
+    }
+
+    /// The signal value serde_json and [`Scalar`]'s visitor make of it.
+    fn scalar(&self, text: &str) -> Option<Scalar<'static>> {
+        if !self.integer {
+            return self.f64(text).map(Scalar::Float);
+        }
+        if !self.fits {
+            return None;
+        }
+        Some(if self.negative {
+            // serde_json: `-0` and anything below i64::MIN are floats.
+            let neg = (self.mantissa as i64).wrapping_neg();
+            if neg >= 0 {
+                Scalar::Float(-(self.mantissa as f64))
+            } else {
+                Scalar::Int(neg)
+            }
+        } else {
+            i64::try_from(self.mantissa).map_or(Scalar::Float(self.mantissa as f64), Scalar::Int)
+        })
+    }
+
+    /// The value serde_json deserialises an `f64` field to.
+    fn as_f64_field(&self, text: &str) -> Option<f64> {
+        match self.scalar(text)? {
+            Scalar::Int(i) => Some(i as f64),
+            Scalar::Float(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+struct Reader<'a> {
+    text: &'a str,
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    /// The next byte that is not whitespace, not consumed.
+    fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.b.get(self.i).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.i += 1)
+    }
+
+    /// Either `,` (true, more follows) or `close` (false).
+    fn next_or_close(&mut self, close: u8) -> Option<bool> {
+        match self.peek()? {
+            b',' => {
+                self.i += 1;
+                Some(true)
+            }
+            c if c == close => {
+                self.i += 1;
+                Some(false)
+            }
+            _ => None,
+        }
+    }
+
+    /// A string without escapes, borrowed. The body is known to be UTF-8
+    /// and `"` is ASCII, so the slice is on character boundaries.
+    fn string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.i;
+        loop {
+            match *self.b.get(self.i)? {
+                b'"' => break,
+                b'\\' | 0..=0x1f => return None,
+                _ => self.i += 1,
+            }
+        }
+        self.i += 1;
+        Some(&self.text[start..self.i - 1])
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        self.b[self.i..].starts_with(word).then(|| self.i += word.len())
+    }
+
+    fn number(&mut self) -> Option<Number> {
+        self.ws();
+        let b = self.b;
+        let start = self.i;
+        let mut i = start;
+        let negative = b.get(i) == Some(&b'-');
+        i += usize::from(negative);
+        let (mut mantissa, mut exp10, mut fits) = (0u64, 0i32, true);
+        let mut digit = |m: &mut u64, d: u8| {
+            if *m < 1_000_000_000_000_000_000 {
+                *m = *m * 10 + u64::from(d - b'0');
+            } else {
+                fits = false;
+            }
+        };
+        match b.get(i) {
+            Some(b'0') => {
+                i += 1;
+                if let Some(b'0'..=b'9') = b.get(i) {
+                    return None;
+                }
+            }
+            Some(b'1'..=b'9') => {
+                while let Some(&d @ b'0'..=b'9') = b.get(i) {
+                    digit(&mut mantissa, d);
+                    i += 1;
+                }
+            }
+            _ => return None,
+        }
+        let mut integer = true;
+        if b.get(i) == Some(&b'.') {
+            integer = false;
+            i += 1;
+            let first = i;
+            while let Some(&d @ b'0'..=b'9') = b.get(i) {
+                digit(&mut mantissa, d);
+                exp10 -= 1;
+                i += 1;
+            }
+            if i == first {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = b.get(i) {
+            integer = false;
+            i += 1;
+            let negative_exp = b.get(i) == Some(&b'-');
+            if let Some(b'+' | b'-') = b.get(i) {
+                i += 1;
+            }
+            let first = i;
+            let mut e = 0i32;
+            while let Some(&d @ b'0'..=b'9') = b.get(i) {
+                if e > 10_000 {
+                    return None;
+                }
+                e = e * 10 + i32::from(d - b'0');
+                i += 1;
+            }
+            if i == first {
+                return None;
+            }
+            exp10 += if negative_exp { -e } else { e };
+        }
+        self.i = i;
+        Some(Number {
+            negative,
+            mantissa,
+            exp10,
+            fits,
+            integer,
+            start,
+            end: i,
+        })
+    }
+
+    /// Any JSON value, checked and skipped.
+    fn skip_value(&mut self, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'{' => {
+                self.i += 1;
+                if self.peek()? == b'}' {
+                    self.i += 1;
+                    return Some(());
+                }
+                loop {
+                    self.string()?;
+                    self.eat(b':')?;
+                    self.skip_value(depth + 1)?;
+                    if !self.next_or_close(b'}')? {
+                        return Some(());
+                    }
+                }
+            }
+            b'[' => {
+                self.i += 1;
+                if self.peek()? == b']' {
+                    self.i += 1;
+                    return Some(());
+                }
+                loop {
+                    self.skip_value(depth + 1)?;
+                    if !self.next_or_close(b']')? {
+                        return Some(());
+                    }
+                }
+            }
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            _ => self.number().map(drop),
+        }
+    }
+
+    /// `null`, consumed: true.
+    fn null(&mut self) -> Option<bool> {
+        Some(self.peek()? == b'n' && self.literal(b"null").is_some())
+    }
+
+    fn events(&mut self, max_events: usize, max_samples: usize) -> Option<Vec<ReadEvent<'a>>> {
+        self.eat(b'[')?;
+        let mut events = Vec::with_capacity(64);
+        if self.peek()? == b']' {
+            self.i += 1;
+            return Some(events);
+        }
+        loop {
+            if events.len() == max_events {
+                return None;
+            }
+            self.ws();
+            let start = self.i;
+            let parts = self.event(max_samples)?;
+            events.push(ReadEvent {
+                parts,
+                raw: &self.text[start..self.i],
+            });
+            if !self.next_or_close(b']')? {
+                return Some(events);
+            }
+        }
+    }
+
+    fn event(&mut self, max_samples: usize) -> Option<EventParts<'a, ReadMotion>> {
+        self.eat(b'{')?;
+        let (mut event_id, mut timestamp, mut signals, mut motion) = (None, None, None, None);
+        let mut unknown_fields = 0;
+        if self.peek()? != b'}' {
+            loop {
+                let key = self.string()?;
+                self.eat(b':')?;
+                match key {
+                    "event_id" => set_once(&mut event_id, self.string()?)?,
+                    "timestamp" => set_once(&mut timestamp, self.string()?)?,
+                    "signals" => set_once(&mut signals, self.signals()?)?,
+                    "motion" => {
+                        let m = if self.null()? {
+                            None
+                        } else {
+                            Some(self.motion(max_samples)?)
+                        };
+                        set_once(&mut motion, m)?;
+                    }
+                    _ => {
+                        self.skip_value(0)?;
+                        unknown_fields += 1;
+                    }
+                }
+                if !self.next_or_close(b'}')? {
+                    break;
+                }
+            }
+        } else {
+            self.i += 1;
+        }
+        let motion = motion.flatten();
+        Some(EventParts {
+            event_id: Cow::Borrowed(event_id?),
+            timestamp: Cow::Borrowed(timestamp?),
+            signals: signals.unwrap_or_default(),
+            unknown_fields: unknown_fields + motion.as_ref().map_or(0, |(_, unknown)| *unknown),
+            motion: motion.map(|(m, _)| m),
+        })
+    }
+
+    fn signals(&mut self) -> Option<Vec<(Cow<'a, str>, Scalar<'a>)>> {
+        self.eat(b'{')?;
+        let mut out = Vec::with_capacity(180);
+        if self.peek()? == b'}' {
+            self.i += 1;
+            return Some(out);
+        }
+        loop {
+            let name = self.string()?;
+            self.eat(b':')?;
+            let value = match self.peek()? {
+                b'"' => Scalar::Str(Cow::Borrowed(self.string()?)),
+                b't' => self.literal(b"true").map(|()| Scalar::Bool(true))?,
+                b'f' => self.literal(b"false").map(|()| Scalar::Bool(false))?,
+                b'n' => self.literal(b"null").map(|()| Scalar::Null)?,
+                _ => self.number()?.scalar(self.text)?,
+            };
+            out.push((Cow::Borrowed(name), value));
+            if !self.next_or_close(b'}')? {
+                return Some(out);
+            }
+        }
+    }
+
+    /// The motion object and how many of its fields are unknown.
+    fn motion(&mut self, max_samples: usize) -> Option<(ReadMotion, usize)> {
+        self.eat(b'{')?;
+        let (mut rate, mut accelerometer, mut gyroscope, mut unknown) = (None, None, None, 0);
+        if self.peek()? == b'}' {
+            return None; // no sample_rate_hz
+        }
+        loop {
+            let key = self.string()?;
+            self.eat(b':')?;
+            match key {
+                "sample_rate_hz" => set_once(&mut rate, self.number()?.as_f64_field(self.text)?)?,
+                "accelerometer" => {
+                    let axes = if self.null()? { None } else { Some(self.samples(max_samples)?) };
+                    set_once(&mut accelerometer, axes)?;
+                }
+                "gyroscope" => {
+                    let axes = if self.null()? { None } else { Some(self.samples(max_samples)?) };
+                    set_once(&mut gyroscope, axes)?;
+                }
+                _ => {
+                    self.skip_value(0)?;
+                    unknown += 1;
+                }
+            }
+            if !self.next_or_close(b'}')? {
+                break;
+            }
+        }
+        Some((
+            ReadMotion {
+                sample_rate_hz: rate?,
+                accelerometer: accelerometer.flatten().unwrap_or_default(),
+                gyroscope: gyroscope.flatten().unwrap_or_default(),
+            },
+            unknown,
+        ))
+    }
+
+    /// `[[x, y, z], ...]` into axes: finite `f32`s, at most `max` samples.
+    fn samples(&mut self, max: usize) -> Option<Axes3> {
+        self.eat(b'[')?;
+        let mut axes = Axes3::default();
+        if self.peek()? == b']' {
+            self.i += 1;
+            return Some(axes);
+        }
+        let hint = max.min(1024);
+        axes.x.reserve(hint);
+        axes.y.reserve(hint);
+        axes.z.reserve(hint);
+        loop {
+            if axes.x.len() == max {
+                return None;
+            }
+            self.eat(b'[')?;
+            let x = self.number()?.f32(self.text)?;
+            self.eat(b',')?;
+            let y = self.number()?.f32(self.text)?;
+            self.eat(b',')?;
+            let z = self.number()?.f32(self.text)?;
+            self.eat(b']')?;
+            if !(x.is_finite() && y.is_finite() && z.is_finite()) {
+                return None;
+            }
+            axes.x.push(x);
+            axes.y.push(y);
+            axes.z.push(z);
+            if !self.next_or_close(b']')? {
+                return Some(axes);
+            }
+        }
+    }
+}
+
+/// Sets a field, or gives up on a duplicate (serde refuses it).
+fn set_once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
+    if slot.is_some() {
+        return None;
+    }
+    *slot = Some(value);
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn num(text: &str) -> Number {
+        let mut r = Reader {
+            text,
+            b: text.as_bytes(),
+            i: 0,
+        };
+        let n = r.number().unwrap_or_else(|| panic!("`{text}` is a number"));
+        assert_eq!(n.end, text.len(), "{text}");
+        n
+    }
+
+    #[test]
+    fn numbers_follow_the_json_grammar() {
+        for bad in ["01", "-", "1.", ".5", "+1", "1e", "1e+", "-a", "1.e5"] {
+            let mut r = Reader {
+                text: bad,
+                b: bad.as_bytes(),
+                i: 0,
+            };
+            let whole = r.number().is_some_and(|n| n.end == bad.len());
+            assert!(!whole, "`{bad}` is not a JSON number");
+        }
+        assert_eq!(num("-0").scalar("-0"), Some(Scalar::Float(-0.0)));
+        assert_eq!(num("0").scalar("0"), Some(Scalar::Int(0)));
+        assert_eq!(num("-12").scalar("-12"), Some(Scalar::Int(-12)));
+        let big = "9999999999999999999";
+        assert_eq!(num(big).scalar(big), Some(Scalar::Float(9999999999999999999.0)));
+        assert_eq!(num("12345678901234567890").scalar("12345678901234567890"), None);
+        assert_eq!(num("1.5e2").scalar("1.5e2"), Some(Scalar::Float(150.0)));
+        assert_eq!(num("1e400").scalar("1e400"), None, "out of range");
+    }
+
+    #[test]
+    fn f32_matches_the_standard_parser_also_on_midpoints() {
+        let check = |text: &str| {
+            let want = text.parse::<f32>().unwrap();
+            let got = num(text).f32(text).unwrap();
+            assert_eq!(got.to_bits(), want.to_bits(), "{text}");
+        };
+        for text in ["0", "-0", "0.1", "-0.98765433", "3.4028235e38", "1e-45", "1.17549435e-38", "123456789012"] {
+            check(text);
+        }
+        // Decimals whose f64 is exactly an f32 midpoint: rounding through
+        // f64 would round twice; the reader must notice and parse exactly.
+        let mut hazards = 0;
+        // Between 8 and 16 a 16-digit decimal is closer than half an f64
+        // step to any value, so `{mid:.15}` reads back as exactly `mid`.
+        for bits in (0x4100_0000u32..0x4100_0000 + 200_000).step_by(7) {
+            let lo = f32::from_bits(bits) as f64;
+            let hi = f32::from_bits(bits + 1) as f64;
+            let mid = (lo + hi) / 2.0;
+            for text in [format!("{mid:.15}"), format!("{mid:.14}"), format!("{mid:e}")] {
+                let n = num(&text);
+                if n.exact_f64() == Some(mid) {
+                    hazards += 1;
+                }
+                check(&text);
+            }
+        }
+        assert!(hazards > 0, "the loop must meet at least one double-rounding case");
+    }
+}

@@ -129,42 +129,48 @@ const POW10: [f64; 23] = [
 ];
 
 impl Number {
-    /// The correctly rounded `f64` when one multiplication or division of
-    /// exact operands gives it (Clinger's fast path: a mantissa of at most
-    /// 2^53 and a power of ten of at most 10^22 are both exact, and IEEE
-    /// arithmetic rounds the one operation correctly).
-    fn exact_f64(&self) -> Option<f64> {
-        if !self.fits || self.mantissa > 1 << 53 || self.exp10.unsigned_abs() > 22 {
+    /// `mantissa × 10^exp10` in `f64` with one multiplication or division,
+    /// and how many f64 steps (ulps) it may be off: 0 when both operands
+    /// are exact (at most 2^53 and 10^22: Clinger's fast path, correctly
+    /// rounded), else 2 (the mantissa rounded once, the product once).
+    fn approx_f64(&self) -> Option<(f64, u64)> {
+        if !self.fits || self.exp10.unsigned_abs() > 22 {
             return None;
         }
+        let error = if self.mantissa <= 1 << 53 { 0 } else { 2 };
         let m = self.mantissa as f64;
         let p = POW10[self.exp10.unsigned_abs() as usize];
         let v = if self.exp10 < 0 { m / p } else { m * p };
-        Some(if self.negative { -v } else { v })
+        Some((if self.negative { -v } else { v }, error))
     }
 
     fn f64(&self, text: &str) -> Option<f64> {
-        let v = match self.exact_f64() {
-            Some(v) => v,
-            None => text[self.start..self.end].parse::<f64>().ok()?,
+        let v = match self.approx_f64() {
+            Some((v, 0)) => v,
+            _ => text[self.start..self.end].parse::<f64>().ok()?,
         };
         // serde_json refuses a number out of range; so does this reader.
         v.is_finite().then_some(v)
     }
 
     /// The number as `str::parse::<f32>` reads it (correctly rounded),
-    /// through the exact `f64` when that cannot round differently.
+    /// through `f64` whenever that cannot round differently.
+    ///
+    /// In f32's normal range the low 29 bits of an f64's mantissa are the
+    /// position between two neighbouring f32s, `1 << 28` their midpoint.
+    /// The real value is within `error` f64 steps of `v`; when the midpoint
+    /// is further from `v` than that, the real value and `v` lie on the
+    /// same side of it and round to the same f32. (With `error` 0, `v` is
+    /// the real value rounded once; it can only fall on the wrong side by
+    /// landing exactly on the midpoint, an f64 itself.) Else: the standard
+    /// parser, on the number's text.
     fn f32(&self, text: &str) -> Option<f32> {
-        if let Some(v) = self.exact_f64() {
+        if let Some((v, error)) = self.approx_f64() {
             let a = v.abs();
-            // Rounding the real value to f64 and then to f32 gives the f32
-            // nearest the real value unless the f64 lands exactly on the
-            // midpoint of two f32s (an f32 midpoint is itself an f64, so the
-            // real value cannot lie across one from its f64). In f32's normal
-            // range a midpoint has its low 29 bits of f64 mantissa 1000…0.
+            const MIDPOINT: u64 = 1 << 28;
+            let from_midpoint = (v.to_bits() & 0x1FFF_FFFF).abs_diff(MIDPOINT);
             if v == 0.0
-                || ((f32::MIN_POSITIVE as f64..=f32::MAX as f64).contains(&a)
-                    && v.to_bits() & 0x1FFF_FFFF != 0x1000_0000)
+                || ((f32::MIN_POSITIVE as f64..=f32::MAX as f64).contains(&a) && from_midpoint > 2 * error)
             {
                 return Some(v as f32);
             }
@@ -268,14 +274,18 @@ impl<'a> Reader<'a> {
         let mut i = start;
         let negative = b.get(i) == Some(&b'-');
         i += usize::from(negative);
-        let (mut mantissa, mut exp10, mut fits) = (0u64, 0i32, true);
-        let mut digit = |m: &mut u64, d: u8| {
-            if *m < 1_000_000_000_000_000_000 {
-                *m = *m * 10 + u64::from(d - b'0');
-            } else {
-                fits = false;
+        // Every digit goes into the mantissa, wrapping: it is exact when
+        // the digits after the leading zeros are at most 19 (< 2^64).
+        let mut mantissa = 0u64;
+        let mut digits = |i: &mut usize| {
+            let first = *i;
+            while let Some(&d @ b'0'..=b'9') = b.get(*i) {
+                mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
+                *i += 1;
             }
+            *i - first
         };
+        let first_digit = i;
         match b.get(i) {
             Some(b'0') => {
                 i += 1;
@@ -284,27 +294,34 @@ impl<'a> Reader<'a> {
                 }
             }
             Some(b'1'..=b'9') => {
-                while let Some(&d @ b'0'..=b'9') = b.get(i) {
-                    digit(&mut mantissa, d);
-                    i += 1;
-                }
+                digits(&mut i);
             }
             _ => return None,
         }
+        let mut exp10 = 0i32;
         let mut integer = true;
+        let mut point = 0;
         if b.get(i) == Some(&b'.') {
             integer = false;
             i += 1;
-            let first = i;
-            while let Some(&d @ b'0'..=b'9') = b.get(i) {
-                digit(&mut mantissa, d);
-                exp10 -= 1;
-                i += 1;
-            }
-            if i == first {
+            let fraction = digits(&mut i);
+            if fraction == 0 {
                 return None;
             }
+            point = 1;
+            exp10 = -(fraction.min(100_000) as i32);
         }
+        let text = &b[first_digit..i];
+        let mut significant = text.len() - point;
+        if significant > 19 {
+            // Leading zeros (of 0.000…) add nothing to the mantissa.
+            significant -= text
+                .iter()
+                .take_while(|&&c| c == b'0' || c == b'.')
+                .filter(|&&c| c == b'0')
+                .count();
+        }
+        let fits = significant <= 19;
         if let Some(b'e' | b'E') = b.get(i) {
             integer = false;
             i += 1;
@@ -595,6 +612,33 @@ mod tests {
         assert_eq!(num("1e400").scalar("1e400"), None, "out of range");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 20_000, ..Default::default() })]
+
+        /// Decimals of up to 22 digits with any exponent, as the standard
+        /// parser reads them, both as `f32` and as `f64`.
+        #[test]
+        fn numbers_read_as_the_standard_parser_reads_them(
+            negative: bool,
+            int in "0|[1-9][0-9]{0,20}",
+            fraction in proptest::option::of("[0-9]{1,22}"),
+            exp in proptest::option::of(-60i32..60),
+        ) {
+            let text = format!(
+                "{}{int}{}{}",
+                if negative { "-" } else { "" },
+                fraction.map(|f| format!(".{f}")).unwrap_or_default(),
+                exp.map(|e| format!("e{e}")).unwrap_or_default()
+            );
+            let n = num(&text);
+            let want32 = text.parse::<f32>().unwrap();
+            proptest::prop_assert_eq!(n.f32(&text).map(f32::to_bits), Some(want32.to_bits()), "{}", text);
+            let want64 = text.parse::<f64>().unwrap();
+            let got64 = n.f64(&text).map(f64::to_bits);
+            proptest::prop_assert_eq!(got64, want64.is_finite().then_some(want64.to_bits()), "{}", text);
+        }
+    }
+
     #[test]
     fn f32_matches_the_standard_parser_also_on_midpoints() {
         let check = |text: &str| {
@@ -616,7 +660,7 @@ mod tests {
             let mid = (lo + hi) / 2.0;
             for text in [format!("{mid:.15}"), format!("{mid:.14}"), format!("{mid:e}")] {
                 let n = num(&text);
-                if n.exact_f64() == Some(mid) {
+                if n.approx_f64() == Some((mid, 0)) {
                     hazards += 1;
                 }
                 check(&text);

@@ -260,3 +260,14 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn debug_bench_batch() {
+    let opts = SampleOptions { timestamp: NOW, ..SampleOptions::default() };
+    let events = (0..50u64).map(|i| sample::event(i, &opts)).collect();
+    let json = sdk::batch_json(&sdk::as_session(events, NOW), NOW).to_string();
+    let v = Validator::new(Limits::default(), Duration::from_secs(3600), Duration::from_secs(86400 * 30));
+    let g = prepare_generic(json.as_bytes(), "app", NOW, None, &v, 7).unwrap();
+    eprintln!("rejected {:?}", g.rejected.first().map(|r| &r.rejection));
+    assert!(prepare_onepass(json.as_bytes(), "app", NOW, None, &v, 7).is_some());
+}

@@ -124,30 +124,35 @@ struct Number {
 
 /// Exact powers of ten in `f64`.
 const POW10: [f64; 23] = [
-    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19,
-    1e20, 1e21, 1e22,
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20,
+    1e21, 1e22,
+];
+
+/// `10^-k` rounded to `f64`.
+const NEG_POW10: [f64; 23] = [
+    1e0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10, 1e-11, 1e-12, 1e-13, 1e-14, 1e-15, 1e-16, 1e-17,
+    1e-18, 1e-19, 1e-20, 1e-21, 1e-22,
 ];
 
 impl Number {
-    /// `mantissa × 10^exp10` in `f64` with one multiplication or division,
-    /// and how many f64 steps (ulps) it may be off: 0 when both operands
-    /// are exact (at most 2^53 and 10^22: Clinger's fast path, correctly
-    /// rounded), else 2 (the mantissa rounded once, the product once).
-    fn approx_f64(&self) -> Option<(f64, u64)> {
-        if !self.fits || self.exp10.unsigned_abs() > 22 {
+    /// `mantissa × 10^exp10` correctly rounded, when one multiplication or
+    /// division of exact operands gives it: a mantissa of at most 2^53 and a
+    /// power of at most 10^22 are both exact `f64`s, and IEEE arithmetic
+    /// rounds the one operation correctly (Clinger's fast path).
+    fn exact_f64(&self) -> Option<f64> {
+        if !self.fits || self.mantissa > 1 << 53 || self.exp10.unsigned_abs() > 22 {
             return None;
         }
-        let error = if self.mantissa <= 1 << 53 { 0 } else { 2 };
         let m = self.mantissa as f64;
         let p = POW10[self.exp10.unsigned_abs() as usize];
         let v = if self.exp10 < 0 { m / p } else { m * p };
-        Some((if self.negative { -v } else { v }, error))
+        Some(if self.negative { -v } else { v })
     }
 
     fn f64(&self, text: &str) -> Option<f64> {
-        let v = match self.approx_f64() {
-            Some((v, 0)) => v,
-            _ => text[self.start..self.end].parse::<f64>().ok()?,
+        let v = match self.exact_f64() {
+            Some(v) => v,
+            None => text[self.start..self.end].parse::<f64>().ok()?,
         };
         // serde_json refuses a number out of range; so does this reader.
         v.is_finite().then_some(v)
@@ -156,23 +161,30 @@ impl Number {
     /// The number as `str::parse::<f32>` reads it (correctly rounded),
     /// through `f64` whenever that cannot round differently.
     ///
+    /// `v`, the mantissa times the rounded power of ten (or its rounded
+    /// reciprocal), is off the real value by at most 4 f64 steps: three
+    /// roundings (mantissa, power, product), each at most half a step of
+    /// its own value, a relative 2^-53, so at most one step of the result.
     /// In f32's normal range the low 29 bits of an f64's mantissa are the
     /// position between two neighbouring f32s, `1 << 28` their midpoint.
-    /// The real value is within `error` f64 steps of `v`; when the midpoint
-    /// is further from `v` than that, the real value and `v` lie on the
-    /// same side of it and round to the same f32. (With `error` 0, `v` is
-    /// the real value rounded once; it can only fall on the wrong side by
-    /// landing exactly on the midpoint, an f64 itself.) Else: the standard
-    /// parser, on the number's text.
+    /// When the midpoint is more than 4 steps from `v`, the real value and
+    /// `v` lie on the same side of it and round to the same f32. Else (2^-25
+    /// of all values), or outside the range: the standard parser on the
+    /// number's text.
     fn f32(&self, text: &str) -> Option<f32> {
-        if let Some((v, error)) = self.approx_f64() {
-            let a = v.abs();
+        let k = self.exp10.unsigned_abs() as usize;
+        // The mantissa below 2^63 converts as a signed integer, one instruction.
+        if self.fits && k <= 22 && self.mantissa < 1 << 63 {
+            let m = self.mantissa as i64 as f64;
+            let v = m * if self.exp10 < 0 { NEG_POW10[k] } else { POW10[k] };
             const MIDPOINT: u64 = 1 << 28;
             let from_midpoint = (v.to_bits() & 0x1FFF_FFFF).abs_diff(MIDPOINT);
-            if v == 0.0
-                || ((f32::MIN_POSITIVE as f64..=f32::MAX as f64).contains(&a) && from_midpoint > 2 * error)
-            {
-                return Some(v as f32);
+            if from_midpoint > 8 && (f32::MIN_POSITIVE as f64..=f32::MAX as f64).contains(&v) {
+                let f = v as f32;
+                return Some(if self.negative { -f } else { f });
+            }
+            if self.mantissa == 0 {
+                return Some(if self.negative { -0.0 } else { 0.0 });
             }
         }
         text[self.start..self.end].parse::<f32>().ok()
@@ -279,6 +291,17 @@ impl<'a> Reader<'a> {
         let mut mantissa = 0u64;
         let mut digits = |i: &mut usize| {
             let first = *i;
+            // Eight digits at a time while there are eight, then one by one.
+            while let Some(eight) = b.get(*i..*i + 8) {
+                let word = u64::from_le_bytes(eight.try_into().expect("eight bytes"));
+                if !eight_digits(word) {
+                    break;
+                }
+                mantissa = mantissa
+                    .wrapping_mul(100_000_000)
+                    .wrapping_add(eight_digits_value(word));
+                *i += 8;
+            }
             while let Some(&d @ b'0'..=b'9') = b.get(*i) {
                 mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
                 *i += 1;
@@ -505,11 +528,19 @@ impl<'a> Reader<'a> {
             match key {
                 "sample_rate_hz" => set_once(&mut rate, self.number()?.as_f64_field(self.text)?)?,
                 "accelerometer" => {
-                    let axes = if self.null()? { None } else { Some(self.samples(max_samples)?) };
+                    let axes = if self.null()? {
+                        None
+                    } else {
+                        Some(self.samples(max_samples)?)
+                    };
                     set_once(&mut accelerometer, axes)?;
                 }
                 "gyroscope" => {
-                    let axes = if self.null()? { None } else { Some(self.samples(max_samples)?) };
+                    let axes = if self.null()? {
+                        None
+                    } else {
+                        Some(self.samples(max_samples)?)
+                    };
                     set_once(&mut gyroscope, axes)?;
                 }
                 _ => {
@@ -567,6 +598,29 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Whether the eight bytes of `word` (read little-endian) are all ASCII
+/// digits: each byte's high nibble is 3, and adding 6 to its low nibble
+/// does not carry into the high one.
+fn eight_digits(word: u64) -> bool {
+    const HIGH: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    (word & HIGH) | ((word.wrapping_add(0x0606_0606_0606_0606) & HIGH) >> 4) == 0x3333_3333_3333_3333
+}
+
+/// The value of eight ASCII digits read little-endian (the first digit in
+/// the lowest byte): pairs, then quadruples, then the eight, each step
+/// one multiplication of packed lanes.
+fn eight_digits_value(word: u64) -> u64 {
+    let v = word - 0x3030_3030_3030_3030;
+    // Each 16-bit lane's low byte: 10 × first + second digit of a pair.
+    let v = (v * 10) + (v >> 8);
+    // Lanes 0 and 2 (pairs 1 and 3) and lanes 1 and 3 (pairs 2 and 4),
+    // weighted so that the sum lands in the upper 32 bits.
+    const LANES: u64 = 0x0000_00FF_0000_00FF;
+    let a = (v & LANES).wrapping_mul(100 + (1_000_000 << 32));
+    let b = ((v >> 16) & LANES).wrapping_mul(1 + (10_000 << 32));
+    (a.wrapping_add(b)) >> 32
+}
+
 /// Sets a field, or gives up on a duplicate (serde refuses it).
 fn set_once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
     if slot.is_some() {
@@ -580,6 +634,15 @@ fn set_once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
 mod tests {
     use super::*;
 
+    impl Number {
+        /// The f64 the fast `f32` path rounds from.
+        fn f32_path_value(&self) -> Option<f64> {
+            let k = self.exp10.unsigned_abs() as usize;
+            (self.fits && k <= 22 && self.mantissa < 1 << 63)
+                .then(|| self.mantissa as i64 as f64 * if self.exp10 < 0 { NEG_POW10[k] } else { POW10[k] })
+        }
+    }
+
     fn num(text: &str) -> Number {
         let mut r = Reader {
             text,
@@ -589,6 +652,18 @@ mod tests {
         let n = r.number().unwrap_or_else(|| panic!("`{text}` is a number"));
         assert_eq!(n.end, text.len(), "{text}");
         n
+    }
+
+    #[test]
+    fn eight_digits_at_once() {
+        let word = |s: &str| u64::from_le_bytes(s.as_bytes().try_into().unwrap());
+        assert!(eight_digits(word("01234567")));
+        assert_eq!(eight_digits_value(word("01234567")), 1_234_567);
+        assert_eq!(eight_digits_value(word("99999999")), 99_999_999);
+        assert_eq!(eight_digits_value(word("10000000")), 10_000_000);
+        for bad in ["0123456.", "/1234567", "0123456:", "a1234567", "1234567 "] {
+            assert!(!eight_digits(word(bad)), "{bad}");
+        }
     }
 
     #[test]
@@ -646,7 +721,16 @@ mod tests {
             let got = num(text).f32(text).unwrap();
             assert_eq!(got.to_bits(), want.to_bits(), "{text}");
         };
-        for text in ["0", "-0", "0.1", "-0.98765433", "3.4028235e38", "1e-45", "1.17549435e-38", "123456789012"] {
+        for text in [
+            "0",
+            "-0",
+            "0.1",
+            "-0.98765433",
+            "3.4028235e38",
+            "1e-45",
+            "1.17549435e-38",
+            "123456789012",
+        ] {
             check(text);
         }
         // Decimals whose f64 is exactly an f32 midpoint: rounding through
@@ -658,9 +742,14 @@ mod tests {
             let lo = f32::from_bits(bits) as f64;
             let hi = f32::from_bits(bits + 1) as f64;
             let mid = (lo + hi) / 2.0;
-            for text in [format!("{mid:.15}"), format!("{mid:.14}"), format!("{mid:e}")] {
+            // And values a few f64 steps either side of the midpoint.
+            let near = |d: i64| f64::from_bits(mid.to_bits().wrapping_add_signed(d));
+            let texts = [format!("{mid:.15}"), format!("{mid:.14}"), format!("{mid:e}")]
+                .into_iter()
+                .chain([-9, -5, -1, 1, 5, 9].map(|d| format!("{:e}", near(d))));
+            for text in texts {
                 let n = num(&text);
-                if n.approx_f64() == Some((mid, 0)) {
+                if n.f32_path_value() == Some(mid) {
                     hazards += 1;
                 }
                 check(&text);

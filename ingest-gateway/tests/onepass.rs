@@ -41,7 +41,9 @@ fn batch(seed: u64, events: usize, motion_seconds: f64) -> Value {
         rate_hz: 10.0,
         ..SampleOptions::default()
     };
-    let events = (0..events as u64).map(|i| sample::event(seed * 16 + i, &opts)).collect();
+    let events = (0..events as u64)
+        .map(|i| sample::event(seed * 16 + i, &opts))
+        .collect();
     sdk::batch_json(&sdk::as_session(events, NOW), NOW)
 }
 
@@ -65,8 +67,12 @@ enum Tweak {
 /// JSON numbers of every spelling, most of them in range for `f32`.
 fn number_text() -> impl Strategy<Value = String> {
     prop_oneof![
-        any::<f32>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| f.to_string()),
-        any::<f32>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f:e}")),
+        any::<f32>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| f.to_string()),
+        any::<f32>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| format!("{f:e}")),
         (-2.0f64..2.0).prop_map(|f| f.to_string()),
         (-2.0f64..2.0, 0usize..18).prop_map(|(f, p)| format!("{f:.p$}")),
         (
@@ -102,7 +108,9 @@ fn scalar_value() -> impl Strategy<Value = Value> {
 fn any_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         scalar_value(),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
     ];
     leaf.prop_recursive(4, 24, 4, |inner| {
         prop_oneof![
@@ -201,7 +209,11 @@ fn same(fast: &PreparedBatch, generic: &PreparedBatch) -> bool {
 #[test]
 fn realistic_batches_take_the_fast_path_and_match_the_generic_one() {
     for seed in 0..40 {
-        let json = body(batch(seed, 1 + seed as usize % 8, [0.0, 2.0, 6.4][seed as usize % 3]), &[], seed % 2 == 1);
+        let json = body(
+            batch(seed, 1 + seed as usize % 8, [0.0, 2.0, 6.4][seed as usize % 3]),
+            &[],
+            seed % 2 == 1,
+        );
         let (fast, generic) = run(&json);
         let generic = generic.unwrap();
         assert!(generic.rejected.is_empty(), "{:?}", generic.rejected);
@@ -230,7 +242,10 @@ fn what_the_fast_path_gives_up_on_the_generic_path_reads() {
     }
     for (i, json) in cases.iter().enumerate() {
         let (fast, generic) = run(json);
-        assert!(fast.is_none(), "case {i}: the one-pass reader must leave it to the generic path");
+        assert!(
+            fast.is_none(),
+            "case {i}: the one-pass reader must leave it to the generic path"
+        );
         // The generic path still reads it (an error or a batch).
         let _ = generic;
     }
@@ -263,10 +278,17 @@ proptest! {
 
 #[test]
 fn debug_bench_batch() {
-    let opts = SampleOptions { timestamp: NOW, ..SampleOptions::default() };
+    let opts = SampleOptions {
+        timestamp: NOW,
+        ..SampleOptions::default()
+    };
     let events = (0..50u64).map(|i| sample::event(i, &opts)).collect();
     let json = sdk::batch_json(&sdk::as_session(events, NOW), NOW).to_string();
-    let v = Validator::new(Limits::default(), Duration::from_secs(3600), Duration::from_secs(86400 * 30));
+    let v = Validator::new(
+        Limits::default(),
+        Duration::from_secs(3600),
+        Duration::from_secs(86400 * 30),
+    );
     let g = prepare_generic(json.as_bytes(), "app", NOW, None, &v, 7).unwrap();
     eprintln!("rejected {:?}", g.rejected.first().map(|r| &r.rejection));
     assert!(prepare_onepass(json.as_bytes(), "app", NOW, None, &v, 7).is_some());

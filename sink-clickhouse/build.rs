@@ -11,7 +11,11 @@ fn main() {
     let cat = catalog();
     let mut fields = String::new();
     let mut assigns = String::new();
+    let mut texts = String::new();
     for s in &cat.signals {
+        if s.kind == SignalKind::String {
+            let _ = write!(texts, "\n            + self.{}.as_ref().map_or(0, String::capacity)", s.name);
+        }
         let (ty, getter) = match s.kind {
             SignalKind::Double => ("Option<f64>", "double"),
             SignalKind::Long => ("Option<i64>", "long"),
@@ -64,6 +68,26 @@ pub struct EventRow {{
 }}
 
 impl EventRow {{
+    /// Bytes the row holds in memory: itself, its texts and its arrays.
+    pub fn memory_bytes(&self) -> usize {{
+        let texts = |v: &[String]| v.iter().map(|s| s.capacity() + std::mem::size_of::<String>()).sum::<usize>();
+        std::mem::size_of::<Self>()
+            + self.app_id.capacity()
+            + self.sdk_name.capacity()
+            + self.sdk_version.capacity()
+            + self.device_model.capacity()
+            + self.device_os_name.capacity()
+            + self.device_os_version.capacity()
+            + texts(&self.device_extra_keys)
+            + texts(&self.device_extra_values)
+            + 4 * (self.accel_x.capacity()
+                + self.accel_y.capacity()
+                + self.accel_z.capacity()
+                + self.gyro_x.capacity()
+                + self.gyro_y.capacity()
+                + self.gyro_z.capacity()){texts}
+    }}
+
     /// The row of one event (moving its values, no copies).
     pub fn from_event(e: context_schemas::ContextEvent) -> Self {{
         let mut values = e.signals.into_values();

@@ -67,6 +67,50 @@ pub trait Partitioned {
     }
 }
 
+/// Bytes a row holds in memory, counted against `batch.max_bytes` together
+/// with its record, so that a batch's memory is bounded by that setting
+/// whatever the rows hold.
+pub trait InMemory {
+    fn memory_bytes(&self) -> usize;
+}
+
+fn texts(v: &[String]) -> usize {
+    v.iter().map(|s| s.capacity() + std::mem::size_of::<String>()).sum()
+}
+
+impl InMemory for EventRow {
+    fn memory_bytes(&self) -> usize {
+        EventRow::memory_bytes(self)
+    }
+}
+
+impl InMemory for ActivityRow {
+    fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.model_version.capacity()
+            + self.app_id.capacity()
+            + self.activity.capacity()
+            + texts(&self.labels)
+            + 4 * self.probabilities.capacity()
+            + self.unknown_reason.capacity()
+    }
+}
+
+impl InMemory for DeadLetterRow {
+    fn memory_bytes(&self) -> usize {
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
+        std::mem::size_of::<Self>()
+            + self.source.capacity()
+            + self.reason.capacity()
+            + self.detail.capacity()
+            + opt(&self.source_topic)
+            + opt(&self.app_id)
+            + opt(&self.event_id)
+            + self.payload.0.capacity()
+            + self.envelope.capacity()
+    }
+}
+
 impl Partitioned for EventRow {
     fn partition_time(&self) -> u32 {
         self.client_time
@@ -207,6 +251,24 @@ impl DeadLetterRow {
 mod tests {
     use super::*;
     use context_schemas::sample::{self, SampleOptions};
+
+    #[test]
+    fn a_rows_memory_counts_its_arrays_and_texts() {
+        let e = sample::event(1, &SampleOptions::default());
+        let samples = e.motion.as_ref().unwrap().accelerometer.x.len();
+        let encoded = context_schemas::AvroRecord::to_wire(&e, 1).unwrap().len();
+        let row = EventRow::from_event(e);
+        let bytes = InMemory::memory_bytes(&row);
+        // Six f32 axes, the struct itself, and the texts.
+        assert!(bytes >= std::mem::size_of::<EventRow>() + 6 * 4 * samples + row.app_id.len());
+        // The decoded row is larger than its record: counting the record
+        // alone (as before) would let a batch hold more than its limit.
+        assert!(bytes > encoded, "{bytes} vs {encoded}");
+        let mut bigger = row.clone();
+        let before = InMemory::memory_bytes(&bigger);
+        bigger.accel_x.extend(vec![0.0; 1000]);
+        assert!(InMemory::memory_bytes(&bigger) >= before + 4000);
+    }
 
     #[test]
     fn absurd_device_times_share_one_sentinel_partition() {

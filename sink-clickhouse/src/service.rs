@@ -32,7 +32,7 @@ use schema_registry::RegistryClient;
 
 use crate::batch::{insert_or_isolate, partition_chunks, Batch, MAX_PARTITIONS_PER_INSERT};
 use crate::config::Config;
-use crate::rows::{ActivityRow, DeadLetterRow, EventRow, Partitioned};
+use crate::rows::{ActivityRow, DeadLetterRow, EventRow, InMemory, Partitioned};
 
 /// What the service reports on /readyz.
 #[derive(Debug, Default)]
@@ -435,7 +435,7 @@ async fn convert_tag(registry: &RegistryClient, msg: &OwnedMessage) -> Result<Co
 /// Runs one source until `shutdown` turns true, then flushes and commits.
 async fn run_loop<R, F, Fut>(l: Loop<'_>, table: &str, convert: F, mut shutdown: Shutdown) -> Result<(), SinkError>
 where
-    R: RowOwned + RowWrite + Partitioned,
+    R: RowOwned + RowWrite + Partitioned + InMemory,
     F: Fn(Arc<OwnedMessage>) -> Fut,
     Fut: std::future::Future<Output = Result<Converted<R>, DecodeError>>,
 {
@@ -475,14 +475,22 @@ where
                                 }
                             }
                         };
-                        match converted {
-                            Converted::Row(r) => batch.push(p, (r, Arc::clone(&msg))),
+                        // The batch's bytes: the record (kept for a dead letter
+                        // should ClickHouse refuse its row) and the row.
+                        let held = match converted {
+                            Converted::Row(r) => {
+                                let held = len + r.memory_bytes();
+                                batch.push(p, (r, Arc::clone(&msg)));
+                                held
+                            }
                             Converted::Dead(d) => {
                                 metrics::counter!("sink_dead_lettered_total", "source" => l.source.name()).increment(1);
+                                let held = d.memory_bytes();
                                 dead.push((p, *d));
+                                held
                             }
-                        }
-                        batch.covered(p, o, len);
+                        };
+                        batch.covered(p, o, held);
                     }
                 }
             }
@@ -493,6 +501,10 @@ where
         }
     }
 }
+
+/// Most records librdkafka fetches ahead per source, in KiB (its default
+/// is 64 MiB): with `batch.max_bytes`, what bounds the sink's memory.
+pub const PREFETCH_KBYTES: usize = 32 << 10;
 
 fn consumer(s: &Config, source: Source, topic: &str) -> Result<Sink, SinkError> {
     let consumer: Sink = ClientConfig::new()
@@ -507,6 +519,7 @@ fn consumer(s: &Config, source: Source, topic: &str) -> Result<Sink, SinkError> 
         .set("session.timeout.ms", s.session_timeout.as_millis().to_string())
         .set("max.poll.interval.ms", s.max_poll_interval.as_millis().to_string())
         .set("statistics.interval.ms", "2000")
+        .set("queued.max.messages.kbytes", PREFETCH_KBYTES.to_string())
         .create_with_context(RebalanceLog::default())?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)

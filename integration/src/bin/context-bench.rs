@@ -636,8 +636,9 @@ fn memory_bound_mib(service: &str) -> f64 {
     match service {
         // max_in_flight_bytes 256 MiB + queue_max_kbytes 256 MiB + ~100 MiB
         "gateway" => 612.0,
-        // 3 sources × batch.max_bytes 128 MiB + 25 %
-        "sink" => 480.0,
+        // 3 sources × (batch.max_bytes 128 MiB of records and rows + 32 MiB
+        // fetched ahead) + ~100 MiB
+        "sink" => 580.0,
         // a batch of max_batch events in and out, plus librdkafka's buffers
         "router" | "enrich" => 512.0,
         _ => 256.0,

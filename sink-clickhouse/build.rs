@@ -14,7 +14,11 @@ fn main() {
     let mut texts = String::new();
     for s in &cat.signals {
         if s.kind == SignalKind::String {
-            let _ = write!(texts, "\n            + self.{}.as_ref().map_or(0, String::capacity)", s.name);
+            let _ = write!(
+                texts,
+                "\n            + self.{}.as_ref().map_or(0, String::capacity)",
+                s.name
+            );
         }
         let (ty, getter) = match s.kind {
             SignalKind::Double => ("Option<f64>", "double"),

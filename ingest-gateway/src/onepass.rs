@@ -378,6 +378,53 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// One sample value. The common spelling, `-0.0123…` with at most 18
+    /// significant digits and no exponent, is read here in one go, eight
+    /// digits at a time; anything else (an exponent, more digits, a value
+    /// close to an f32 midpoint, text that is not a number) goes through
+    /// [`Reader::number`] and [`Number::f32`] from the same position.
+    #[inline]
+    fn sample(&mut self) -> Option<f32> {
+        self.ws();
+        let (b, start) = (self.b, self.i);
+        let mut i = start;
+        let negative = b.get(i) == Some(&b'-');
+        i += usize::from(negative);
+        let mut mantissa = 0u64;
+        let mut significant = 0;
+        let mut exp10 = 0usize;
+        match b.get(i) {
+            Some(b'0') => i += 1,
+            Some(b'1'..=b'9') => significant = digit_run(b, &mut i, &mut mantissa),
+            _ => return None,
+        }
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            let first = i;
+            if mantissa == 0 {
+                while b.get(i) == Some(&b'0') {
+                    i += 1;
+                }
+            }
+            let n = digit_run(b, &mut i, &mut mantissa);
+            significant += n;
+            exp10 = i - first;
+        }
+        // Ends here (no exponent, no second point, no digit after a lone
+        // `0`) and has digits after its point, if any: a JSON number.
+        let complete = !matches!(b.get(i), Some(b'0'..=b'9' | b'e' | b'E' | b'.')) && b[i - 1] != b'.';
+        if complete && significant <= 18 && exp10 <= 22 {
+            let v = mantissa as i64 as f64 * NEG_POW10[exp10];
+            let from_midpoint = (v.to_bits() & 0x1FFF_FFFF).abs_diff(1 << 28);
+            if from_midpoint > 8 && (f32::MIN_POSITIVE as f64..=f32::MAX as f64).contains(&v) {
+                self.i = i;
+                let f = v as f32;
+                return Some(if negative { -f } else { f });
+            }
+        }
+        self.number()?.f32(self.text)
+    }
+
     /// Any JSON value, checked and skipped.
     fn skip_value(&mut self, depth: usize) -> Option<()> {
         if depth > MAX_DEPTH {
@@ -579,11 +626,11 @@ impl<'a> Reader<'a> {
                 return None;
             }
             self.eat(b'[')?;
-            let x = self.number()?.f32(self.text)?;
+            let x = self.sample()?;
             self.eat(b',')?;
-            let y = self.number()?.f32(self.text)?;
+            let y = self.sample()?;
             self.eat(b',')?;
-            let z = self.number()?.f32(self.text)?;
+            let z = self.sample()?;
             self.eat(b']')?;
             if !(x.is_finite() && y.is_finite() && z.is_finite()) {
                 return None;
@@ -596,6 +643,41 @@ impl<'a> Reader<'a> {
             }
         }
     }
+}
+
+/// `10^n` for `n` up to 8.
+const POW10_U64: [u64; 9] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000];
+
+/// Reads the digits at `i` into `mantissa` (wrapping past 19 digits), eight
+/// at a time: the count of leading digits of an 8-byte word comes from a
+/// mask, so a run's length costs no branch per digit. Returns the count.
+fn digit_run(b: &[u8], i: &mut usize, mantissa: &mut u64) -> usize {
+    let first = *i;
+    while let Some(eight) = b.get(*i..*i + 8) {
+        let word = u64::from_le_bytes(eight.try_into().expect("eight bytes"));
+        // Per byte: its value minus '0' is 0..=9 for a digit; adding 0x76
+        // sets the high bit of anything else (a carry only disturbs the
+        // bytes after the first non-digit, which are not counted).
+        let t = word ^ 0x3030_3030_3030_3030;
+        let other = (t.wrapping_add(0x7676_7676_7676_7676) | t) & 0x8080_8080_8080_8080;
+        let n = (other.trailing_zeros() / 8) as usize;
+        if n > 0 {
+            // The n digits moved to the top, '0's below them.
+            let top = (word << (8 * (8 - n))) | 0x3030_3030_3030_3030u64.checked_shr(8 * n as u32).unwrap_or(0);
+            *mantissa = mantissa
+                .wrapping_mul(POW10_U64[n])
+                .wrapping_add(eight_digits_value(top));
+            *i += n;
+        }
+        if n < 8 {
+            return *i - first;
+        }
+    }
+    while let Some(&d @ b'0'..=b'9') = b.get(*i) {
+        *mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
+        *i += 1;
+    }
+    *i - first
 }
 
 /// Whether the eight bytes of `word` (read little-endian) are all ASCII
@@ -664,6 +746,29 @@ mod tests {
         for bad in ["0123456.", "/1234567", "0123456:", "a1234567", "1234567 "] {
             assert!(!eight_digits(word(bad)), "{bad}");
         }
+        // Runs of every length, with every kind of byte after them.
+        for len in 0..=20 {
+            for after in ["", ",", "]", ".5", "e3", "\u{e9}", ":"] {
+                let digits: String = (0..len).map(|k| char::from(b'1' + (k * 7 % 9) as u8)).collect();
+                let text = format!("{digits}{after}");
+                let (mut i, mut m) = (0, 0u64);
+                assert_eq!(digit_run(text.as_bytes(), &mut i, &mut m), len, "{text}");
+                if len <= 19 {
+                    assert_eq!(m, digits.parse::<u64>().unwrap_or(0), "{text}");
+                }
+            }
+        }
+        // A sample that is not a JSON number is not read as one.
+        for bad in ["01", "1.", "-", "1.5.3", "-.5", "0x1"] {
+            let t = format!("{bad},");
+            let mut r = Reader {
+                text: &t,
+                b: t.as_bytes(),
+                i: 0,
+            };
+            let read = r.sample().is_some() && r.peek() == Some(b',');
+            assert!(!read, "`{bad}`");
+        }
     }
 
     #[test]
@@ -708,6 +813,13 @@ mod tests {
             let n = num(&text);
             let want32 = text.parse::<f32>().unwrap();
             proptest::prop_assert_eq!(n.f32(&text).map(f32::to_bits), Some(want32.to_bits()), "{}", text);
+            // The sample reader, with what may follow a sample.
+            for follow in [",", "]", " ,", ""] {
+                let t = format!("{text}{follow}");
+                let mut r = Reader { text: &t, b: t.as_bytes(), i: 0 };
+                proptest::prop_assert_eq!(r.sample().map(f32::to_bits), Some(want32.to_bits()), "{}", t);
+                proptest::prop_assert_eq!(r.i, text.len(), "{}", t);
+            }
             let want64 = text.parse::<f64>().unwrap();
             let got64 = n.f64(&text).map(f64::to_bits);
             proptest::prop_assert_eq!(got64, want64.is_finite().then_some(want64.to_bits()), "{}", text);

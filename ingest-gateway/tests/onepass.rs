@@ -287,7 +287,11 @@ fn the_benchmarks_batch_takes_the_fast_path() {
     };
     let events = (0..50u64).map(|i| sample::event(i, &opts)).collect();
     let json = sdk::batch_json(&sdk::as_session(events, NOW), NOW).to_string();
-    let v = Validator::new(Limits::default(), Duration::from_secs(3600), Duration::from_secs(86400 * 30));
+    let v = Validator::new(
+        Limits::default(),
+        Duration::from_secs(3600),
+        Duration::from_secs(86400 * 30),
+    );
     let generic = prepare_generic(json.as_bytes(), "app", NOW, None, &v, 7).unwrap();
     assert!(generic.rejected.is_empty());
     let fast = prepare_onepass(json.as_bytes(), "app", NOW, None, &v, 7).expect("the fast path reads it");

@@ -103,7 +103,20 @@ impl ServiceConfig for Config {
     }
 }
 
+/// What the sink holds besides its batches and librdkafka's fetch queues:
+/// code, runtime, clients, one ClickHouse insert's buffers.
+pub const MEMORY_BASE_BYTES: usize = 100 << 20;
+
 impl Config {
+    /// The most memory the sink can hold, whatever the records: per source
+    /// (events, activity tags, dead letters) a batch of at most
+    /// `batch.max_bytes` (records and their decoded rows, plus one record)
+    /// and librdkafka's queue of records fetched ahead
+    /// ([`crate::service::PREFETCH_KBYTES`]), plus [`MEMORY_BASE_BYTES`].
+    pub fn memory_bound(&self) -> usize {
+        3 * (self.batch.max_bytes + crate::service::PREFETCH_KBYTES * 1024) + MEMORY_BASE_BYTES
+    }
+
     /// A client for inserts (LZ4) and one for queries (uncompressed: against
     /// ClickHouse 18.16 the crate's LZ4 response path yields no rows).
     pub fn clickhouse(&self, compressed: bool) -> clickhouse::Client {

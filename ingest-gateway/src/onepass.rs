@@ -22,7 +22,7 @@ use std::borrow::Cow;
 
 use context_schemas::Axes3;
 
-use crate::validate::{EventParts, MotionParts, Rejection, Scalar};
+use crate::validate::{CheckedSignals, EventParts, MotionParts, Rejection, Scalar};
 
 /// Deepest nesting of an unknown field's value this reader skips; deeper
 /// ones go to the generic path (serde_json's own limit is 128).
@@ -538,9 +538,9 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn signals(&mut self) -> Option<Vec<(Cow<'a, str>, Scalar<'a>)>> {
+    fn signals(&mut self) -> Option<CheckedSignals> {
         self.eat(b'{')?;
-        let mut out = Vec::with_capacity(180);
+        let mut out = CheckedSignals::default();
         if self.peek()? == b'}' {
             self.i += 1;
             return Some(out);
@@ -555,7 +555,7 @@ impl<'a> Reader<'a> {
                 b'n' => self.literal(b"null").map(|()| Scalar::Null)?,
                 _ => self.number()?.scalar(self.text)?,
             };
-            out.push((Cow::Borrowed(name), value));
+            out.add(name, value);
             if !self.next_or_close(b'}')? {
                 return Some(out);
             }

@@ -243,9 +243,34 @@ impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
     }
 }
 
-/// The `signals` object, in the order sent.
+/// A `signals` object, checked entry by entry in the order sent as it is
+/// read: a record of fixed size whatever the object holds (an object of a
+/// million tiny entries costs no more memory than one of three), the count
+/// of names no catalogue knows, and the first entry's error, if any.
 #[derive(Debug, Default)]
-struct RawSignals<'a>(Vec<(Cow<'a, str>, Scalar<'a>)>);
+pub(crate) struct CheckedSignals {
+    pub signals: Signals,
+    pub unknown: usize,
+    pub first_error: Option<Rejection>,
+}
+
+impl CheckedSignals {
+    /// Checks one entry; an explicit null leaves the signal as it is.
+    pub fn add(&mut self, name: &str, value: Scalar<'_>) {
+        let Some(spec) = catalog().get(name) else {
+            self.unknown += 1;
+            return;
+        };
+        if self.first_error.is_some() {
+            return;
+        }
+        match signal_value(spec, value) {
+            Ok(Some(v)) => self.signals.set_at(spec, v).expect("types were checked"),
+            Ok(None) => {}
+            Err(rejection) => self.first_error = Some(rejection),
+        }
+    }
+}
 
 /// One event as read from JSON, before any check of its values: what both
 /// readers produce, serde's ([`Validator::event`]) and the one-pass reader
@@ -254,8 +279,7 @@ struct RawSignals<'a>(Vec<(Cow<'a, str>, Scalar<'a>)>);
 pub(crate) struct EventParts<'a, M> {
     pub event_id: Cow<'a, str>,
     pub timestamp: Cow<'a, str>,
-    /// The `signals` object, in the order sent.
-    pub signals: Vec<(Cow<'a, str>, Scalar<'a>)>,
+    pub signals: CheckedSignals,
     pub motion: Option<M>,
     /// Fields of the event and of its motion that no catalogue knows.
     pub unknown_fields: usize,
@@ -270,23 +294,23 @@ pub(crate) trait MotionParts {
     fn axes(self, max: usize) -> Result<(Axes3, Axes3), Rejection>;
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for RawSignals<'a> {
+impl<'de> Deserialize<'de> for CheckedSignals {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = RawSignals<'de>;
+            type Value = CheckedSignals;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an object of signal names to values")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(180));
+                let mut out = CheckedSignals::default();
                 while let Some(name) = map.next_key::<Cow<'de, str>>()? {
                     let value = map
                         .next_value::<Scalar<'de>>()
                         .map_err(|e| de::Error::custom(format!("signal `{name}`: {e}")))?;
-                    out.push((name, value));
+                    out.add(&name, value);
                 }
-                Ok(RawSignals(out))
+                Ok(out)
             }
         }
         d.deserialize_map(V)
@@ -437,7 +461,7 @@ pub fn parse_samples(json: &str, max: usize) -> Result<Axes3, String> {
 struct RawEvent<'a> {
     event_id: Cow<'a, str>,
     timestamp: Cow<'a, str>,
-    signals: RawSignals<'a>,
+    signals: CheckedSignals,
     motion: Option<RawMotion<'a>>,
     unknown_fields: usize,
 }
@@ -557,7 +581,7 @@ impl Validator {
             EventParts {
                 event_id: ev.event_id,
                 timestamp: ev.timestamp,
-                signals: ev.signals.0,
+                signals: ev.signals,
                 motion: ev.motion,
                 unknown_fields: ev.unknown_fields,
             },
@@ -574,17 +598,13 @@ impl Validator {
         // is stored with its raw times and flagged.
         let time_suspect = timestamp.saturating_sub(env.received_at) > self.max_future_us
             || env.received_at.saturating_sub(timestamp) > self.max_age_us;
-        let cat = catalog();
-        let mut signals = Signals::default();
-        let mut unknown_signals = 0;
-        for (name, value) in ev.signals {
-            let Some(spec) = cat.get(&name) else {
-                unknown_signals += 1;
-                continue;
-            };
-            if let Some(v) = signal_value(spec, value)? {
-                signals.set_at(spec, v).expect("types were checked");
-            }
+        let CheckedSignals {
+            signals,
+            unknown: unknown_signals,
+            first_error,
+        } = ev.signals;
+        if let Some(rejection) = first_error {
+            return Err(rejection);
         }
         let motion = ev.motion.map(|m| self.motion(m)).transpose()?;
         Ok(Valid {
@@ -776,6 +796,23 @@ mod tests {
             validator().event(&envelope(), &missing).unwrap_err().reason,
             "malformed_event"
         );
+    }
+
+    #[test]
+    fn a_huge_signals_object_is_checked_as_it_is_read() {
+        // 50,000 entries no catalogue knows and a known one sent twice:
+        // counted and dropped as read, the later value kept.
+        let mut entries: Vec<String> = (0..50_000).map(|i| format!(r#""u{i}":0"#)).collect();
+        entries.push(r#""battery_level":0.1"#.into());
+        entries.push(r#""battery_level":0.2"#.into());
+        let raw = event(&entries.join(","), "2025-10-09T08:54:30Z");
+        let valid = validator().event(&envelope(), &raw).unwrap();
+        assert_eq!(valid.unknown_signals, 50_000);
+        assert_eq!(valid.event.signals.get("battery_level"), Some(&SignalValue::Double(0.2)));
+        // The first bad entry is the reason, even with good ones after it.
+        let raw = event(r#""battery_level":7,"screen_brightness":9,"steps_today":1"#, "2025-10-09T08:54:30Z");
+        let err = validator().event(&envelope(), &raw).unwrap_err();
+        assert!(err.detail.contains("battery_level"), "{}", err.detail);
     }
 
     #[test]

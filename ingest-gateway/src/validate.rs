@@ -808,9 +808,15 @@ mod tests {
         let raw = event(&entries.join(","), "2025-10-09T08:54:30Z");
         let valid = validator().event(&envelope(), &raw).unwrap();
         assert_eq!(valid.unknown_signals, 50_000);
-        assert_eq!(valid.event.signals.get("battery_level"), Some(&SignalValue::Double(0.2)));
+        assert_eq!(
+            valid.event.signals.get("battery_level"),
+            Some(&SignalValue::Double(0.2))
+        );
         // The first bad entry is the reason, even with good ones after it.
-        let raw = event(r#""battery_level":7,"screen_brightness":9,"steps_today":1"#, "2025-10-09T08:54:30Z");
+        let raw = event(
+            r#""battery_level":7,"screen_brightness":9,"steps_today":1"#,
+            "2025-10-09T08:54:30Z",
+        );
         let err = validator().event(&envelope(), &raw).unwrap_err();
         assert!(err.detail.contains("battery_level"), "{}", err.detail);
     }

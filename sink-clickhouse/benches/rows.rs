@@ -32,13 +32,16 @@ fn bench(c: &mut Criterion) {
                 .sum::<usize>()
         })
     });
+    let generic = apache_avro::reader::datum::GenericDatumReader::builder(writer)
+        .build()
+        .unwrap();
     group.bench_function("generic_apache_avro_decode_1000_events", |b| {
         b.iter(|| {
             records
                 .iter()
                 .map(|r| {
                     let (_, mut body) = wire::unframe(r).unwrap();
-                    match apache_avro::from_avro_datum(writer, &mut body, None).unwrap() {
+                    match generic.read_value(&mut body).unwrap() {
                         apache_avro::types::Value::Record(fields) => fields.len(),
                         _ => 0,
                     }

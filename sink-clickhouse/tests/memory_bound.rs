@@ -1,7 +1,7 @@
-//! The sink's memory stays under `Config::memory_bound` (3 × (`batch.max_bytes`
-//! + 32 MiB fetched ahead) + 100 MiB) while it drains a backlog of heavy
-//! events, each of which decodes to a row larger than its record: the batch
-//! counts rows and records, not the records alone.
+//! The sink's memory stays under `Config::memory_bound`, that is
+//! 3 × (`batch.max_bytes` plus 32 MiB fetched ahead) plus 100 MiB, while it
+//! drains a backlog of heavy events, each of which decodes to a row larger
+//! than its record: the batch counts rows and records, not records alone.
 
 mod common;
 

@@ -74,7 +74,9 @@ pub struct EventRow {{
 impl EventRow {{
     /// Bytes the row holds in memory: itself, its texts and its arrays.
     pub fn memory_bytes(&self) -> usize {{
-        let texts = |v: &[String]| v.iter().map(|s| s.capacity() + std::mem::size_of::<String>()).sum::<usize>();
+        let texts = |v: &Vec<String>| {{
+            v.capacity() * std::mem::size_of::<String>() + v.iter().map(String::capacity).sum::<usize>()
+        }};
         std::mem::size_of::<Self>()
             + self.app_id.capacity()
             + self.sdk_name.capacity()

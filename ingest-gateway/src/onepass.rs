@@ -328,11 +328,13 @@ impl<'a> Reader<'a> {
             integer = false;
             i += 1;
             let fraction = digits(&mut i);
-            if fraction == 0 {
+            // No digits, or so many that the exponent arithmetic below
+            // would need capping: the generic path reads it.
+            if fraction == 0 || fraction > 10_000 {
                 return None;
             }
             point = 1;
-            exp10 = -(fraction.min(100_000) as i32);
+            exp10 = -(fraction as i32);
         }
         let text = &b[first_digit..i];
         let mut significant = text.len() - point;
@@ -617,10 +619,6 @@ impl<'a> Reader<'a> {
             self.i += 1;
             return Some(axes);
         }
-        let hint = max.min(1024);
-        axes.x.reserve(hint);
-        axes.y.reserve(hint);
-        axes.z.reserve(hint);
         loop {
             if axes.x.len() == max {
                 return None;
@@ -790,6 +788,21 @@ mod tests {
         assert_eq!(num("12345678901234567890").scalar("12345678901234567890"), None);
         assert_eq!(num("1.5e2").scalar("1.5e2"), Some(Scalar::Float(150.0)));
         assert_eq!(num("1e400").scalar("1e400"), None, "out of range");
+        // A fraction of 20,000 zeros, then an exponent that would cancel a
+        // capped count: given up, not read as 0.5 × 10^2.
+        let long = format!("0.{}5e20002", "0".repeat(20_000));
+        let mut r = Reader {
+            text: &long,
+            b: long.as_bytes(),
+            i: 0,
+        };
+        assert!(r.number().is_none());
+        let mut r = Reader {
+            text: &long,
+            b: long.as_bytes(),
+            i: 0,
+        };
+        assert!(r.sample().is_none());
     }
 
     proptest::proptest! {

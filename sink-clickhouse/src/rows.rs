@@ -71,11 +71,26 @@ pub trait Partitioned {
 /// with its record, so that a batch's memory is bounded by that setting
 /// whatever the rows hold.
 pub trait InMemory {
+    /// The row's own heap (texts, arrays) and its struct.
     fn memory_bytes(&self) -> usize;
+
+    /// What a row costs a batch at its peak: its heap, and its struct (with
+    /// its record's) three times: once in the batch, up to once more as the
+    /// batch's vector's spare capacity, and once in the copy sorted by
+    /// partition for the insert.
+    fn batch_bytes(&self) -> usize
+    where
+        Self: Sized,
+    {
+        let structs = std::mem::size_of::<Self>()
+            + std::mem::size_of::<(i32, std::sync::Arc<rdkafka::message::OwnedMessage>)>()
+            + std::mem::size_of::<rdkafka::message::OwnedMessage>();
+        self.memory_bytes() + 2 * structs
+    }
 }
 
-fn texts(v: &[String]) -> usize {
-    v.iter().map(|s| s.capacity() + std::mem::size_of::<String>()).sum()
+fn texts(v: &Vec<String>) -> usize {
+    v.capacity() * std::mem::size_of::<String>() + v.iter().map(String::capacity).sum::<usize>()
 }
 
 impl InMemory for EventRow {

@@ -479,7 +479,7 @@ where
                         // should ClickHouse refuse its row) and the row.
                         let held = match converted {
                             Converted::Row(r) => {
-                                let held = len + r.memory_bytes();
+                                let held = len + r.batch_bytes();
                                 batch.push(p, (r, Arc::clone(&msg)));
                                 held
                             }

@@ -67,7 +67,12 @@ impl MotionParts for ReadMotion {
 /// Reads a whole decompressed body, or `None` when the generic path must.
 pub(crate) fn read(json: &[u8], max_events: usize, max_samples: usize) -> Option<ReadBatch<'_>> {
     let text = std::str::from_utf8(json).ok()?;
-    let mut r = Reader { text, b: json, i: 0 };
+    let mut r = Reader {
+        text,
+        b: json,
+        i: 0,
+        scratch: Axes3::default(),
+    };
     r.eat(b'{')?;
     let mut envelope = String::with_capacity(1024);
     envelope.push('{');
@@ -225,6 +230,8 @@ struct Reader<'a> {
     text: &'a str,
     b: &'a [u8],
     i: usize,
+    /// Sample axes being read (see [`Reader::samples`]).
+    scratch: Axes3,
 }
 
 impl<'a> Reader<'a> {
@@ -614,11 +621,28 @@ impl<'a> Reader<'a> {
     /// `[[x, y, z], ...]` into axes: finite `f32`s, at most `max` samples.
     fn samples(&mut self, max: usize) -> Option<Axes3> {
         self.eat(b'[')?;
-        let mut axes = Axes3::default();
         if self.peek()? == b']' {
             self.i += 1;
-            return Some(axes);
+            return Some(Axes3::default());
         }
+        // Read into the reader's scratch axes, grown once per body, then
+        // copied out at their exact size: no growth steps per array, and no
+        // capacity reserved ahead that a one-sample array would not fill.
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.x.clear();
+        scratch.y.clear();
+        scratch.z.clear();
+        let read = self.samples_into(max, &mut scratch);
+        let axes = read.map(|()| Axes3 {
+            x: scratch.x.clone(),
+            y: scratch.y.clone(),
+            z: scratch.z.clone(),
+        });
+        self.scratch = scratch;
+        axes
+    }
+
+    fn samples_into(&mut self, max: usize, axes: &mut Axes3) -> Option<()> {
         loop {
             if axes.x.len() == max {
                 return None;
@@ -637,7 +661,7 @@ impl<'a> Reader<'a> {
             axes.y.push(y);
             axes.z.push(z);
             if !self.next_or_close(b']')? {
-                return Some(axes);
+                return Some(());
             }
         }
     }
@@ -728,6 +752,7 @@ mod tests {
             text,
             b: text.as_bytes(),
             i: 0,
+            scratch: Axes3::default(),
         };
         let n = r.number().unwrap_or_else(|| panic!("`{text}` is a number"));
         assert_eq!(n.end, text.len(), "{text}");
@@ -763,6 +788,7 @@ mod tests {
                 text: &t,
                 b: t.as_bytes(),
                 i: 0,
+                scratch: Axes3::default(),
             };
             let read = r.sample().is_some() && r.peek() == Some(b',');
             assert!(!read, "`{bad}`");
@@ -776,6 +802,7 @@ mod tests {
                 text: bad,
                 b: bad.as_bytes(),
                 i: 0,
+                scratch: Axes3::default(),
             };
             let whole = r.number().is_some_and(|n| n.end == bad.len());
             assert!(!whole, "`{bad}` is not a JSON number");
@@ -795,12 +822,14 @@ mod tests {
             text: &long,
             b: long.as_bytes(),
             i: 0,
+            scratch: Axes3::default(),
         };
         assert!(r.number().is_none());
         let mut r = Reader {
             text: &long,
             b: long.as_bytes(),
             i: 0,
+            scratch: Axes3::default(),
         };
         assert!(r.sample().is_none());
     }
@@ -829,7 +858,7 @@ mod tests {
             // The sample reader, with what may follow a sample.
             for follow in [",", "]", " ,", ""] {
                 let t = format!("{text}{follow}");
-                let mut r = Reader { text: &t, b: t.as_bytes(), i: 0 };
+                let mut r = Reader { text: &t, b: t.as_bytes(), i: 0, scratch: Axes3::default() };
                 proptest::prop_assert_eq!(r.sample().map(f32::to_bits), Some(want32.to_bits()), "{}", t);
                 proptest::prop_assert_eq!(r.i, text.len(), "{}", t);
             }

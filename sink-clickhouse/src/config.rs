@@ -26,7 +26,7 @@ impl Default for BatchLimits {
     fn default() -> Self {
         BatchLimits {
             max_rows: 50_000,
-            max_bytes: 128 << 20,
+            max_bytes: 256 << 20,
             max_age: Duration::from_secs(5),
         }
     }

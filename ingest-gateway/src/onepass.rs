@@ -67,12 +67,7 @@ impl MotionParts for ReadMotion {
 /// Reads a whole decompressed body, or `None` when the generic path must.
 pub(crate) fn read(json: &[u8], max_events: usize, max_samples: usize) -> Option<ReadBatch<'_>> {
     let text = std::str::from_utf8(json).ok()?;
-    let mut r = Reader {
-        text,
-        b: json,
-        i: 0,
-        scratch: Axes3::default(),
-    };
+    let mut r = Reader::new(text);
     r.eat(b'{')?;
     let mut envelope = String::with_capacity(1024);
     envelope.push('{');
@@ -235,6 +230,15 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    fn new(text: &'a str) -> Self {
+        Reader {
+            text,
+            b: text.as_bytes(),
+            i: 0,
+            scratch: Axes3::default(),
+        }
+    }
+
     fn ws(&mut self) {
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.i) {
             self.i += 1;
@@ -441,21 +445,7 @@ impl<'a> Reader<'a> {
         }
         match self.peek()? {
             b'"' => self.string().map(drop),
-            b'{' => {
-                self.i += 1;
-                if self.peek()? == b'}' {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    self.string()?;
-                    self.eat(b':')?;
-                    self.skip_value(depth + 1)?;
-                    if !self.next_or_close(b'}')? {
-                        return Some(());
-                    }
-                }
-            }
+            b'{' => self.object(|r, _| r.skip_value(depth + 1)),
             b'[' => {
                 self.i += 1;
                 if self.peek()? == b']' {
@@ -479,6 +469,32 @@ impl<'a> Reader<'a> {
     /// `null`, consumed: true.
     fn null(&mut self) -> Option<bool> {
         Some(self.peek()? == b'n' && self.literal(b"null").is_some())
+    }
+
+    /// `null` as `None`, else the value `read` reads.
+    fn nullable<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+        if self.null()? {
+            Some(None)
+        } else {
+            read(self).map(Some)
+        }
+    }
+
+    /// An object, its fields in order: `field` reads each value after its key.
+    fn object(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.eat(b'{')?;
+        if self.peek()? == b'}' {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            let key = self.string()?;
+            self.eat(b':')?;
+            field(self, key)?;
+            if !self.next_or_close(b'}')? {
+                return Some(());
+            }
+        }
     }
 
     fn events(&mut self, max_events: usize, max_samples: usize) -> Option<Vec<ReadEvent<'a>>> {
@@ -506,37 +522,18 @@ impl<'a> Reader<'a> {
     }
 
     fn event(&mut self, max_samples: usize) -> Option<EventParts<'a, ReadMotion>> {
-        self.eat(b'{')?;
         let (mut event_id, mut timestamp, mut signals, mut motion) = (None, None, None, None);
         let mut unknown_fields = 0;
-        if self.peek()? != b'}' {
-            loop {
-                let key = self.string()?;
-                self.eat(b':')?;
-                match key {
-                    "event_id" => set_once(&mut event_id, self.string()?)?,
-                    "timestamp" => set_once(&mut timestamp, self.string()?)?,
-                    "signals" => set_once(&mut signals, self.signals()?)?,
-                    "motion" => {
-                        let m = if self.null()? {
-                            None
-                        } else {
-                            Some(self.motion(max_samples)?)
-                        };
-                        set_once(&mut motion, m)?;
-                    }
-                    _ => {
-                        self.skip_value(0)?;
-                        unknown_fields += 1;
-                    }
-                }
-                if !self.next_or_close(b'}')? {
-                    break;
-                }
+        self.object(|r, key| match key {
+            "event_id" => set_once(&mut event_id, r.string()?),
+            "timestamp" => set_once(&mut timestamp, r.string()?),
+            "signals" => set_once(&mut signals, r.signals()?),
+            "motion" => set_once(&mut motion, r.nullable(|r| r.motion(max_samples))?),
+            _ => {
+                unknown_fields += 1;
+                r.skip_value(0)
             }
-        } else {
-            self.i += 1;
-        }
+        })?;
         let motion = motion.flatten();
         Some(EventParts {
             event_id: Cow::Borrowed(event_id?),
@@ -548,66 +545,33 @@ impl<'a> Reader<'a> {
     }
 
     fn signals(&mut self) -> Option<CheckedSignals> {
-        self.eat(b'{')?;
         let mut out = CheckedSignals::default();
-        if self.peek()? == b'}' {
-            self.i += 1;
-            return Some(out);
-        }
-        loop {
-            let name = self.string()?;
-            self.eat(b':')?;
-            let value = match self.peek()? {
-                b'"' => Scalar::Str(Cow::Borrowed(self.string()?)),
-                b't' => self.literal(b"true").map(|()| Scalar::Bool(true))?,
-                b'f' => self.literal(b"false").map(|()| Scalar::Bool(false))?,
-                b'n' => self.literal(b"null").map(|()| Scalar::Null)?,
-                _ => self.number()?.scalar(self.text)?,
+        self.object(|r, name| {
+            let value = match r.peek()? {
+                b'"' => Scalar::Str(Cow::Borrowed(r.string()?)),
+                b't' => r.literal(b"true").map(|()| Scalar::Bool(true))?,
+                b'f' => r.literal(b"false").map(|()| Scalar::Bool(false))?,
+                b'n' => r.literal(b"null").map(|()| Scalar::Null)?,
+                _ => r.number()?.scalar(r.text)?,
             };
             out.add(name, value);
-            if !self.next_or_close(b'}')? {
-                return Some(out);
-            }
-        }
+            Some(())
+        })?;
+        Some(out)
     }
 
     /// The motion object and how many of its fields are unknown.
     fn motion(&mut self, max_samples: usize) -> Option<(ReadMotion, usize)> {
-        self.eat(b'{')?;
         let (mut rate, mut accelerometer, mut gyroscope, mut unknown) = (None, None, None, 0);
-        if self.peek()? == b'}' {
-            return None; // no sample_rate_hz
-        }
-        loop {
-            let key = self.string()?;
-            self.eat(b':')?;
-            match key {
-                "sample_rate_hz" => set_once(&mut rate, self.number()?.as_f64_field(self.text)?)?,
-                "accelerometer" => {
-                    let axes = if self.null()? {
-                        None
-                    } else {
-                        Some(self.samples(max_samples)?)
-                    };
-                    set_once(&mut accelerometer, axes)?;
-                }
-                "gyroscope" => {
-                    let axes = if self.null()? {
-                        None
-                    } else {
-                        Some(self.samples(max_samples)?)
-                    };
-                    set_once(&mut gyroscope, axes)?;
-                }
-                _ => {
-                    self.skip_value(0)?;
-                    unknown += 1;
-                }
+        self.object(|r, key| match key {
+            "sample_rate_hz" => set_once(&mut rate, r.number()?.as_f64_field(r.text)?),
+            "accelerometer" => set_once(&mut accelerometer, r.nullable(|r| r.samples(max_samples))?),
+            "gyroscope" => set_once(&mut gyroscope, r.nullable(|r| r.samples(max_samples))?),
+            _ => {
+                unknown += 1;
+                r.skip_value(0)
             }
-            if !self.next_or_close(b'}')? {
-                break;
-            }
-        }
+        })?;
         Some((
             ReadMotion {
                 sample_rate_hz: rate?,
@@ -748,12 +712,7 @@ mod tests {
     }
 
     fn num(text: &str) -> Number {
-        let mut r = Reader {
-            text,
-            b: text.as_bytes(),
-            i: 0,
-            scratch: Axes3::default(),
-        };
+        let mut r = Reader::new(text);
         let n = r.number().unwrap_or_else(|| panic!("`{text}` is a number"));
         assert_eq!(n.end, text.len(), "{text}");
         n
@@ -784,12 +743,7 @@ mod tests {
         // A sample that is not a JSON number is not read as one.
         for bad in ["01", "1.", "-", "1.5.3", "-.5", "0x1"] {
             let t = format!("{bad},");
-            let mut r = Reader {
-                text: &t,
-                b: t.as_bytes(),
-                i: 0,
-                scratch: Axes3::default(),
-            };
+            let mut r = Reader::new(&t);
             let read = r.sample().is_some() && r.peek() == Some(b',');
             assert!(!read, "`{bad}`");
         }
@@ -798,12 +752,7 @@ mod tests {
     #[test]
     fn numbers_follow_the_json_grammar() {
         for bad in ["01", "-", "1.", ".5", "+1", "1e", "1e+", "-a", "1.e5"] {
-            let mut r = Reader {
-                text: bad,
-                b: bad.as_bytes(),
-                i: 0,
-                scratch: Axes3::default(),
-            };
+            let mut r = Reader::new(bad);
             let whole = r.number().is_some_and(|n| n.end == bad.len());
             assert!(!whole, "`{bad}` is not a JSON number");
         }
@@ -818,19 +767,9 @@ mod tests {
         // A fraction of 20,000 zeros, then an exponent that would cancel a
         // capped count: given up, not read as 0.5 × 10^2.
         let long = format!("0.{}5e20002", "0".repeat(20_000));
-        let mut r = Reader {
-            text: &long,
-            b: long.as_bytes(),
-            i: 0,
-            scratch: Axes3::default(),
-        };
+        let mut r = Reader::new(&long);
         assert!(r.number().is_none());
-        let mut r = Reader {
-            text: &long,
-            b: long.as_bytes(),
-            i: 0,
-            scratch: Axes3::default(),
-        };
+        let mut r = Reader::new(&long);
         assert!(r.sample().is_none());
     }
 
@@ -858,7 +797,7 @@ mod tests {
             // The sample reader, with what may follow a sample.
             for follow in [",", "]", " ,", ""] {
                 let t = format!("{text}{follow}");
-                let mut r = Reader { text: &t, b: t.as_bytes(), i: 0, scratch: Axes3::default() };
+                let mut r = Reader::new(&t);
                 proptest::prop_assert_eq!(r.sample().map(f32::to_bits), Some(want32.to_bits()), "{}", t);
                 proptest::prop_assert_eq!(r.i, text.len(), "{}", t);
             }

@@ -59,30 +59,39 @@ pub fn prepare(
     schema_id: u32,
 ) -> Result<PreparedBatch, BatchError> {
     let json = decompress(body, encoding, validator.limits.max_decompressed_bytes)?;
-    if let Some(done) = prepare_onepass(&json, app_id, received_at, sent_at, validator, schema_id) {
+    let request = Request {
+        app_id,
+        received_at,
+        sent_at,
+        schema_id,
+    };
+    if let Some(done) = prepare_onepass(&json, &request, validator) {
         return Ok(done);
     }
-    prepare_generic(&json, app_id, received_at, sent_at, validator, schema_id)
+    prepare_generic(&json, &request, validator)
+}
+
+/// What a body is prepared with besides its bytes: the app the API key
+/// names, the server's time, the `X-Sent-At` header, the schema id.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub app_id: &'a str,
+    pub received_at: i64,
+    pub sent_at: Option<i64>,
+    pub schema_id: u32,
 }
 
 /// The fast path alone, on a decompressed body: `None` when the one-pass
 /// reader gives up or an event is rejected.
-pub fn prepare_onepass(
-    json: &[u8],
-    app_id: &str,
-    received_at: i64,
-    sent_at: Option<i64>,
-    validator: &Validator,
-    schema_id: u32,
-) -> Option<PreparedBatch> {
+pub fn prepare_onepass(json: &[u8], request: &Request<'_>, validator: &Validator) -> Option<PreparedBatch> {
     let limits = &validator.limits;
     let read = onepass::read(json, limits.max_events, limits.max_samples)?;
     let batch = parse_batch(read.envelope.as_bytes(), limits).ok()?;
-    let env = Envelope::from_batch(&batch, app_id, received_at, sent_at).ok()?;
+    let env = Envelope::from_batch(&batch, request.app_id, request.received_at, request.sent_at).ok()?;
     let mut out = Collect::new(&env, read.events.len(), batch.sdk.unknown.len());
     for (index, event) in read.events.into_iter().enumerate() {
         let valid = validator.finish(&env, event.parts).ok()?;
-        out.accept(index, valid, event.raw, schema_id, limits).ok()?;
+        out.accept(index, valid, event.raw, request.schema_id, limits).ok()?;
     }
     Some(out.finish(&env))
 }
@@ -90,21 +99,14 @@ pub fn prepare_onepass(
 /// The generic path alone, on a decompressed body: serde_json reads the
 /// envelope with each event as raw JSON, then each event on its own, so one
 /// bad event is rejected alone.
-pub fn prepare_generic(
-    json: &[u8],
-    app_id: &str,
-    received_at: i64,
-    sent_at: Option<i64>,
-    validator: &Validator,
-    schema_id: u32,
-) -> Result<PreparedBatch, BatchError> {
+pub fn prepare_generic(json: &[u8], request: &Request<'_>, validator: &Validator) -> Result<PreparedBatch, BatchError> {
     let limits = &validator.limits;
     let batch = parse_batch(json, limits)?;
-    let env = Envelope::from_batch(&batch, app_id, received_at, sent_at)?;
+    let env = Envelope::from_batch(&batch, request.app_id, request.received_at, request.sent_at)?;
     let mut out = Collect::new(&env, batch.events.len(), batch.sdk.unknown.len());
     for (index, raw) in batch.events.iter().enumerate() {
         match validator.event(&env, raw) {
-            Ok(valid) => out.accept(index, valid, raw.get(), schema_id, limits)?,
+            Ok(valid) => out.accept(index, valid, raw.get(), request.schema_id, limits)?,
             Err(rejection) => out.batch.rejected.push(RejectedEvent {
                 index,
                 event_id: Validator::event_id_of(raw),

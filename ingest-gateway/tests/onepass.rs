@@ -8,13 +8,19 @@ use std::time::Duration;
 
 use context_schemas::catalog::catalog;
 use context_schemas::sample::{self, SampleOptions};
-use ingest_gateway::pipeline::{prepare_generic, prepare_onepass, PreparedBatch};
+use ingest_gateway::pipeline::{prepare_generic, prepare_onepass, PreparedBatch, Request};
 use ingest_gateway::validate::Validator;
 use ingest_gateway::{sdk, BatchError, Limits};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
 const NOW: i64 = 1_760_000_000_000_000;
+const REQUEST: Request<'static> = Request {
+    app_id: "app",
+    received_at: NOW,
+    sent_at: None,
+    schema_id: 7,
+};
 
 fn validator() -> Validator {
     let limits = Limits {
@@ -28,8 +34,8 @@ fn validator() -> Validator {
 fn run(json: &str) -> (Option<PreparedBatch>, Result<PreparedBatch, BatchError>) {
     let v = validator();
     (
-        prepare_onepass(json.as_bytes(), "app", NOW, None, &v, 7),
-        prepare_generic(json.as_bytes(), "app", NOW, None, &v, 7),
+        prepare_onepass(json.as_bytes(), &REQUEST, &v),
+        prepare_generic(json.as_bytes(), &REQUEST, &v),
     )
 }
 
@@ -292,8 +298,8 @@ fn the_benchmarks_batch_takes_the_fast_path() {
         Duration::from_secs(3600),
         Duration::from_secs(86400 * 30),
     );
-    let generic = prepare_generic(json.as_bytes(), "app", NOW, None, &v, 7).unwrap();
+    let generic = prepare_generic(json.as_bytes(), &REQUEST, &v).unwrap();
     assert!(generic.rejected.is_empty());
-    let fast = prepare_onepass(json.as_bytes(), "app", NOW, None, &v, 7).expect("the fast path reads it");
+    let fast = prepare_onepass(json.as_bytes(), &REQUEST, &v).expect("the fast path reads it");
     assert!(same(&fast, &generic));
 }

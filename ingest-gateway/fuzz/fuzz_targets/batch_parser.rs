@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use ingest_gateway::batch::{decompress, Encoding};
-use ingest_gateway::pipeline::{prepare, prepare_generic, prepare_onepass};
+use ingest_gateway::pipeline::{prepare, prepare_generic, prepare_onepass, Request};
 use ingest_gateway::validate::Validator;
 use ingest_gateway::Limits;
 use libfuzzer_sys::fuzz_target;
@@ -41,8 +41,14 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(batch.accepted.len() + batch.rejected.len(), batch.events);
     }
     let Ok(json) = decompress(body, encoding, validator().limits.max_decompressed_bytes) else { return };
-    if let Some(fast) = prepare_onepass(&json, "fuzz-app", now, None, validator(), 1) {
-        let generic = prepare_generic(&json, "fuzz-app", now, None, validator(), 1)
+    let request = Request {
+        app_id: "fuzz-app",
+        received_at: now,
+        sent_at: None,
+        schema_id: 1,
+    };
+    if let Some(fast) = prepare_onepass(&json, &request, validator()) {
+        let generic = prepare_generic(&json, &request, validator())
             .expect("the generic path accepts what the one-pass reader accepts");
         assert_eq!(format!("{fast:?}"), format!("{generic:?}"));
     }

@@ -56,7 +56,7 @@ impl ApiError {
             ApiError::MissingKey | ApiError::UnknownKey => "unauthorized",
             ApiError::DisabledKey(_) => "forbidden",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Busy => "busy",
+            ApiError::Busy | ApiError::Batch(BatchError::OverBudget) => "busy",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::KafkaRefused(_) => "kafka_refused",
@@ -68,7 +68,7 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::RateLimited { retry_after, .. } | ApiError::Unavailable { retry_after, .. } => Some(*retry_after),
-            ApiError::Busy | ApiError::ShuttingDown => Some(1),
+            ApiError::Busy | ApiError::ShuttingDown | ApiError::Batch(BatchError::OverBudget) => Some(1),
             ApiError::KafkaRefused(_) => Some(KAFKA_REFUSED_RETRY_AFTER),
             _ => None,
         }
@@ -86,7 +86,10 @@ impl ResponseError for ApiError {
             ApiError::MissingKey | ApiError::UnknownKey => StatusCode::UNAUTHORIZED,
             ApiError::DisabledKey(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Busy | ApiError::ShuttingDown | ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Busy
+            | ApiError::ShuttingDown
+            | ApiError::Unavailable { .. }
+            | ApiError::Batch(BatchError::OverBudget) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) | ApiError::KafkaRefused(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -137,6 +140,7 @@ mod tests {
                 Some("3"),
             ),
             (ApiError::Busy, 503, "busy", Some("1")),
+            (ApiError::from(BatchError::OverBudget), 503, "busy", Some("1")),
             (
                 ApiError::Unavailable {
                     reason: "broker down".into(),

@@ -36,27 +36,59 @@ impl Encoding {
 /// inflates further is refused as soon as it passes the limit, never after
 /// it filled memory.
 pub fn decompress(body: &[u8], encoding: Encoding, max: usize) -> Result<Cow<'_, [u8]>, BatchError> {
-    fn read_limited(reader: impl Read, max: usize, what: &str) -> Result<Vec<u8>, BatchError> {
+    decompress_within(body, encoding, max, &mut |_| true)
+}
+
+/// [`decompress`], asking `grow` before the output's buffer grows, with the
+/// buffer's new size in bytes: `false` stops it with
+/// [`BatchError::OverBudget`]. The gateway charges its budget of bytes in
+/// flight this way, by what a body really inflates to, not by a guess from
+/// its compressed size.
+pub fn decompress_within<'b>(
+    body: &'b [u8],
+    encoding: Encoding,
+    max: usize,
+    grow: &mut dyn FnMut(usize) -> bool,
+) -> Result<Cow<'b, [u8]>, BatchError> {
+    fn read_limited(
+        mut reader: impl Read,
+        max: usize,
+        what: &str,
+        grow: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<Vec<u8>, BatchError> {
+        const CHUNK: usize = 64 << 10;
         let mut out = Vec::new();
-        reader
-            .take(max as u64 + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| BatchError::BadCompression(format!("{what}: {e}")))?;
-        if out.len() > max {
-            return Err(BatchError::TooLarge(format!(
-                "the body inflates past the limit of {max} bytes"
-            )));
+        let mut chunk = vec![0u8; CHUNK];
+        loop {
+            let n = match reader.read(&mut chunk) {
+                Ok(0) => return Ok(out),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(BatchError::BadCompression(format!("{what}: {e}"))),
+            };
+            if out.len() + n > max {
+                return Err(BatchError::TooLarge(format!(
+                    "the body inflates past the limit of {max} bytes"
+                )));
+            }
+            if out.len() + n > out.capacity() {
+                let size = (out.capacity() * 2).max(out.len() + n).max(CHUNK).min(max);
+                if !grow(size) {
+                    return Err(BatchError::OverBudget);
+                }
+                out.reserve_exact(size - out.len());
+            }
+            out.extend_from_slice(&chunk[..n]);
         }
-        Ok(out)
     }
     match encoding {
         Encoding::Identity => Ok(Cow::Borrowed(body)),
         // Every member of a multi-member gzip stream, not only the first.
-        Encoding::Gzip => read_limited(flate2::read::MultiGzDecoder::new(body), max, "gzip").map(Cow::Owned),
+        Encoding::Gzip => read_limited(flate2::read::MultiGzDecoder::new(body), max, "gzip", grow).map(Cow::Owned),
         Encoding::Zstd => {
             let decoder =
                 zstd::stream::read::Decoder::new(body).map_err(|e| BatchError::BadCompression(format!("zstd: {e}")))?;
-            read_limited(decoder, max, "zstd").map(Cow::Owned)
+            read_limited(decoder, max, "zstd", grow).map(Cow::Owned)
         }
     }
 }
@@ -149,6 +181,18 @@ mod tests {
             decompress(b"not gzip", Encoding::Gzip, 1000),
             Err(BatchError::BadCompression(_))
         ));
+        // The buffer grows only as far as `grow` allows, asked before each step.
+        let mut asked = Vec::new();
+        let mut budget = |size: usize| {
+            asked.push(size);
+            size <= 300 << 10
+        };
+        assert!(matches!(
+            decompress_within(&bomb, Encoding::Gzip, 1 << 20, &mut budget),
+            Err(BatchError::OverBudget)
+        ));
+        assert!(asked.windows(2).all(|w| w[0] < w[1]), "{asked:?}");
+        assert!(*asked.last().unwrap() > 300 << 10 && asked[asked.len() - 2] <= 300 << 10);
     }
 
     #[test]

@@ -114,7 +114,7 @@ impl Default for Config {
             produce_timeout: Duration::from_secs(10),
             queue_max_messages: 100_000,
             queue_max_kbytes: 256 * 1024,
-            max_in_flight_bytes: 256 << 20,
+            max_in_flight_bytes: 192 << 20,
             max_future: Duration::from_secs(3600),
             max_age: Duration::from_secs(30 * 86_400),
             dedup_window: Duration::from_secs(600),

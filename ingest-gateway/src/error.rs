@@ -5,9 +5,13 @@
 use thiserror::Error;
 
 /// Why a request body cannot be taken as a batch. None of them is helped by
-/// retrying the same bytes.
+/// retrying the same bytes, except [`BatchError::OverBudget`].
 #[derive(Debug, Error)]
 pub enum BatchError {
+    /// 503 with `Retry-After`: the body inflates past what the gateway's
+    /// budget of bytes in flight has left; the same bytes can succeed later.
+    #[error("the body inflates past the bytes in flight the gateway has left; retry shortly")]
+    OverBudget,
     /// 415.
     #[error("unsupported Content-Encoding `{0}`; use gzip, zstd or none")]
     UnsupportedEncoding(String),

@@ -5,7 +5,7 @@
 use context_schemas::AvroRecord;
 use uuid::Uuid;
 
-use crate::batch::{decompress, parse_batch, Encoding};
+use crate::batch::{decompress_within, parse_batch, Encoding};
 use crate::config::Limits;
 use crate::error::BatchError;
 use crate::onepass;
@@ -58,17 +58,29 @@ pub fn prepare(
     validator: &Validator,
     schema_id: u32,
 ) -> Result<PreparedBatch, BatchError> {
-    let json = decompress(body, encoding, validator.limits.max_decompressed_bytes)?;
     let request = Request {
         app_id,
         received_at,
         sent_at,
         schema_id,
     };
-    if let Some(done) = prepare_onepass(&json, &request, validator) {
+    prepare_within(body, encoding, &request, validator, &mut |_| true)
+}
+
+/// [`prepare`], asking `grow` before the decompressed body's buffer grows
+/// (see [`crate::batch::decompress_within`]).
+pub fn prepare_within(
+    body: &[u8],
+    encoding: Encoding,
+    request: &Request<'_>,
+    validator: &Validator,
+    grow: &mut dyn FnMut(usize) -> bool,
+) -> Result<PreparedBatch, BatchError> {
+    let json = decompress_within(body, encoding, validator.limits.max_decompressed_bytes, grow)?;
+    if let Some(done) = prepare_onepass(&json, request, validator) {
         return Ok(done);
     }
-    prepare_generic(&json, &request, validator)
+    prepare_generic(&json, request, validator)
 }
 
 /// What a body is prepared with besides its bytes: the app the API key

@@ -143,23 +143,23 @@ struct Prepared {
 }
 
 impl Gateway {
-    /// The CPU part of a request ([`pipeline::prepare`]) and the records it makes.
+    /// The CPU part of a request ([`pipeline::prepare_within`]) and the
+    /// records it makes; `grow` charges the decompressed body's buffer.
     fn prepare(
         &self,
         body: &[u8],
         encoding: Encoding,
         app_id: &str,
         sent_at: Option<i64>,
+        grow: &mut dyn FnMut(usize) -> bool,
     ) -> Result<Prepared, BatchError> {
-        let batch = pipeline::prepare(
-            body,
-            encoding,
+        let request = pipeline::Request {
             app_id,
-            now_micros(),
+            received_at: now_micros(),
             sent_at,
-            &self.validator,
-            self.schema_id,
-        )?;
+            schema_id: self.schema_id,
+        };
+        let batch = pipeline::prepare_within(body, encoding, &request, &self.validator, grow)?;
         if batch.time_suspect > 0 {
             metrics::counter!("gateway_time_suspect_total").increment(batch.time_suspect as u64);
         }
@@ -269,7 +269,10 @@ async fn post_batch(
         body.extend_from_slice(&chunk);
     }
 
-    // Backpressure: a budget of decompressed bytes in flight, taken before the work.
+    // Backpressure: a budget of decompressed bytes in flight, taken before
+    // the work (a compressed body's guess: 8 times its size), and topped up
+    // while the body inflates past that guess (503 when the budget has no
+    // more: a gzip bomb costs what it inflates to, not what it weighs).
     let budget = u32::try_from(gw.settings.limits.max_decompressed_bytes).unwrap_or(u32::MAX);
     let cost = ((body.len() as u64).saturating_mul(if encoding == Encoding::Identity { 1 } else { 8 }))
         .clamp(1, u64::from(budget)) as u32;
@@ -280,12 +283,21 @@ async fn post_batch(
     metrics::gauge!("gateway_in_flight_bytes").increment(f64::from(cost));
     let _release = scopeguard(cost);
 
-    let prepared = {
+    let (prepared, _topped_up) = {
         let (gw, app_id) = (gw.clone(), app.app_id.clone());
         let body = body.freeze();
-        web::block(move || gw.prepare(&body, encoding, &app_id, sent_at))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??
+        web::block(move || {
+            let mut top_up = TopUp {
+                budget: gw.in_flight.clone(),
+                held: cost as usize,
+                permits: Vec::new(),
+                bytes: 0,
+            };
+            let prepared = gw.prepare(&body, encoding, &app_id, sent_at, &mut |size| top_up.grow(size));
+            prepared.map(|p| (p, top_up))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??
     };
     let span = tracing::info_span!("batch", batch_id = %prepared.batch_id, app_id = %app.app_id);
     let _enter = span.enter();
@@ -358,6 +370,48 @@ async fn post_batch(
 }
 
 /// Lowers the in-flight gauge when the request ends, however it ends.
+/// The part of the in-flight budget a request takes while its body inflates
+/// past the first charge; given back when the request ends.
+struct TopUp {
+    budget: Arc<Semaphore>,
+    /// Bytes charged so far, the first charge included.
+    held: usize,
+    permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    /// Bytes of `permits`, for the gauge.
+    bytes: u32,
+}
+
+impl TopUp {
+    /// Charges up to `size` bytes; false when the budget has no more.
+    fn grow(&mut self, size: usize) -> bool {
+        if size <= self.held {
+            return true;
+        }
+        let Ok(more) = u32::try_from(size - self.held) else {
+            return false;
+        };
+        match self.budget.clone().try_acquire_many_owned(more) {
+            Ok(permit) => {
+                self.permits.push(permit);
+                self.held = size;
+                self.bytes += more;
+                metrics::gauge!("gateway_in_flight_bytes").increment(f64::from(more));
+                true
+            }
+            Err(_) => {
+                metrics::counter!("gateway_dropped_total", "reason" => "in_flight_full").increment(1);
+                false
+            }
+        }
+    }
+}
+
+impl Drop for TopUp {
+    fn drop(&mut self) {
+        metrics::gauge!("gateway_in_flight_bytes").decrement(f64::from(self.bytes));
+    }
+}
+
 fn scopeguard(cost: u32) -> impl Drop {
     struct Release(u32);
     impl Drop for Release {

@@ -634,8 +634,8 @@ fn markdown(r: &Value) -> String {
 /// its producer queue, the sink's three batches), 256 MiB otherwise.
 fn memory_bound_mib(service: &str) -> f64 {
     match service {
-        // max_in_flight_bytes 256 MiB + queue_max_kbytes 256 MiB + ~100 MiB
-        "gateway" => 612.0,
+        // 3 × max_in_flight_bytes 192 MiB + queue_max_kbytes 256 MiB + ~100 MiB
+        "gateway" => 932.0,
         // 3 sources × (batch.max_bytes 256 MiB of records and rows + 32 MiB
         // fetched ahead) + ~100 MiB
         "sink" => 964.0,
@@ -652,7 +652,7 @@ fn capacity(r: &Value) -> String {
         "## Capacity\n\nDerived from the CPU seconds per 1,000 events above: cores = events/s ÷ 1,000 × CPU s per 1,000 ÷ 0.6 \
          (60 % target utilisation, headroom for bursts and rebalances); replicas of 1 core each, at least 2 for availability; \
          memory per replica = 1.5 × the measured peak, and at least the bound hostile load can reach (docs/helm.md: \
-         the gateway's `max_in_flight_bytes` + producer queue + 100 MiB = 612 MiB, the sink's 3 × (`batch.max_bytes` + 32 MiB fetched ahead) + 100 MiB = 964 MiB, \
+         the gateway's 3 × `max_in_flight_bytes` + producer queue + 100 MiB = 932 MiB, the sink's 3 × (`batch.max_bytes` + 32 MiB fetched ahead) + 100 MiB = 964 MiB, \
          512 MiB for the router and the tagger with their default batches). The tagger's cost assumes 30 % of events carry motion, as here. \
          Partitions of `context.events.v1` ≥ 2 × the largest consumer group (sink, router) so a replica can join without a \
          reshuffle of everything; `context.motion.v1` ≥ 2 × tagger replicas.\n\n\

@@ -172,16 +172,9 @@ impl Number {
     /// of all values), or outside the range: the standard parser on the
     /// number's text.
     fn f32(&self, text: &str) -> Option<f32> {
-        let k = self.exp10.unsigned_abs() as usize;
-        // The mantissa below 2^63 converts as a signed integer, one instruction.
-        if self.fits && k <= 22 && self.mantissa < 1 << 63 {
-            let m = self.mantissa as i64 as f64;
-            let v = m * if self.exp10 < 0 { NEG_POW10[k] } else { POW10[k] };
-            const MIDPOINT: u64 = 1 << 28;
-            let from_midpoint = (v.to_bits() & 0x1FFF_FFFF).abs_diff(MIDPOINT);
-            if from_midpoint > 8 && (f32::MIN_POSITIVE as f64..=f32::MAX as f64).contains(&v) {
-                let f = v as f32;
-                return Some(if self.negative { -f } else { f });
+        if self.fits {
+            if let Some(f) = certain_f32(self.mantissa, self.exp10, self.negative) {
+                return Some(f);
             }
             if self.mantissa == 0 {
                 return Some(if self.negative { -0.0 } else { 0.0 });
@@ -218,6 +211,30 @@ impl Number {
             Scalar::Float(f) => Some(f),
             _ => None,
         }
+    }
+}
+
+/// `mantissa × 10^exp10` through `f64`: the mantissa (below 2^63, so it
+/// converts as a signed integer, one instruction) times the rounded power
+/// of ten or its rounded reciprocal. `None` past 10^±22 or 2^63.
+fn scaled(mantissa: u64, exp10: i32) -> Option<f64> {
+    let k = exp10.unsigned_abs() as usize;
+    (k <= 22 && mantissa < 1 << 63).then(|| mantissa as i64 as f64 * if exp10 < 0 { NEG_POW10[k] } else { POW10[k] })
+}
+
+/// The `f32` nearest `mantissa × 10^exp10` (negated when `negative`), when
+/// [`scaled`] can tell it for certain (see [`Number::f32`]): `None` near an
+/// `f32` midpoint, outside f32's normal range, or past what `scaled` takes.
+#[inline]
+fn certain_f32(mantissa: u64, exp10: i32, negative: bool) -> Option<f32> {
+    let v = scaled(mantissa, exp10)?;
+    const MIDPOINT: u64 = 1 << 28;
+    let from_midpoint = (v.to_bits() & 0x1FFF_FFFF).abs_diff(MIDPOINT);
+    if from_midpoint > 8 && (f32::MIN_POSITIVE as f64..=f32::MAX as f64).contains(&v) {
+        let f = v as f32;
+        Some(if negative { -f } else { f })
+    } else {
+        None
     }
 }
 
@@ -300,25 +317,6 @@ impl<'a> Reader<'a> {
         // Every digit goes into the mantissa, wrapping: it is exact when
         // the digits after the leading zeros are at most 19 (< 2^64).
         let mut mantissa = 0u64;
-        let mut digits = |i: &mut usize| {
-            let first = *i;
-            // Eight digits at a time while there are eight, then one by one.
-            while let Some(eight) = b.get(*i..*i + 8) {
-                let word = u64::from_le_bytes(eight.try_into().expect("eight bytes"));
-                if !eight_digits(word) {
-                    break;
-                }
-                mantissa = mantissa
-                    .wrapping_mul(100_000_000)
-                    .wrapping_add(eight_digits_value(word));
-                *i += 8;
-            }
-            while let Some(&d @ b'0'..=b'9') = b.get(*i) {
-                mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
-                *i += 1;
-            }
-            *i - first
-        };
         let first_digit = i;
         match b.get(i) {
             Some(b'0') => {
@@ -328,7 +326,7 @@ impl<'a> Reader<'a> {
                 }
             }
             Some(b'1'..=b'9') => {
-                digits(&mut i);
+                digit_run(b, &mut i, &mut mantissa);
             }
             _ => return None,
         }
@@ -338,7 +336,7 @@ impl<'a> Reader<'a> {
         if b.get(i) == Some(&b'.') {
             integer = false;
             i += 1;
-            let fraction = digits(&mut i);
+            let fraction = digit_run(b, &mut i, &mut mantissa);
             // No digits, or so many that the exponent arithmetic below
             // would need capping: the generic path reads it.
             if fraction == 0 || fraction > 10_000 {
@@ -427,12 +425,9 @@ impl<'a> Reader<'a> {
         // `0`) and has digits after its point, if any: a JSON number.
         let complete = !matches!(b.get(i), Some(b'0'..=b'9' | b'e' | b'E' | b'.')) && b[i - 1] != b'.';
         if complete && significant <= 18 && exp10 <= 22 {
-            let v = mantissa as i64 as f64 * NEG_POW10[exp10];
-            let from_midpoint = (v.to_bits() & 0x1FFF_FFFF).abs_diff(1 << 28);
-            if from_midpoint > 8 && (f32::MIN_POSITIVE as f64..=f32::MAX as f64).contains(&v) {
+            if let Some(f) = certain_f32(mantissa, -(exp10 as i32), negative) {
                 self.i = i;
-                let f = v as f32;
-                return Some(if negative { -f } else { f });
+                return Some(f);
             }
         }
         self.number()?.f32(self.text)
@@ -666,14 +661,6 @@ fn digit_run(b: &[u8], i: &mut usize, mantissa: &mut u64) -> usize {
     *i - first
 }
 
-/// Whether the eight bytes of `word` (read little-endian) are all ASCII
-/// digits: each byte's high nibble is 3, and adding 6 to its low nibble
-/// does not carry into the high one.
-fn eight_digits(word: u64) -> bool {
-    const HIGH: u64 = 0xF0F0_F0F0_F0F0_F0F0;
-    (word & HIGH) | ((word.wrapping_add(0x0606_0606_0606_0606) & HIGH) >> 4) == 0x3333_3333_3333_3333
-}
-
 /// The value of eight ASCII digits read little-endian (the first digit in
 /// the lowest byte): pairs, then quadruples, then the eight, each step
 /// one multiplication of packed lanes.
@@ -702,15 +689,6 @@ fn set_once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
 mod tests {
     use super::*;
 
-    impl Number {
-        /// The f64 the fast `f32` path rounds from.
-        fn f32_path_value(&self) -> Option<f64> {
-            let k = self.exp10.unsigned_abs() as usize;
-            (self.fits && k <= 22 && self.mantissa < 1 << 63)
-                .then(|| self.mantissa as i64 as f64 * if self.exp10 < 0 { NEG_POW10[k] } else { POW10[k] })
-        }
-    }
-
     fn num(text: &str) -> Number {
         let mut r = Reader::new(text);
         let n = r.number().unwrap_or_else(|| panic!("`{text}` is a number"));
@@ -721,12 +699,13 @@ mod tests {
     #[test]
     fn eight_digits_at_once() {
         let word = |s: &str| u64::from_le_bytes(s.as_bytes().try_into().unwrap());
-        assert!(eight_digits(word("01234567")));
         assert_eq!(eight_digits_value(word("01234567")), 1_234_567);
         assert_eq!(eight_digits_value(word("99999999")), 99_999_999);
         assert_eq!(eight_digits_value(word("10000000")), 10_000_000);
-        for bad in ["0123456.", "/1234567", "0123456:", "a1234567", "1234567 "] {
-            assert!(!eight_digits(word(bad)), "{bad}");
+        // A run stops at the first byte that is no digit, whatever follows.
+        for bad in ["0123456.", "0123456/", "0123456:", "0123456a", "1234567 "] {
+            let (mut i, mut m) = (0, 0u64);
+            assert_eq!(digit_run(bad.as_bytes(), &mut i, &mut m), 7, "{bad}");
         }
         // Runs of every length, with every kind of byte after them.
         for len in 0..=20 {
@@ -842,7 +821,7 @@ mod tests {
                 .chain([-9, -5, -1, 1, 5, 9].map(|d| format!("{:e}", near(d))));
             for text in texts {
                 let n = num(&text);
-                if n.f32_path_value() == Some(mid) {
+                if n.fits && scaled(n.mantissa, n.exp10) == Some(mid) {
                     hazards += 1;
                 }
                 check(&text);

@@ -276,25 +276,16 @@ async fn post_batch(
     let budget = u32::try_from(gw.settings.limits.max_decompressed_bytes).unwrap_or(u32::MAX);
     let cost = ((body.len() as u64).saturating_mul(if encoding == Encoding::Identity { 1 } else { 8 }))
         .clamp(1, u64::from(budget)) as u32;
-    let Ok(_permit) = gw.in_flight.clone().try_acquire_many_owned(cost) else {
-        metrics::counter!("gateway_dropped_total", "reason" => "in_flight_full").increment(1);
+    let Some(mut charge) = Charge::take(&gw.in_flight, cost) else {
         return Err(ApiError::Busy);
     };
-    metrics::gauge!("gateway_in_flight_bytes").increment(f64::from(cost));
-    let _release = scopeguard(cost);
 
-    let (prepared, _topped_up) = {
+    let (prepared, _charge) = {
         let (gw, app_id) = (gw.clone(), app.app_id.clone());
         let body = body.freeze();
         web::block(move || {
-            let mut top_up = TopUp {
-                budget: gw.in_flight.clone(),
-                held: cost as usize,
-                permits: Vec::new(),
-                bytes: 0,
-            };
-            let prepared = gw.prepare(&body, encoding, &app_id, sent_at, &mut |size| top_up.grow(size));
-            prepared.map(|p| (p, top_up))
+            let prepared = gw.prepare(&body, encoding, &app_id, sent_at, &mut |size| charge.grow(size));
+            prepared.map(|p| (p, charge))
         })
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??
@@ -369,57 +360,60 @@ async fn post_batch(
     }
 }
 
-/// Lowers the in-flight gauge when the request ends, however it ends.
-/// The part of the in-flight budget a request takes while its body inflates
-/// past the first charge; given back when the request ends.
-struct TopUp {
+/// A request's share of the budget of bytes in flight: taken before the
+/// work, grown while its body inflates past that first charge, and given
+/// back with the gauge when the request ends, however it ends.
+struct Charge {
     budget: Arc<Semaphore>,
-    /// Bytes charged so far, the first charge included.
-    held: usize,
-    permits: Vec<tokio::sync::OwnedSemaphorePermit>,
-    /// Bytes of `permits`, for the gauge.
-    bytes: u32,
+    permit: tokio::sync::OwnedSemaphorePermit,
 }
 
-impl TopUp {
-    /// Charges up to `size` bytes; false when the budget has no more.
+impl Charge {
+    /// Takes `bytes` of `budget`; `None` when it has not that many left.
+    fn take(budget: &Arc<Semaphore>, bytes: u32) -> Option<Self> {
+        let permit = Self::acquire(budget, bytes)?;
+        Some(Charge {
+            budget: budget.clone(),
+            permit,
+        })
+    }
+
+    /// Grows the charge to `size` bytes; false when the budget has no more.
     fn grow(&mut self, size: usize) -> bool {
-        if size <= self.held {
+        let held = self.permit.num_permits();
+        if size <= held {
             return true;
         }
-        let Ok(more) = u32::try_from(size - self.held) else {
-            return false;
-        };
-        match self.budget.clone().try_acquire_many_owned(more) {
-            Ok(permit) => {
-                self.permits.push(permit);
-                self.held = size;
-                self.bytes += more;
-                metrics::gauge!("gateway_in_flight_bytes").increment(f64::from(more));
+        match u32::try_from(size - held)
+            .ok()
+            .and_then(|more| Self::acquire(&self.budget, more))
+        {
+            Some(extra) => {
+                self.permit.merge(extra);
                 true
+            }
+            None => false,
+        }
+    }
+
+    fn acquire(budget: &Arc<Semaphore>, bytes: u32) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match budget.clone().try_acquire_many_owned(bytes) {
+            Ok(permit) => {
+                metrics::gauge!("gateway_in_flight_bytes").increment(f64::from(bytes));
+                Some(permit)
             }
             Err(_) => {
                 metrics::counter!("gateway_dropped_total", "reason" => "in_flight_full").increment(1);
-                false
+                None
             }
         }
     }
 }
 
-impl Drop for TopUp {
+impl Drop for Charge {
     fn drop(&mut self) {
-        metrics::gauge!("gateway_in_flight_bytes").decrement(f64::from(self.bytes));
+        metrics::gauge!("gateway_in_flight_bytes").decrement(self.permit.num_permits() as f64);
     }
-}
-
-fn scopeguard(cost: u32) -> impl Drop {
-    struct Release(u32);
-    impl Drop for Release {
-        fn drop(&mut self) {
-            metrics::gauge!("gateway_in_flight_bytes").decrement(f64::from(self.0));
-        }
-    }
-    Release(cost)
 }
 
 async fn healthz() -> HttpResponse {

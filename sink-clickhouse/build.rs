@@ -71,12 +71,9 @@ pub struct EventRow {{
     pub gyro_z: Vec<f32>,
 }}
 
-impl EventRow {{
-    /// Bytes the row holds in memory: itself, its texts and its arrays.
-    pub fn memory_bytes(&self) -> usize {{
-        let texts = |v: &Vec<String>| {{
-            v.capacity() * std::mem::size_of::<String>() + v.iter().map(String::capacity).sum::<usize>()
-        }};
+impl InMemory for EventRow {{
+    /// Itself, its texts and its arrays (`texts` is in rows.rs).
+    fn memory_bytes(&self) -> usize {{
         std::mem::size_of::<Self>()
             + self.app_id.capacity()
             + self.sdk_name.capacity()
@@ -93,7 +90,9 @@ impl EventRow {{
                 + self.gyro_y.capacity()
                 + self.gyro_z.capacity()){texts}
     }}
+}}
 
+impl EventRow {{
     /// The row of one event (moving its values, no copies).
     pub fn from_event(e: context_schemas::ContextEvent) -> Self {{
         let mut values = e.signals.into_values();

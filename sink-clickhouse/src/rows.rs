@@ -93,12 +93,6 @@ fn texts(v: &Vec<String>) -> usize {
     v.capacity() * std::mem::size_of::<String>() + v.iter().map(String::capacity).sum::<usize>()
 }
 
-impl InMemory for EventRow {
-    fn memory_bytes(&self) -> usize {
-        EventRow::memory_bytes(self)
-    }
-}
-
 impl InMemory for ActivityRow {
     fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Self>()

@@ -53,10 +53,12 @@ LABEL org.opencontainers.image.title="context-pipeline" \
       org.opencontainers.image.description="ingest-gateway, schema-registry, stream-router, sink-clickhouse and enrich-activity" \
       org.opencontainers.image.licenses="Apache-2.0"
 
-# The binaries link only libc, libm, libgcc_s and zlib, all in the base
-# image; ca-certificates is there for HTTPS endpoints.
+# The binaries link libc, libm, libgcc_s and zlib, all in the base image,
+# and OpenSSL 3 (libssl3: librdkafka's TLS and SASL/SCRAM, and the HTTPS
+# clients of the registry and ClickHouse); ca-certificates holds the
+# public CAs a managed Kafka, registry or ClickHouse is signed by.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 context \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \

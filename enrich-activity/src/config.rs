@@ -7,19 +7,26 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use context_runtime::config::{ConfigError, Loaded, Renamed, ServiceConfig};
+use context_runtime::kafka::{KafkaSettings, KAFKA_BOOTSTRAP_RENAMED};
 use context_runtime::pipeline::Delivery;
+use context_runtime::registry::RegistrySettings;
 use context_schemas::contract::topics;
 use serde::{Deserialize, Serialize};
 
 /// Each key is overridden by `ENRICH_` and its name in capitals
 /// (`ENRICH_MAX_BATCH`). `session_timeout_ms` (milliseconds) is still read,
 /// with a deprecation warning, as `session_timeout`.
+// Unknown keys are refused by the loader (`context_runtime::config`);
+// serde's `deny_unknown_fields` does not work beside `flatten`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Config {
-    pub kafka_bootstrap: String,
-    /// Any Confluent-compatible registry.
-    pub registry_url: String,
+    /// How the tagger reaches Kafka (`[kafka]`: bootstrap, security).
+    pub kafka: KafkaSettings,
+    /// Any Confluent-compatible registry: `registry_url`,
+    /// `registry_username`, `registry_password`, `registry_ca_file`.
+    #[serde(flatten)]
+    pub registry: RegistrySettings,
     pub motion_topic: String,
     pub activity_topic: String,
     /// The live group of `serve`.
@@ -48,8 +55,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            kafka_bootstrap: "127.0.0.1:9092".into(),
-            registry_url: "http://127.0.0.1:8081".into(),
+            kafka: KafkaSettings::default(),
+            registry: RegistrySettings::default(),
             motion_topic: topics::MOTION.into(),
             activity_topic: topics::ACTIVITY.into(),
             group_id: "enrich-activity".into(),
@@ -67,11 +74,14 @@ impl Default for Config {
 
 impl ServiceConfig for Config {
     const ENV_PREFIX: &'static str = "ENRICH_";
-    const RENAMED: &'static [Renamed] = &[Renamed {
-        old: "session_timeout_ms",
-        new: "session_timeout",
-        convert: context_runtime::config::millis_to_duration,
-    }];
+    const RENAMED: &'static [Renamed] = &[
+        Renamed {
+            old: "session_timeout_ms",
+            new: "session_timeout",
+            convert: context_runtime::config::millis_to_duration,
+        },
+        KAFKA_BOOTSTRAP_RENAMED,
+    ];
 
     fn complete(&mut self) {
         if self.transactional_id.trim().is_empty() {
@@ -80,12 +90,14 @@ impl ServiceConfig for Config {
     }
 
     fn check(&self) -> Vec<String> {
-        let mut problems = Vec::new();
+        let mut problems = self
+            .kafka
+            .check_owning("kafka", context_runtime::pipeline::DERIVED_SETTINGS);
+        problems.extend(self.registry.check());
         if self.model.is_none() {
             problems.push("no model: give --model, ENRICH_MODEL or `model` in the file".into());
         }
         for (name, v) in [
-            ("kafka_bootstrap", &self.kafka_bootstrap),
             ("motion_topic", &self.motion_topic),
             ("activity_topic", &self.activity_topic),
             ("group_id", &self.group_id),

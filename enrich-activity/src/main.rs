@@ -174,8 +174,8 @@ fn run(command: Command) -> Result<(), String> {
                 .map_err(|e| format!("{}: {e}", model.display()))?
                 .model_version;
             let settings = ReplaySettings {
-                kafka_bootstrap: c.kafka_bootstrap,
-                registry_url: c.registry_url,
+                kafka: c.kafka,
+                registry: c.registry,
                 motion_topic: c.motion_topic,
                 activity_topic: c.activity_topic,
                 model_path: model,

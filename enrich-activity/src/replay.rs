@@ -13,10 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use context_runtime::backoff::Backoff;
+use context_runtime::kafka::KafkaSettings;
+use context_runtime::registry::RegistrySettings;
 use context_runtime::shutdown::Shutdown;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::serve::{commit_after, load_model, Counts, Tagger};
 
@@ -56,8 +58,8 @@ impl Bound {
 
 #[derive(Debug, Clone)]
 pub struct ReplaySettings {
-    pub kafka_bootstrap: String,
-    pub registry_url: String,
+    pub kafka: KafkaSettings,
+    pub registry: RegistrySettings,
     pub motion_topic: String,
     pub activity_topic: String,
     pub model_path: PathBuf,
@@ -148,10 +150,8 @@ pub fn plan(s: &ReplaySettings, model_version: &str) -> anyhow::Result<Plan> {
         .group_id
         .clone()
         .unwrap_or_else(|| format!("enrich-activity-replay-{model_version}"));
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &s.kafka_bootstrap)
-        .set("group.id", &group_id)
-        .create()?;
+    context_runtime::kafka::verify(&s.kafka, Duration::from_secs(10))?;
+    let c: BaseConsumer = s.kafka.client().set("group.id", &group_id).create()?;
     let timeout = Duration::from_secs(10);
     let md = c.fetch_metadata(Some(&s.motion_topic), timeout)?;
     let parts: Vec<i32> = md
@@ -208,9 +208,10 @@ pub async fn run(s: ReplaySettings, mut shutdown: Shutdown) -> anyhow::Result<Co
     if total == 0 {
         return Ok(Counts::default());
     }
-    let tagger = Tagger::new(&s.kafka_bootstrap, &s.registry_url, &s.activity_topic).await?;
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &s.kafka_bootstrap)
+    let tagger = Tagger::new(&s.kafka, &s.registry, &s.activity_topic).await?;
+    let consumer: StreamConsumer = s
+        .kafka
+        .client()
         .set("group.id", &plan.group_id)
         .set("enable.auto.commit", "false")
         // Should retention delete records after the plan was made, start at

@@ -13,14 +13,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use context_runtime::kafka::{Defaults, KafkaSettings};
 use context_runtime::pipeline::{drive, DriveOptions, Output, Pipeline, PipelineSettings, Stage};
+use context_runtime::registry::RegistrySettings;
 use context_runtime::shutdown::Shutdown;
 use context_schemas::{ActivityTag, AvroRecord, ClassProbability, MotionWindow};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use schema_registry::RegistryClient;
 
 use crate::config::Config;
@@ -214,15 +216,15 @@ impl TagError {
 }
 
 impl Tagger {
-    pub async fn new(kafka_bootstrap: &str, registry_url: &str, activity_topic: &str) -> anyhow::Result<Self> {
-        let registry = RegistryClient::new(registry_url)?;
+    pub async fn new(kafka: &KafkaSettings, registry: &RegistrySettings, activity_topic: &str) -> anyhow::Result<Self> {
+        let registry = RegistryClient::connect(registry)?;
         let tag_schema_id = registry
             .register(&format!("{activity_topic}-value"), ActivityTag::AVSC)
             .await?;
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", kafka_bootstrap)
+        let producer: FutureProducer = kafka
+            .client()
             .set("acks", "all")
-            .set("compression.type", "zstd")
+            .set_default("compression.type", "zstd")
             .create()?;
         Ok(Tagger {
             registry,
@@ -447,10 +449,11 @@ async fn serve_loop(s: Config, ready: &std::sync::atomic::AtomicBool, shutdown: 
     let model = Arc::new(load_model(s.model_path())?);
     let model_mtime = modified(s.model_path());
     tracing::info!(model_version = %model.model_version, "serving");
-    let mut tagger = Tagger::new(&s.kafka_bootstrap, &s.registry_url, &s.activity_topic).await?;
+    context_runtime::kafka::verify_at_start(&s.kafka, Duration::from_secs(10)).await?;
+    let mut tagger = Tagger::new(&s.kafka, &s.registry, &s.activity_topic).await?;
     tagger.min_confidence = s.min_confidence;
     let pipeline = Pipeline::start(&PipelineSettings {
-        kafka_bootstrap: s.kafka_bootstrap.clone(),
+        kafka: s.kafka.clone(),
         group_id: s.group_id.clone(),
         topics: vec![s.motion_topic.clone()],
         metrics_prefix: "enrich",

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use context_integration::{consume_n, create_topic, create_topic_with, kafka_bootstrap, producer, unique};
+use context_integration::{consume_n, create_topic, create_topic_with, producer, unique};
 use context_runtime::config::ServiceConfig;
 use context_schemas::apache_avro::{self, types::Value};
 use context_schemas::sample::{self, SampleOptions};
@@ -23,7 +23,7 @@ use schema_registry::{Config, RegistryClient};
 async fn start_registry(topic: &str, listen: &str) -> schema_registry::Running {
     let config = Config {
         listen: listen.parse().unwrap(),
-        kafka_bootstrap: kafka_bootstrap(),
+        kafka: context_integration::kafka_settings(),
         topic: topic.into(),
         ..Config::default()
     };
@@ -72,8 +72,8 @@ async fn a_registry_outage_delays_tagging_and_skips_nothing() {
     let (stop, rx) = context_runtime::shutdown::Shutdown::new();
     let serving = tokio::spawn(run(
         EnrichConfig {
-            kafka_bootstrap: kafka_bootstrap(),
-            registry_url: url.clone(),
+            kafka: context_integration::kafka_settings(),
+            registry: context_runtime::registry::RegistrySettings::open(url.clone()),
             motion_topic: motion.clone(),
             activity_topic: activity.clone(),
             group_id: unique("it_ro"),

@@ -72,8 +72,8 @@ async fn replay_a_time_range_with_a_new_model_and_resume_after_a_kill() {
     let model_path = std::env::temp_dir().join(format!("{}.json", unique("model_b")));
     std::fs::write(&model_path, model.to_json()).unwrap();
     let settings = ReplaySettings {
-        kafka_bootstrap: context_integration::kafka_bootstrap(),
-        registry_url: registry_url(),
+        kafka: context_integration::kafka_settings(),
+        registry: context_runtime::registry::RegistrySettings::open(registry_url()),
         motion_topic: motion.clone(),
         activity_topic: activity.clone(),
         model_path: model_path.clone(),
@@ -138,7 +138,7 @@ async fn replay_a_time_range_with_a_new_model_and_resume_after_a_kill() {
 async fn a_replay_from_deleted_offsets_starts_at_the_earliest_left() {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
-    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    use rdkafka::{Offset, TopicPartitionList};
 
     let (motion, activity) = (unique("it_rdel_motion"), unique("it_rdel_activity"));
     create_topic(&motion, 1).await.unwrap();
@@ -160,10 +160,7 @@ async fn a_replay_from_deleted_offsets_starts_at_the_earliest_left() {
         .unwrap();
     }
     // Retention (here: an explicit delete) removes the first 20 records.
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", context_integration::kafka_bootstrap())
-        .create()
-        .unwrap();
+    let admin: AdminClient<DefaultClientContext> = context_integration::base_config().create().unwrap();
     let mut upto = TopicPartitionList::new();
     upto.add_partition_offset(&motion, 0, Offset::Offset(20)).unwrap();
     admin.delete_records(&upto, &AdminOptions::new()).await.unwrap();
@@ -181,8 +178,8 @@ async fn a_replay_from_deleted_offsets_starts_at_the_earliest_left() {
     let model_path = std::env::temp_dir().join(format!("{}.json", unique("model_d")));
     std::fs::write(&model_path, model.to_json()).unwrap();
     let settings = ReplaySettings {
-        kafka_bootstrap: context_integration::kafka_bootstrap(),
-        registry_url: registry_url(),
+        kafka: context_integration::kafka_settings(),
+        registry: context_runtime::registry::RegistrySettings::open(registry_url()),
         motion_topic: motion.clone(),
         activity_topic: activity.clone(),
         model_path: model_path.clone(),

@@ -59,8 +59,8 @@ async fn serve_tags_every_window_once() {
     let (stop, rx) = context_runtime::shutdown::Shutdown::new();
     let task = tokio::spawn(run(
         Config {
-            kafka_bootstrap: context_integration::kafka_bootstrap(),
-            registry_url: registry_url(),
+            kafka: context_integration::kafka_settings(),
+            registry: context_runtime::registry::RegistrySettings::open(registry_url()),
             motion_topic: motion.clone(),
             activity_topic: activity.clone(),
             group_id: unique("it_enrich"),
@@ -237,8 +237,8 @@ async fn a_model_swapped_under_load_tags_every_window_exactly_once() {
     let (stop, rx) = context_runtime::shutdown::Shutdown::new();
     let serving = tokio::spawn(run(
         Config {
-            kafka_bootstrap: context_integration::kafka_bootstrap(),
-            registry_url: registry_url(),
+            kafka: context_integration::kafka_settings(),
+            registry: context_runtime::registry::RegistrySettings::open(registry_url()),
             motion_topic: motion.clone(),
             activity_topic: activity.clone(),
             group_id: unique("it_swap"),
@@ -282,8 +282,7 @@ async fn a_model_swapped_under_load_tags_every_window_exactly_once() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let c: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", context_integration::kafka_bootstrap())
+    let c: rdkafka::consumer::StreamConsumer = context_integration::base_config()
         .set("group.id", unique("it_swap_tags"))
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use context_runtime::config::ServiceConfig;
+use context_runtime::config::{Renamed, ServiceConfig};
+use context_runtime::kafka::{KafkaSettings, KAFKA_BOOTSTRAP_RENAMED};
+use context_runtime::registry::RegistrySettings;
 use context_schemas::contract::topics;
 use serde::{Deserialize, Serialize};
 
@@ -46,24 +48,37 @@ impl Default for Limits {
 /// record waits for all in-sync replicas, the producer's own retries never
 /// duplicate or reorder (idempotence), zstd batches after 5 ms. The load
 /// benchmark's plain-producer ceiling uses the same.
-pub const PRODUCER_SETTINGS: &[(&str, &str)] = &[
-    ("acks", "all"),
-    ("enable.idempotence", "true"),
-    ("compression.type", "zstd"),
-    ("linger.ms", "5"),
+pub const PRODUCER_SETTINGS: &[(&str, &str)] = &[("acks", "all"), ("enable.idempotence", "true")];
+
+/// The producer's defaults, which `[kafka.properties]` may change.
+pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[("compression.type", "zstd"), ("linger.ms", "5")];
+
+/// librdkafka settings the gateway derives from keys of its own.
+pub const DERIVED_SETTINGS: &[(&str, &str)] = &[
+    ("queue.buffering.max.messages", "write `queue_max_messages`"),
+    ("queue.buffering.max.kbytes", "write `queue_max_kbytes`"),
+    (
+        "message.max.bytes",
+        "derived from `limits.max_decompressed_bytes` and `limits.max_record_bytes`",
+    ),
 ];
 
 /// The configuration. Each key is overridden by `INGEST_` and its name in
 /// capitals (`INGEST_PRODUCE_TIMEOUT`, `INGEST_MAX_EVENTS` for
 /// `limits.max_events`). Durations are written like `10s`, `5m`, `30d`.
+// Unknown keys are refused by the loader (`context_runtime::config`);
+// serde's `deny_unknown_fields` does not work beside `flatten`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Config {
     /// Address of the HTTP(S) endpoint.
     pub listen: SocketAddr,
-    pub kafka_bootstrap: String,
-    /// Any Confluent-compatible schema registry.
-    pub registry_url: String,
+    /// How the gateway reaches Kafka (`[kafka]`: bootstrap, security).
+    pub kafka: KafkaSettings,
+    /// Any Confluent-compatible schema registry: `registry_url`,
+    /// `registry_username`, `registry_password`, `registry_ca_file`.
+    #[serde(flatten)]
+    pub registry: RegistrySettings,
     pub events_topic: String,
     pub deadletter_topic: String,
     /// The API keys (hashes only), reloaded when it changes.
@@ -103,8 +118,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            kafka_bootstrap: "127.0.0.1:9092".into(),
-            registry_url: "http://127.0.0.1:8081".into(),
+            kafka: KafkaSettings::default(),
+            registry: RegistrySettings::default(),
             events_topic: topics::EVENTS.into(),
             deadletter_topic: topics::DEAD_LETTER.into(),
             keys_file: PathBuf::from("keys.toml"),
@@ -126,12 +141,12 @@ impl Default for Config {
 
 impl ServiceConfig for Config {
     const ENV_PREFIX: &'static str = "INGEST_";
+    const RENAMED: &'static [Renamed] = &[KAFKA_BOOTSTRAP_RENAMED];
 
     fn check(&self) -> Vec<String> {
-        let mut problems = Vec::new();
+        let mut problems = self.kafka.check_owning("kafka", DERIVED_SETTINGS);
+        problems.extend(self.registry.check());
         for (name, value) in [
-            ("kafka_bootstrap", &self.kafka_bootstrap),
-            ("registry_url", &self.registry_url),
             ("events_topic", &self.events_topic),
             ("deadletter_topic", &self.deadletter_topic),
         ] {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
+use context_runtime::kafka::Defaults;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -99,12 +99,14 @@ pub struct Kafka {
 
 impl Kafka {
     pub fn new(s: &Config) -> Result<Self, KafkaError> {
-        let mut config = ClientConfig::new();
+        let mut config = s.kafka.client();
         for (key, value) in crate::config::PRODUCER_SETTINGS {
             config.set(*key, *value);
         }
+        for (key, value) in crate::config::PRODUCER_DEFAULTS {
+            config.set_default(key, *value);
+        }
         let producer: FutureProducer = config
-            .set("bootstrap.servers", &s.kafka_bootstrap)
             .set("message.timeout.ms", s.produce_timeout.as_millis().to_string())
             .set("queue.buffering.max.messages", s.queue_max_messages.to_string())
             .set("queue.buffering.max.kbytes", s.queue_max_kbytes.to_string())

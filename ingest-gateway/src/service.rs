@@ -487,6 +487,10 @@ fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<r
     Ok(config)
 }
 
+/// How long a start waits for an unreachable broker before it goes on
+/// without (refused credentials stop it at once).
+const KAFKA_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Starts the gateway: loads the keys, registers (or finds) the event schema,
 /// connects the producer and serves HTTP(S).
 pub async fn start(
@@ -494,7 +498,8 @@ pub async fn start(
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> anyhow::Result<Running> {
     let keys = Keys::load(&settings.keys_file).map_err(anyhow::Error::msg)?;
-    let registry = schema_registry::RegistryClient::new(&settings.registry_url)?;
+    context_runtime::kafka::verify_at_start(&settings.kafka, KAFKA_PATIENCE).await?;
+    let registry = schema_registry::RegistryClient::connect(&settings.registry)?;
     let subject = format!("{}-value", settings.events_topic);
     let mut attempt = 0;
     let schema_id = loop {

@@ -3,7 +3,10 @@
 //! see each other's topics, groups or tables.
 //!
 //! Endpoints come from `KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`) and
-//! `CLICKHOUSE_URL` (default `http://127.0.0.1:8123`).
+//! `CLICKHOUSE_URL` (default `http://127.0.0.1:8123`); a secured stack's
+//! credentials from the tools' variables of `.stack/secure/env`
+//! (`KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_*`, `KAFKA_SSL_CA_FILE`,
+//! `CLICKHOUSE_USER`, `CLICKHOUSE_PASSWORD`, `CLICKHOUSE_CA_FILE`).
 
 pub mod fleet;
 pub mod measure;
@@ -85,10 +88,15 @@ pub fn platform(args: &[&str]) -> String {
     text
 }
 
-fn base_config() -> ClientConfig {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", kafka_bootstrap());
-    cfg
+/// The tools' Kafka settings (`KAFKA_*` variables; plaintext to
+/// [`kafka_bootstrap`] when none is set).
+pub fn kafka_settings() -> context_runtime::kafka::KafkaSettings {
+    context_runtime::kafka::KafkaSettings::from_tool_env().unwrap_or_else(|e| panic!("the KAFKA_* variables: {e}"))
+}
+
+/// A client configuration for the stack's broker, with its security.
+pub fn base_config() -> ClientConfig {
+    kafka_settings().client()
 }
 
 /// Creates a topic and waits until its metadata shows every partition.
@@ -176,17 +184,46 @@ pub async fn consume_n(
 /// Validation is off so that the RowBinary path works against ClickHouse 18.16
 /// as well as current releases.
 pub fn clickhouse_writer() -> clickhouse::Client {
-    clickhouse::Client::default()
-        .with_url(clickhouse_url())
-        .with_validation(false)
-        .with_compression(clickhouse::Compression::Lz4)
+    clickhouse_settings().clickhouse(true)
+}
+
+/// The stack's ClickHouse as the sink would reach it: `CLICKHOUSE_URL`,
+/// `CLICKHOUSE_USER` (default `default`), `CLICKHOUSE_PASSWORD`,
+/// `CLICKHOUSE_CA_FILE`.
+pub fn clickhouse_settings() -> sink_clickhouse::config::Config {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    sink_clickhouse::config::Config {
+        clickhouse_url: clickhouse_url(),
+        clickhouse_user: var("CLICKHOUSE_USER").unwrap_or_else(|| "default".into()),
+        clickhouse_password: context_runtime::config::Secret(var("CLICKHOUSE_PASSWORD").unwrap_or_default()),
+        clickhouse_ca_file: var("CLICKHOUSE_CA_FILE").map(PathBuf::from),
+        ..Default::default()
+    }
+}
+
+/// An HTTP request to the stack's ClickHouse (queries in SQL), with its
+/// credentials and CA.
+pub fn clickhouse_http(client: &reqwest::Client) -> reqwest::RequestBuilder {
+    let s = clickhouse_settings();
+    client
+        .post(&s.clickhouse_url)
+        .basic_auth(&s.clickhouse_user, Some(s.clickhouse_password.expose()))
+}
+
+/// A reqwest client that trusts `CLICKHOUSE_CA_FILE` when it is set.
+pub fn clickhouse_http_client(timeout: Duration) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder().timeout(timeout);
+    if let Some(ca) = clickhouse_settings().clickhouse_ca_file {
+        let pem = std::fs::read(&ca).with_context(|| format!("reading CLICKHOUSE_CA_FILE {}", ca.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    Ok(b.build()?)
 }
 
 /// A ClickHouse client for queries. Responses are not compressed: against
 /// ClickHouse 18.16 the crate's LZ4 response path yields no rows at all.
 pub fn clickhouse_reader() -> clickhouse::Client {
-    clickhouse::Client::default()
-        .with_url(clickhouse_url())
-        .with_validation(false)
-        .with_compression(clickhouse::Compression::None)
+    clickhouse_settings().clickhouse(false)
 }

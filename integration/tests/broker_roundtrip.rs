@@ -60,12 +60,10 @@ async fn context_events_roundtrip_through_a_consumer_group() -> anyhow::Result<(
 #[tokio::test]
 async fn aborted_transactions_are_invisible_to_read_committed_consumers() -> anyhow::Result<()> {
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-    use rdkafka::ClientConfig;
 
     let topic = unique("it_txn");
     create_topic(&topic, 2).await?;
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", context_integration::kafka_bootstrap())
+    let producer: ThreadedProducer<DefaultProducerContext> = context_integration::base_config()
         .set("transactional.id", unique("it_txn_producer"))
         .create()?;
     let timeout = Duration::from_secs(30);
@@ -96,8 +94,7 @@ async fn aborted_transactions_are_invisible_to_read_committed_consumers() -> any
     let read = |isolation: &'static str, n: usize| {
         let topic = topic.clone();
         async move {
-            let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
-                .set("bootstrap.servers", context_integration::kafka_bootstrap())
+            let consumer: rdkafka::consumer::StreamConsumer = context_integration::base_config()
                 .set("group.id", unique("it_txn_group"))
                 .set("auto.offset.reset", "earliest")
                 .set("isolation.level", isolation)

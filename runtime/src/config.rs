@@ -165,7 +165,7 @@ pub fn load_from<T: ServiceConfig>(
                 Ok(mut profiles) => {
                     let dict = profiles.remove(&Profile::Default).unwrap_or_default();
                     let mut leaves = Vec::new();
-                    flatten("", dict, &mut leaves);
+                    flatten("", dict, &keys.maps, &mut leaves);
                     for (key, value) in leaves {
                         match keys.resolve(&key, value, &mut warnings) {
                             Some((key, value)) => layers.push(Layer {
@@ -184,6 +184,16 @@ pub fn load_from<T: ServiceConfig>(
     let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(T::ENV_PREFIX)).collect();
     env.sort();
     for (var, raw) in env {
+        if let Some((map, name)) = keys.map_entry(&var) {
+            let mut dict = Dict::new();
+            dict.insert(name, Value::from(raw));
+            layers.push(Layer {
+                key: map,
+                value: Value::from(dict),
+                source: format!("variable {var}"),
+            });
+            continue;
+        }
         let Some(key) = keys.by_env.get(&var) else {
             warnings.push(format!("{var} is not a configuration variable and is ignored"));
             continue;
@@ -355,15 +365,32 @@ fn describe(key: &str, kind: &figment::error::Kind) -> String {
     }
 }
 
-fn flatten(prefix: &str, dict: Dict, out: &mut Vec<(String, Value)>) {
+/// The leaves of a file's table. A table that is an open map (such as
+/// `[kafka.properties]`) stays one key per entry, its entry's dotted name
+/// kept whole (`"linger.ms" = 5` and `linger.ms = 5` alike).
+fn flatten(prefix: &str, dict: Dict, maps: &std::collections::HashSet<String>, out: &mut Vec<(String, Value)>) {
     for (k, v) in dict {
         let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
         match v {
-            Value::Dict(_, inner) => flatten(&key, inner, out),
+            Value::Dict(_, inner) if maps.contains(&key) => {
+                let mut entries = Vec::new();
+                flatten("", inner, &std::collections::HashSet::new(), &mut entries);
+                for (name, value) in entries {
+                    let mut one = Dict::new();
+                    one.insert(name, value);
+                    out.push((key.clone(), Value::from(one)));
+                }
+            }
+            Value::Dict(_, inner) => flatten(&key, inner, maps, out),
             other => out.push((key, other)),
         }
     }
 }
+
+/// Kinds of leaf keys: text (or absent by default), any other value, an open map.
+const TEXT: u8 = 0;
+const OTHER: u8 = 1;
+const MAP: u8 = 2;
 
 /// The keys of a configuration, from its defaults.
 struct Keys {
@@ -374,13 +401,20 @@ struct Keys {
     text: std::collections::HashSet<String>,
     /// Variable name → key path, renamed keys included.
     by_env: BTreeMap<String, String>,
+    /// Tables whose keys are free (empty objects in the defaults): each
+    /// with the variable prefix of its entries.
+    maps: std::collections::HashSet<String>,
+    map_vars: Vec<(String, String)>,
     renamed: &'static [Renamed],
 }
 
 impl Keys {
     fn of<T: ServiceConfig>(defaults: &serde_json::Value) -> Keys {
-        fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, bool)>) {
+        fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, u8)>) {
             match v {
+                serde_json::Value::Object(map) if map.is_empty() && !prefix.is_empty() => {
+                    out.push((prefix.to_string(), MAP));
+                }
                 serde_json::Value::Object(map) => {
                     for (k, v) in map {
                         let key = if prefix.is_empty() {
@@ -391,24 +425,38 @@ impl Keys {
                         walk(&key, v, out);
                     }
                 }
-                serde_json::Value::String(_) | serde_json::Value::Null => out.push((prefix.to_string(), true)),
-                _ => out.push((prefix.to_string(), false)),
+                serde_json::Value::String(_) | serde_json::Value::Null => out.push((prefix.to_string(), TEXT)),
+                _ => out.push((prefix.to_string(), OTHER)),
             }
         }
         let mut leaves = Vec::new();
         walk("", defaults, &mut leaves);
         let all: Vec<String> = leaves.iter().map(|(k, _)| k.clone()).collect();
-        let text = leaves.iter().filter(|(_, t)| *t).map(|(k, _)| k.clone()).collect();
+        let text = leaves
+            .iter()
+            .filter(|(_, t)| *t == TEXT)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let maps: std::collections::HashSet<String> = leaves
+            .iter()
+            .filter(|(_, t)| *t == MAP)
+            .map(|(k, _)| k.clone())
+            .collect();
         let var = |key: &str| format!("{}{}", T::ENV_PREFIX, key.replace('.', "_").to_uppercase());
+        let map_vars = maps.iter().map(|m| (format!("{}_", var(m)), m.clone())).collect();
         let mut by_env = BTreeMap::new();
         let last = |k: &str| k.rsplit('.').next().unwrap_or(k).to_string();
         let names: Vec<&str> = all
             .iter()
             .map(String::as_str)
+            .filter(|k| !maps.contains(*k))
             .chain(T::RENAMED.iter().map(|r| r.old))
             .collect();
         for key in &names {
-            by_env.insert(var(key), key.to_string());
+            // A renamed key whose variable is also a current key's
+            // (`kafka_bootstrap` and `kafka.bootstrap`) leaves it to the
+            // current one.
+            by_env.entry(var(key)).or_insert_with(|| key.to_string());
             let short = last(key);
             if key.contains('.') && names.iter().filter(|k| last(k) == short).count() == 1 {
                 by_env.entry(var(&short)).or_insert_with(|| key.to_string());
@@ -418,8 +466,19 @@ impl Keys {
             all,
             text,
             by_env,
+            maps,
+            map_vars,
             renamed: T::RENAMED,
         }
+    }
+
+    /// An entry of an open map by its variable: `INGEST_KAFKA_PROPERTIES_LINGER_MS`
+    /// is `linger.ms` of `kafka.properties` (underscores read as dots).
+    fn map_entry(&self, var: &str) -> Option<(String, String)> {
+        self.map_vars.iter().find_map(|(prefix, map)| {
+            let name = var.strip_prefix(prefix.as_str())?;
+            (!name.is_empty()).then(|| (map.clone(), name.to_lowercase().replace('_', ".")))
+        })
     }
 
     /// The key and value in effect for `key`: itself when known, its new
@@ -620,6 +679,77 @@ mod tests {
         let f = file("password = \"ab\\q\"\n");
         let err = load_from::<Demo>(Some(&f.0), Vec::new()).unwrap_err().to_string();
         assert!(err.contains("line 1") && !err.contains("ab\\q"), "{err}");
+    }
+
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields, default)]
+    struct WithKafka {
+        kafka: crate::kafka::KafkaSettings,
+    }
+
+    impl ServiceConfig for WithKafka {
+        const ENV_PREFIX: &'static str = "DEMO_";
+        const RENAMED: &'static [Renamed] = &[crate::kafka::KAFKA_BOOTSTRAP_RENAMED];
+        fn check(&self) -> Vec<String> {
+            self.kafka.check("kafka")
+        }
+    }
+
+    #[test]
+    fn the_kafka_table_with_free_properties_from_file_and_environment() {
+        let f = file(
+            "[kafka]\nbootstrap = \"b1:9092,b2:9092\"\nsecurity_protocol = \"sasl_ssl\"\n\
+             sasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"svc\"\n\
+             [kafka.properties]\n\"linger.ms\" = 20\nsocket.keepalive.enable = true\n",
+        );
+        let c = load_from::<WithKafka>(
+            Some(&f.0),
+            env(&[
+                ("DEMO_KAFKA_SASL_PASSWORD", "pw"),
+                ("DEMO_KAFKA_PROPERTIES_CLIENT_ID", "from-env"),
+            ]),
+        )
+        .unwrap()
+        .config;
+        let k = &c.kafka;
+        assert_eq!(k.bootstrap, "b1:9092,b2:9092");
+        assert_eq!(k.security_protocol, crate::kafka::SecurityProtocol::SaslSsl);
+        assert_eq!(k.sasl_password.expose(), "pw");
+        let props: Vec<(&str, &str)> = k.properties.iter().map(|(a, b)| (a.as_str(), b.0.as_str())).collect();
+        assert_eq!(
+            props,
+            [
+                ("client.id", "from-env"),
+                ("linger.ms", "20"),
+                ("socket.keepalive.enable", "true")
+            ]
+        );
+        let client = k.client();
+        assert_eq!(client.get("linger.ms"), Some("20"));
+        assert_eq!(client.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        // The old key and its variable still work; the variable is the new key's.
+        let old = file("kafka_bootstrap = \"old:9092\"\n");
+        let loaded = load_from::<WithKafka>(Some(&old.0), Vec::new()).unwrap();
+        assert_eq!(loaded.config.kafka.bootstrap, "old:9092");
+        assert!(loaded
+            .warnings
+            .iter()
+            .any(|w| w.contains("`kafka_bootstrap` is deprecated")));
+        let by_env = load_from::<WithKafka>(None, env(&[("DEMO_KAFKA_BOOTSTRAP", "env:9092")])).unwrap();
+        assert_eq!(by_env.config.kafka.bootstrap, "env:9092");
+        assert!(by_env.warnings.is_empty(), "{:?}", by_env.warnings);
+        // An owned setting is refused, naming why.
+        let owned = file("[kafka.properties]\nacks = \"1\"\n");
+        let err = load_from::<WithKafka>(Some(&owned.0), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.properties.acks is refused"), "{err}");
+        // An unknown key of the table is still unknown.
+        let typo = file("[kafka]\nbootstrapp = \"x\"\n");
+        let err = load_from::<WithKafka>(Some(&typo.0), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.bootstrapp") && err.contains("known here"), "{err}");
     }
 
     #[test]

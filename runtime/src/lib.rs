@@ -4,6 +4,10 @@
 //! `run(settings, shutdown)` with one [`shutdown::Shutdown`] fed by
 //! SIGTERM/SIGINT.
 //!
+//! Connections: [`kafka`] (the `[kafka]` table and the one place a
+//! librdkafka client is configured), [`registry`] (a schema registry's URL
+//! and credentials).
+//!
 //! Also shared: the admin endpoints `/healthz`, `/readyz`, `/metrics`
 //! ([`start_admin`]), [`backoff`] for every retry loop, [`clock`],
 //! [`deadletter`] headers, and [`pipeline`]: consume → transform → produce
@@ -13,8 +17,11 @@ pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod deadletter;
+pub mod kafka;
 pub mod pipeline;
+pub mod registry;
 pub mod shutdown;
+pub mod watched;
 
 use std::io::IsTerminal;
 

@@ -28,7 +28,9 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{ClientConfig, ClientContext, Offset, Statistics, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
+
+use crate::kafka::{Defaults, KafkaSettings};
 
 /// How outputs and input offsets are committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -63,7 +65,7 @@ impl std::fmt::Display for Delivery {
 /// What a pipeline needs.
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
-    pub kafka_bootstrap: String,
+    pub kafka: KafkaSettings,
     pub group_id: String,
     pub topics: Vec<String>,
     /// Prefix of the metric names (`<prefix>_consumer_lag`, ...).
@@ -141,6 +143,16 @@ pub struct Pipeline {
     prefix: &'static str,
 }
 
+/// librdkafka settings a pipeline derives from its service's keys, or relies
+/// on: refused in `[kafka.properties]`.
+pub const DERIVED_SETTINGS: &[(&str, &str)] = &[
+    ("session.timeout.ms", "write `session_timeout`"),
+    (
+        "partition.assignment.strategy",
+        "the pipeline relies on eager assignors (a rebalance revokes every partition)",
+    ),
+];
+
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     // The services run on the multi-threaded runtime; elsewhere just call.
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
@@ -153,9 +165,8 @@ impl Pipeline {
     /// Connects, and with `ExactlyOnce` initialises transactions (fencing any
     /// earlier producer with the same transactional id). Then subscribes.
     pub fn start(s: &PipelineSettings) -> Result<Self, String> {
-        let mut consumer_config = ClientConfig::new();
+        let mut consumer_config = s.kafka.client();
         consumer_config
-            .set("bootstrap.servers", &s.kafka_bootstrap)
             .set("group.id", &s.group_id)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
@@ -165,7 +176,7 @@ impl Pipeline {
             // fetching restarts at the committed offsets.
             .set("partition.assignment.strategy", "range,roundrobin")
             .set("session.timeout.ms", s.session_timeout.as_millis().to_string())
-            .set("statistics.interval.ms", "5000");
+            .set_default("statistics.interval.ms", "5000");
         let consumer: StreamConsumer<PipelineContext> = consumer_config
             .create_with_context(PipelineContext {
                 rebalanced: AtomicBool::new(false),
@@ -175,14 +186,13 @@ impl Pipeline {
             .map_err(|e| format!("creating the consumer: {e}"))?;
 
         let producer_config = |transactional: bool| {
-            let mut c = ClientConfig::new();
-            c.set("bootstrap.servers", &s.kafka_bootstrap)
-                // Room for a whole batch's outputs (router: max_batch x targets).
-                .set("queue.buffering.max.messages", "1000000")
+            let mut c = s.kafka.client();
+            // Room for a whole batch's outputs (router: max_batch x targets).
+            c.set_default("queue.buffering.max.messages", "1000000")
                 .set("acks", "all")
                 .set("enable.idempotence", "true")
-                .set("compression.type", "zstd")
-                .set("linger.ms", "5")
+                .set_default("compression.type", "zstd")
+                .set_default("linger.ms", "5")
                 .set("message.timeout.ms", s.timeout.as_millis().to_string());
             if transactional {
                 c.set("transactional.id", &s.transactional_id)

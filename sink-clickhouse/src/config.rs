@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use context_runtime::config::Secret;
-use context_runtime::config::ServiceConfig;
+use context_runtime::config::{Renamed, ServiceConfig};
+use context_runtime::kafka::{KafkaSettings, KAFKA_BOOTSTRAP_RENAMED};
+use context_runtime::registry::RegistrySettings;
 use context_schemas::contract::topics;
 use serde::{Deserialize, Serialize};
 
@@ -34,18 +36,27 @@ impl Default for BatchLimits {
 
 /// Each key is overridden by `SINK_` and its name in capitals
 /// (`SINK_CLICKHOUSE_URL`, `SINK_BATCH_MAX_ROWS`, `SINK_MAX_BACKOFF`).
+// Unknown keys are refused by the loader (`context_runtime::config`);
+// serde's `deny_unknown_fields` does not work beside `flatten`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Config {
     /// /healthz, /readyz, /metrics.
     pub admin_listen: SocketAddr,
-    pub kafka_bootstrap: String,
-    /// Any Confluent-compatible registry.
-    pub registry_url: String,
+    /// How the sink reaches Kafka (`[kafka]`: bootstrap, security).
+    pub kafka: KafkaSettings,
+    /// Any Confluent-compatible registry: `registry_url`,
+    /// `registry_username`, `registry_password`, `registry_ca_file`.
+    #[serde(flatten)]
+    pub registry: RegistrySettings,
+    /// `http://` or `https://` (TLS: the system's CAs, or
+    /// `clickhouse_ca_file`).
     pub clickhouse_url: String,
     pub clickhouse_user: String,
     /// Never printed.
     pub clickhouse_password: Secret,
+    /// PEM file of the CA(s) that sign ClickHouse's certificate.
+    pub clickhouse_ca_file: Option<std::path::PathBuf>,
     pub database: String,
     /// An empty topic name turns that source off.
     pub events_topic: String,
@@ -67,11 +78,12 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9102)),
-            kafka_bootstrap: "127.0.0.1:9092".into(),
-            registry_url: "http://127.0.0.1:8081".into(),
+            kafka: KafkaSettings::default(),
+            registry: RegistrySettings::default(),
             clickhouse_url: "http://127.0.0.1:8123".into(),
             clickhouse_user: "default".into(),
             clickhouse_password: Secret::default(),
+            clickhouse_ca_file: None,
             database: "context".into(),
             events_topic: topics::EVENTS.into(),
             activity_topic: topics::ACTIVITY.into(),
@@ -87,9 +99,25 @@ impl Default for Config {
 
 impl ServiceConfig for Config {
     const ENV_PREFIX: &'static str = "SINK_";
+    const RENAMED: &'static [Renamed] = &[KAFKA_BOOTSTRAP_RENAMED];
 
     fn check(&self) -> Vec<String> {
-        let mut problems = Vec::new();
+        let mut problems = self.kafka.check_owning("kafka", DERIVED_SETTINGS);
+        problems.extend(self.registry.check());
+        let url = self.clickhouse_url.trim();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            problems.push(format!("clickhouse_url {url:?} must start with http:// or https://"));
+        }
+        if let Some(ca) = &self.clickhouse_ca_file {
+            match std::fs::read(ca).map_err(|e| e.to_string()).and_then(|pem| {
+                native_tls::Certificate::from_pem(&pem).map_err(|e| format!("not a PEM certificate: {e}"))
+            }) {
+                Ok(_) if url.starts_with("http://") => problems
+                    .push("clickhouse_ca_file is set but clickhouse_url is http://: write https:// to use TLS".into()),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("clickhouse_ca_file {}: {e}", ca.display())),
+            }
+        }
         if self.database.is_empty() || !self.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             problems.push(format!("database `{}` must be letters, digits and _", self.database));
         }
@@ -120,7 +148,21 @@ impl Config {
     /// A client for inserts (LZ4) and one for queries (uncompressed: against
     /// ClickHouse 18.16 the crate's LZ4 response path yields no rows).
     pub fn clickhouse(&self, compressed: bool) -> clickhouse::Client {
-        let mut c = clickhouse::Client::default()
+        let base = match self.clickhouse_tls() {
+            Some(connector) => {
+                let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+                http.set_keepalive(Some(Duration::from_secs(60)));
+                http.enforce_http(false);
+                let https = hyper_tls::HttpsConnector::from((http, connector));
+                let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    // Below ClickHouse's own keep-alive of 3 s (as the crate's default).
+                    .pool_idle_timeout(Duration::from_secs(2))
+                    .build(https);
+                clickhouse::Client::with_http_client(client)
+            }
+            None => clickhouse::Client::default(),
+        };
+        let mut c = base
             .with_url(&self.clickhouse_url)
             .with_user(&self.clickhouse_user)
             .with_validation(false)
@@ -135,6 +177,43 @@ impl Config {
         c
     }
 }
+
+impl Config {
+    /// TLS trusting `clickhouse_ca_file` (and the system's CAs), when set;
+    /// `None` for the crate's default client (system CAs for `https://`).
+    fn clickhouse_tls(&self) -> Option<tokio_native_tls::TlsConnector> {
+        let ca = self.clickhouse_ca_file.as_ref()?;
+        // Checked at start (`check`): a file that no longer reads is a
+        // client without the CA, whose inserts then fail with the reason.
+        let mut b = native_tls::TlsConnector::builder();
+        match std::fs::read(ca).map(|pem| native_tls::Certificate::from_pem(&pem)) {
+            Ok(Ok(cert)) => {
+                b.add_root_certificate(cert);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(file = %ca.display(), error = %e, "clickhouse_ca_file is not a PEM certificate")
+            }
+            Err(e) => tracing::error!(file = %ca.display(), error = %e, "cannot read clickhouse_ca_file"),
+        }
+        match b.build() {
+            Ok(c) => Some(c.into()),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up TLS for ClickHouse");
+                None
+            }
+        }
+    }
+}
+
+/// librdkafka settings the sink derives from keys of its own.
+pub const DERIVED_SETTINGS: &[(&str, &str)] = &[
+    ("session.timeout.ms", "write `session_timeout`"),
+    ("max.poll.interval.ms", "write `max_poll_interval`"),
+    (
+        "queued.max.messages.kbytes",
+        "bounds the sink's memory with `batch.max_bytes` (docs/sink-clickhouse.md)",
+    ),
+];
 
 #[cfg(test)]
 mod tests {

@@ -21,12 +21,12 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+use context_runtime::kafka::Defaults;
 use context_schemas::{AvroRecord, ContextEvent};
 use ingest_gateway::batch::Encoding;
 use ingest_gateway::validate::Validator;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use serde::Deserialize;
 
 use crate::config::Config;
@@ -148,6 +148,10 @@ pub async fn redrive(
     dry_run: bool,
     gateway: &ingest_gateway::Config,
 ) -> anyhow::Result<Outcome> {
+    {
+        let kafka = c.kafka.clone();
+        tokio::task::spawn_blocking(move || context_runtime::kafka::verify(&kafka, Duration::from_secs(10))).await??;
+    }
     let reader = c.clickhouse(false);
     let mut cursor = reader
         .query(&format!(
@@ -161,13 +165,14 @@ pub async fn redrive(
     let mut run = Redrive {
         c,
         dry_run,
-        registry: schema_registry::RegistryClient::new(&c.registry_url)?,
+        registry: schema_registry::RegistryClient::connect(&c.registry)?,
         validator: Validator::new(gateway.limits.clone(), gateway.max_future, gateway.max_age),
-        producer: ClientConfig::new()
-            .set("bootstrap.servers", &c.kafka_bootstrap)
+        producer: c
+            .kafka
+            .client()
             .set("acks", "all")
             .set("enable.idempotence", "true")
-            .set("compression.type", "zstd")
+            .set_default("compression.type", "zstd")
             .set("message.max.bytes", (64 << 20).to_string())
             .create()?,
         schema_id: None,

@@ -22,11 +22,12 @@ use std::time::Duration;
 
 use clickhouse::{RowOwned, RowWrite};
 use context_runtime::backoff::Backoff;
+use context_runtime::kafka::Defaults;
 use context_runtime::shutdown::Shutdown;
 use context_schemas::{ActivityTag, ContextEvent, DeadLetter};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use schema_registry::client::DecodeError;
 use schema_registry::RegistryClient;
 
@@ -177,6 +178,9 @@ pub enum SinkError {
     /// the committed offsets, so retrying is safe.
     #[error("a source stopped: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The brokers refused the credentials or the certificate.
+    #[error(transparent)]
+    Access(#[from] context_runtime::kafka::AccessError),
 }
 
 impl SinkError {
@@ -507,8 +511,9 @@ where
 pub const PREFETCH_KBYTES: usize = 32 << 10;
 
 fn consumer(s: &Config, source: Source, topic: &str) -> Result<Sink, SinkError> {
-    let consumer: Sink = ClientConfig::new()
-        .set("bootstrap.servers", &s.kafka_bootstrap)
+    let consumer: Sink = s
+        .kafka
+        .client()
         .set("group.id", format!("{}-{}", s.group_prefix, source.name()))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -518,7 +523,7 @@ fn consumer(s: &Config, source: Source, topic: &str) -> Result<Sink, SinkError> 
         .set("isolation.level", "read_committed")
         .set("session.timeout.ms", s.session_timeout.as_millis().to_string())
         .set("max.poll.interval.ms", s.max_poll_interval.as_millis().to_string())
-        .set("statistics.interval.ms", "2000")
+        .set_default("statistics.interval.ms", "2000")
         .set("queued.max.messages.kbytes", PREFETCH_KBYTES.to_string())
         .create_with_context(RebalanceLog::default())?;
     consumer.subscribe(&[topic])?;
@@ -527,7 +532,8 @@ fn consumer(s: &Config, source: Source, topic: &str) -> Result<Sink, SinkError> 
 
 /// Runs every configured source until `shutdown` turns true.
 pub async fn run_sources(s: Config, health: Arc<Health>, shutdown: Shutdown) -> Result<(), SinkError> {
-    let registry = RegistryClient::new(&s.registry_url)?;
+    context_runtime::kafka::verify_at_start(&s.kafka, Duration::from_secs(10)).await?;
+    let registry = RegistryClient::connect(&s.registry)?;
     let writer = s.clickhouse(true).with_database(&s.database);
     let mut tasks = Vec::new();
     for (source, topic) in [

@@ -10,9 +10,9 @@ mod common;
 use std::time::Duration;
 
 use common::setup;
-use context_integration::{clickhouse_reader, kafka_bootstrap};
+use context_integration::clickhouse_reader;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 async fn ready(addr: std::net::SocketAddr) -> u16 {
     reqwest::get(format!("http://{addr}/readyz"))
@@ -23,8 +23,7 @@ async fn ready(addr: std::net::SocketAddr) -> u16 {
 
 /// The events group's committed offsets, summed over the topic's partitions.
 fn committed(group: &str, topic: &str) -> i64 {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
+    let c: BaseConsumer = context_integration::base_config()
         .set("group.id", group)
         .create()
         .unwrap();

@@ -38,8 +38,8 @@ async fn posted_motion_comes_out_as_activity_tags_in_clickhouse() {
     let router = {
         let mut c = stream_router::Config {
             admin_listen: "127.0.0.1:0".parse().unwrap(),
-            kafka_bootstrap: context_integration::kafka_bootstrap(),
-            registry_url: common::registry_url(),
+            kafka: context_integration::kafka_settings(),
+            registry: context_runtime::registry::RegistrySettings::open(common::registry_url()),
             source_topic: s.events_topic.clone(),
             deadletter_topic: s.deadletter_topic.clone(),
             group_id: unique("it_live_router"),
@@ -64,8 +64,8 @@ async fn posted_motion_comes_out_as_activity_tags_in_clickhouse() {
     std::fs::write(&model_path, model.to_json()).unwrap();
     let tagger = tokio::spawn(enrich_activity::serve::run(
         enrich_activity::config::Config {
-            kafka_bootstrap: context_integration::kafka_bootstrap(),
-            registry_url: common::registry_url(),
+            kafka: context_integration::kafka_settings(),
+            registry: context_runtime::registry::RegistrySettings::open(common::registry_url()),
             motion_topic: motion_topic.clone(),
             activity_topic: s.activity_topic.clone(),
             group_id: unique("it_live_enrich"),

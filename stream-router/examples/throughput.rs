@@ -15,13 +15,12 @@
 
 use std::time::{Duration, Instant};
 
-use context_integration::{create_topic, kafka_bootstrap, producer, unique};
+use context_integration::{create_topic, producer, unique};
 use context_schemas::sample::{self, SampleOptions};
 use context_schemas::{AvroRecord, ContextEvent};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use schema_registry::RegistryClient;
 
 fn registry_url() -> String {
@@ -29,8 +28,7 @@ fn registry_url() -> String {
 }
 
 fn reader(topic: &str) -> StreamConsumer {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
+    let c: StreamConsumer = context_integration::base_config()
         .set("group.id", unique("bench_reader"))
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
@@ -114,16 +112,14 @@ async fn main() {
     let copier = {
         let (source, copy) = (source.clone(), copy.clone());
         tokio::spawn(async move {
-            let c: StreamConsumer = ClientConfig::new()
-                .set("bootstrap.servers", kafka_bootstrap())
+            let c: StreamConsumer = context_integration::base_config()
                 .set("group.id", unique("bench_copy"))
                 .set("auto.offset.reset", "earliest")
                 .set("enable.auto.commit", "true")
                 .create()
                 .unwrap();
             c.subscribe(&[&source]).unwrap();
-            let out: FutureProducer = ClientConfig::new()
-                .set("bootstrap.servers", kafka_bootstrap())
+            let out: FutureProducer = context_integration::base_config()
                 .set("acks", "all")
                 .set("enable.idempotence", "true")
                 .set("compression.type", "zstd")
@@ -157,8 +153,8 @@ async fn main() {
     let from_env = stream_router::Config::load(None).unwrap().config;
     let c = stream_router::Config {
         admin_listen: "127.0.0.1:0".parse().unwrap(),
-        kafka_bootstrap: kafka_bootstrap(),
-        registry_url: registry_url(),
+        kafka: context_integration::kafka_settings(),
+        registry: context_runtime::registry::RegistrySettings::open(registry_url()),
         source_topic: source.clone(),
         group_id: unique("bench_router"),
         rules_file: rules,

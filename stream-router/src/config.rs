@@ -6,20 +6,27 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use context_runtime::config::{ConfigError, Loaded, ServiceConfig};
+use context_runtime::config::{ConfigError, Loaded, Renamed, ServiceConfig};
+use context_runtime::kafka::{KafkaSettings, KAFKA_BOOTSTRAP_RENAMED};
 use context_runtime::pipeline::Delivery;
+use context_runtime::registry::RegistrySettings;
 use serde::{Deserialize, Serialize};
 
 /// Settings of `stream-router run`. Each key is overridden by `ROUTER_` and
 /// its name in capitals (`ROUTER_MAX_BATCH`). Durations read like `50ms`, `10s`.
+// Unknown keys are refused by the loader (`context_runtime::config`);
+// serde's `deny_unknown_fields` does not work beside `flatten`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Config {
     /// Admin endpoints (`/healthz`, `/readyz`, `/metrics`).
     pub admin_listen: SocketAddr,
-    pub kafka_bootstrap: String,
-    /// Any Confluent-compatible registry.
-    pub registry_url: String,
+    /// How the router reaches Kafka (`[kafka]`: bootstrap, security).
+    pub kafka: KafkaSettings,
+    /// Any Confluent-compatible registry: `registry_url`,
+    /// `registry_username`, `registry_password`, `registry_ca_file`.
+    #[serde(flatten)]
+    pub registry: RegistrySettings,
     /// The raw events.
     pub source_topic: String,
     /// Where records that cannot be routed go.
@@ -55,8 +62,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9101)),
-            kafka_bootstrap: "127.0.0.1:9092".into(),
-            registry_url: "http://127.0.0.1:8081".into(),
+            kafka: KafkaSettings::default(),
+            registry: RegistrySettings::default(),
             source_topic: context_schemas::contract::topics::EVENTS.into(),
             deadletter_topic: context_schemas::contract::topics::DEAD_LETTER.into(),
             group_id: "stream-router".into(),
@@ -78,6 +85,7 @@ impl Default for Config {
 
 impl ServiceConfig for Config {
     const ENV_PREFIX: &'static str = "ROUTER_";
+    const RENAMED: &'static [Renamed] = &[KAFKA_BOOTSTRAP_RENAMED];
 
     fn complete(&mut self) {
         if self.transactional_id.trim().is_empty() {
@@ -86,10 +94,11 @@ impl ServiceConfig for Config {
     }
 
     fn check(&self) -> Vec<String> {
-        let mut problems = Vec::new();
+        let mut problems = self
+            .kafka
+            .check_owning("kafka", context_runtime::pipeline::DERIVED_SETTINGS);
+        problems.extend(self.registry.check());
         for (name, value) in [
-            ("kafka_bootstrap", &self.kafka_bootstrap),
-            ("registry_url", &self.registry_url),
             ("source_topic", &self.source_topic),
             ("deadletter_topic", &self.deadletter_topic),
             ("group_id", &self.group_id),

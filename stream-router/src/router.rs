@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use context_runtime::deadletter as dl;
+use context_runtime::kafka::KafkaSettings;
 use context_runtime::pipeline::Output;
 use context_schemas::{AvroRecord, ContextEvent, MotionWindow};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::ClientConfig;
 use schema_registry::RegistryClient;
 
 use crate::rules::{Projection, Rules, Target};
@@ -65,9 +65,9 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn new(bootstrap: &str, create: bool, partitions: i32, timeout: Duration) -> Result<Self, String> {
-        let client = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+    pub fn new(kafka: &KafkaSettings, create: bool, partitions: i32, timeout: Duration) -> Result<Self, String> {
+        let client = kafka
+            .client()
             .create()
             .map_err(|e| format!("creating the admin client: {e}"))?;
         Ok(Admin {

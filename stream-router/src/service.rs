@@ -36,9 +36,9 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let rules = load_rules(&s.rules_file).map_err(anyhow::Error::msg)?;
-    let registry = RegistryClient::new(&s.registry_url)?;
-    let admin = Admin::new(&s.kafka_bootstrap, s.create_topics, s.new_topic_partitions, s.timeout)
-        .map_err(anyhow::Error::msg)?;
+    context_runtime::kafka::verify_at_start(&s.kafka, std::time::Duration::from_secs(10)).await?;
+    let registry = RegistryClient::connect(&s.registry)?;
+    let admin = Admin::new(&s.kafka, s.create_topics, s.new_topic_partitions, s.timeout).map_err(anyhow::Error::msg)?;
     let routes = Arc::new(
         prepare(rules, &registry, &admin, &s.deadletter_topic)
             .await
@@ -59,7 +59,7 @@ pub async fn run(
     tracing::info!(admin = %admin_server.addr, "admin endpoints");
 
     let pipeline = Pipeline::start(&PipelineSettings {
-        kafka_bootstrap: s.kafka_bootstrap.clone(),
+        kafka: s.kafka.clone(),
         group_id: s.group_id.clone(),
         topics: vec![s.source_topic.clone()],
         metrics_prefix: "router",

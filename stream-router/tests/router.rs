@@ -16,7 +16,6 @@ use context_schemas::{AvroRecord, ContextEvent, MotionWindow};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureRecord;
-use rdkafka::ClientConfig;
 use schema_registry::RegistryClient;
 use stream_router::rules::sample_bucket;
 
@@ -190,8 +189,7 @@ async fn produce(topic: &str, events: &[ContextEvent]) {
 /// Every record of `topic` a `read_committed` consumer sees within `wait`
 /// of quiet: the event id of each (records may repeat: they are counted).
 async fn read_committed(topic: &str, motion: bool, expect: usize) -> BTreeMap<String, usize> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
+    let consumer: StreamConsumer = context_integration::base_config()
         .set("group.id", unique("it_rt_reader"))
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
@@ -305,8 +303,7 @@ async fn rules_route_fan_out_project_sample_and_drop_exactly() {
     assert!(!expected.low.is_empty() && expected.low.len() < expected.all.len());
 
     // The two bad records are dead letters with their bytes and origin.
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
+    let consumer: StreamConsumer = context_integration::base_config()
         .set("group.id", unique("it_rt_dead"))
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
@@ -355,8 +352,7 @@ async fn kill_9_mid_stream_then_restart_leaves_every_target_exactly_once() {
 
     let mut router = setup.spawn();
     // Kill it while it routes: once some records are committed downstream.
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
+    let consumer: StreamConsumer = context_integration::base_config()
         .set("group.id", unique("it_rt_probe"))
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use context_integration::{consumer, create_topic, kafka_bootstrap, unique};
+use context_integration::{consumer, create_topic, unique};
 use context_schemas::sample::{self, SampleOptions};
 use context_schemas::ContextEvent;
 use ingest_gateway::auth::{hash_key, key_from_random};
@@ -63,8 +63,8 @@ pub async fn start(customize: impl FnOnce(&mut Config)) -> Harness {
         .unwrap();
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        kafka_bootstrap: kafka_bootstrap(),
-        registry_url: registry_url(),
+        kafka: context_integration::kafka_settings(),
+        registry: context_runtime::registry::RegistrySettings::open(registry_url()),
         events_topic: events_topic.clone(),
         deadletter_topic: deadletter_topic.clone(),
         keys_file: keys_file.clone(),
@@ -197,10 +197,7 @@ pub async fn read_raw(topic: &str, n: usize) -> Vec<(Vec<u8>, Vec<u8>, Vec<(Stri
 
 /// Counts the records of `topic` (all partitions) via watermarks.
 pub fn count(topic: &str) -> i64 {
-    let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
-        .create()
-        .unwrap();
+    let c: rdkafka::consumer::BaseConsumer = context_integration::base_config().create().unwrap();
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(5)).unwrap();
     md.topics()[0]
         .partitions()

@@ -340,6 +340,9 @@ async fn main() -> Result<()> {
     for (key, value) in ingest_gateway::config::PRODUCER_SETTINGS {
         config.set(*key, *value);
     }
+    for (key, value) in ingest_gateway::config::PRODUCER_DEFAULTS {
+        config.set(*key, *value);
+    }
     let producer: FutureProducer = config.create()?;
     let produce_s = produce_all(&producer, &topic, &records).await?.as_secs_f64();
     drop(records);

@@ -106,7 +106,8 @@ struct RunArgs {
 struct VerifyArgs {
     #[arg(long, default_value = ".stack/devicesim")]
     state: PathBuf,
-    /// ClickHouse HTTP endpoint.
+    /// ClickHouse HTTP endpoint (`https://` with CLICKHOUSE_CA_FILE for a
+    /// private CA); CLICKHOUSE_USER and CLICKHOUSE_PASSWORD sign in.
     #[arg(long, env = "CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123")]
     clickhouse_url: String,
     #[arg(long, default_value = "context")]

@@ -118,6 +118,9 @@ impl Verdict {
 struct ClickHouse {
     client: reqwest::Client,
     url: String,
+    /// `CLICKHOUSE_USER` and `CLICKHOUSE_PASSWORD` (a secured stack's).
+    user: String,
+    password: String,
 }
 
 impl ClickHouse {
@@ -125,6 +128,7 @@ impl ClickHouse {
         let resp = self
             .client
             .post(&self.url)
+            .basic_auth(&self.user, Some(&self.password))
             .body(format!("{sql} FORMAT TabSeparated"))
             .send()
             .await
@@ -170,9 +174,12 @@ pub async fn verify(opts: &VerifyOptions) -> Result<Verdict> {
             acked.insert(id, (outcome, label));
         }
     }
+    let auth = crate::clickhouse_settings();
     let ch = ClickHouse {
-        client: reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?,
+        client: crate::clickhouse_http_client(Duration::from_secs(120))?,
         url: opts.clickhouse_url.clone(),
+        user: auth.clickhouse_user,
+        password: auth.clickhouse_password.expose().to_owned(),
     };
     let db = &opts.database;
     let installs = quoted(installs.iter());

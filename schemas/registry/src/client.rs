@@ -26,12 +26,18 @@ use schema_registry_converter::async_impl::schema_registry::{
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{RawError, SchemaType, SrCall, SuppliedSchema};
 
+use context_runtime::registry::RegistrySettings;
+
 use crate::error::RegistryError;
 
 #[derive(Clone)]
 pub struct RegistryClient {
     base: String,
     settings: SrSettings,
+    /// For the calls the converter has none for, with the same credentials
+    /// and CA.
+    http: reqwest::Client,
+    auth: Option<(String, String)>,
     by_id: Arc<RwLock<HashMap<u32, Arc<Schema>>>>,
     /// Whether the schema of an id is the current schema of a type.
     current: Arc<RwLock<HashMap<(u32, std::any::TypeId), bool>>>,
@@ -81,16 +87,53 @@ fn avro(avsc: &str) -> SuppliedSchema {
 }
 
 impl RegistryClient {
-    /// A client for the registry at `base_url`, such as `http://127.0.0.1:8081`.
+    /// A client for the registry at `base_url`, such as `http://127.0.0.1:8081`,
+    /// without credentials.
     pub fn new(base_url: &str) -> Result<Self, RegistryError> {
-        let base = base_url.trim_end_matches('/').to_owned();
-        let settings = SrSettings::new_builder(base.clone())
-            .set_timeout(Duration::from_secs(15))
-            .build()
-            .map_err(|e| from_converter(&base, e))?;
+        Self::connect(&RegistrySettings::open(base_url))
+    }
+
+    /// A client with the service's registry settings: basic authentication
+    /// when `registry_username` is set, and `registry_ca_file` trusted for
+    /// an `https://` registry.
+    pub fn connect(s: &RegistrySettings) -> Result<Self, RegistryError> {
+        let base = s.registry_url.trim_end_matches('/').to_owned();
+        let http_builder = || -> Result<reqwest::ClientBuilder, RegistryError> {
+            let mut b = reqwest::Client::builder().timeout(Duration::from_secs(15));
+            if let Some(ca) = &s.registry_ca_file {
+                let bad = |message: String| RegistryError::Http {
+                    url: base.clone(),
+                    message,
+                };
+                let pem = std::fs::read(ca)
+                    .map_err(|e| bad(format!("registry_ca_file: cannot read {}: {e}", ca.display())))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| bad(format!("registry_ca_file {}: not PEM certificates: {e}", ca.display())))?;
+                for cert in certs {
+                    b = b.add_root_certificate(cert);
+                }
+            }
+            Ok(b)
+        };
+        let auth = s
+            .registry_username
+            .as_ref()
+            .map(|u| (u.clone(), s.registry_password.expose().to_owned()));
+        let mut sr = SrSettings::new_builder(base.clone());
+        sr.set_timeout(Duration::from_secs(15));
+        if let Some((user, password)) = &auth {
+            sr.set_basic_authorization(user, Some(password));
+        }
+        let settings = sr.build_with(http_builder()?).map_err(|e| from_converter(&base, e))?;
+        let http = http_builder()?.build().map_err(|e| RegistryError::Http {
+            url: base.clone(),
+            message: e.to_string(),
+        })?;
         Ok(RegistryClient {
             base,
             settings,
+            http,
+            auth,
             by_id: Arc::default(),
             current: Arc::default(),
         })
@@ -112,11 +155,11 @@ impl RegistryClient {
             url: url.clone(),
             message: e.to_string(),
         };
-        let resp = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .build()
-            .map_err(http_err)?
-            .put(&url)
+        let mut request = self.http.put(&url);
+        if let Some((user, password)) = &self.auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        let resp = request
             .header("Content-Type", crate::api::CONTENT_TYPE)
             .body(serde_json::json!({ "compatibility": level }).to_string())
             .send()

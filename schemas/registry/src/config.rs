@@ -4,9 +4,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use context_runtime::config::ServiceConfig;
+use context_runtime::config::{Renamed, ServiceConfig};
+use context_runtime::kafka::{KafkaSettings, KAFKA_BOOTSTRAP_RENAMED};
 use context_schemas::compat::Compatibility;
 use serde::{Deserialize, Serialize};
+
+use crate::auth::AuthSettings;
 
 /// Settings of the `schema-registry` server. Every key has a default and is
 /// overridden by `SCHEMA_REGISTRY_` and its name in capitals
@@ -16,7 +19,10 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address of the REST API.
     pub listen: SocketAddr,
-    pub kafka_bootstrap: String,
+    /// How the registry reaches Kafka (`[kafka]`).
+    pub kafka: KafkaSettings,
+    /// Who may call the API (`[auth]`): open when no users file is given.
+    pub auth: AuthSettings,
     /// The single-partition, compacted topic that holds the registry's state.
     pub topic: String,
     /// Level used when neither the global nor a subject config was set.
@@ -34,7 +40,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
-            kafka_bootstrap: "127.0.0.1:9092".into(),
+            kafka: KafkaSettings::default(),
+            auth: AuthSettings::default(),
             topic: "_schemas".into(),
             default_compatibility: Compatibility::Backward,
             timeout: Duration::from_secs(10),
@@ -45,11 +52,14 @@ impl Default for Config {
 
 impl ServiceConfig for Config {
     const ENV_PREFIX: &'static str = "SCHEMA_REGISTRY_";
+    const RENAMED: &'static [Renamed] = &[KAFKA_BOOTSTRAP_RENAMED];
 
     fn check(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self.kafka_bootstrap.trim().is_empty() {
-            problems.push("kafka_bootstrap is empty".into());
+        let mut problems = self.kafka.check("kafka");
+        if let Some(f) = &self.auth.users_file {
+            if let Err(e) = std::fs::read(f) {
+                problems.push(format!("auth.users_file: cannot read {}: {e}", f.display()));
+            }
         }
         if self.topic.trim().is_empty() {
             problems.push("topic is empty".into());

@@ -8,6 +8,7 @@
 //! - [`api`]: the REST API; [`client`]: the client; [`config`]: settings.
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -64,8 +65,24 @@ impl Running {
 /// partition (creating it when missing and allowed), starts reading it, and
 /// serves the API. Readiness turns true once the topic is read.
 pub async fn start(settings: Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<Running> {
+    let guard = match &settings.auth.users_file {
+        Some(path) => Some(auth::Guard::start(path, settings.auth.anonymous).map_err(anyhow::Error::msg)?),
+        None => {
+            tracing::warn!(
+                "the registry is OPEN: anyone who reaches {} may register, change compatibility and delete \
+                 schemas. Set auth.users_file (SCHEMA_REGISTRY_AUTH_USERS_FILE) to require credentials",
+                settings.listen
+            );
+            None
+        }
+    };
+    context_runtime::kafka::verify_at_start(
+        &settings.kafka,
+        settings.timeout.max(std::time::Duration::from_secs(30)),
+    )
+    .await?;
     topic::ensure_state_topic(
-        &settings.kafka_bootstrap,
+        &settings.kafka,
         &settings.topic,
         settings.create_topic,
         settings.timeout,
@@ -73,15 +90,18 @@ pub async fn start(settings: Config, metrics: Option<PrometheusHandle>) -> anyho
     .await?;
     let log = {
         let s = settings.clone();
-        tokio::task::spawn_blocking(move || log::SchemaLog::start(&s.kafka_bootstrap, &s.topic, s.timeout)).await??
+        tokio::task::spawn_blocking(move || log::SchemaLog::start(&s.kafka, &s.topic, s.timeout)).await??
     };
     let registry = Arc::new(Registry::new(log, settings.default_compatibility));
     let data = web::Data::new(registry.clone());
     let metrics = web::Data::new(metrics);
+    let guard = guard.map(web::Data::new);
     let server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .app_data(metrics.clone())
+        let mut app = App::new().app_data(data.clone()).app_data(metrics.clone());
+        if let Some(g) = &guard {
+            app = app.app_data(g.clone());
+        }
+        app.wrap(actix_web::middleware::from_fn(auth::check))
             .configure(api::routes)
     })
     .workers(2)

@@ -7,8 +7,8 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use context_runtime::kafka::KafkaSettings;
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -34,15 +34,15 @@ pub struct SchemaLog {
 
 impl SchemaLog {
     /// Connects to the broker and starts reading `topic` from the beginning.
-    pub fn start(bootstrap: &str, topic: &str, timeout: Duration) -> Result<Self, RegistryError> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+    pub fn start(kafka: &KafkaSettings, topic: &str, timeout: Duration) -> Result<Self, RegistryError> {
+        let producer: FutureProducer = kafka
+            .client()
             .set("acks", "all")
             .set("message.timeout.ms", timeout.as_millis().to_string())
             .create()
             .map_err(RegistryError::kafka("creating the producer"))?;
-        let consumer: BaseConsumer<QuietEof> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let consumer: BaseConsumer<QuietEof> = kafka
+            .client()
             .set("group.id", "schema-registry-reader")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")

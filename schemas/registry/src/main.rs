@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use context_runtime::config::Secret;
+use context_runtime::registry::RegistrySettings;
 use context_schemas::contract::SCHEMAS;
 use schema_registry::{Config, RegistryClient, RegistryError};
 
@@ -29,8 +31,12 @@ struct Cli {
 enum Command {
     /// Serve the REST API (default).
     Serve {
-        /// TOML file with listen, kafka_bootstrap, topic, default_compatibility,
-        /// timeout; SCHEMA_REGISTRY_* variables override it.
+        /// TOML file with listen, topic, default_compatibility, timeout, the
+        /// [kafka] table (bootstrap, security_protocol, sasl_*, ssl_*) and
+        /// [auth] (users_file, anonymous); SCHEMA_REGISTRY_* variables
+        /// override it (SCHEMA_REGISTRY_KAFKA_SASL_PASSWORD,
+        /// SCHEMA_REGISTRY_AUTH_USERS_FILE). Without auth.users_file the
+        /// registry is open to anyone who reaches it.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -41,6 +47,16 @@ enum Command {
         /// Registry base URL.
         #[arg(long, env = "SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
         url: String,
+        /// User for HTTP basic authentication (setting compatibility needs
+        /// the admin role, registering the write role).
+        #[arg(long, env = "REGISTRY_USERNAME")]
+        username: Option<String>,
+        /// Its password (better given by the variable than on the command line).
+        #[arg(long, env = "REGISTRY_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// PEM file of the CA(s) that sign an https:// registry's certificate.
+        #[arg(long, env = "REGISTRY_CA_FILE")]
+        ca_file: Option<PathBuf>,
         /// Folder of the .avsc files (default: the copies compiled into this binary).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -54,6 +70,11 @@ enum Command {
         #[arg(long)]
         compatibility: Option<String>,
     },
+    /// Print the users-file `password_hash` of a password read from stdin
+    /// (one line), for `[[users]]` entries of the file `auth.users_file`
+    /// names. Generate the password, e.g. `openssl rand -hex 24 | tee pw |
+    /// schema-registry hash-password`.
+    HashPassword,
 }
 
 #[tokio::main]
@@ -66,12 +87,43 @@ async fn main() -> ExitCode {
         Command::Serve { config } => serve(config).await,
         Command::Register {
             url,
+            username,
+            password,
+            ca_file,
             dir,
             git_history,
             compatibility,
         } => {
             context_runtime::init_tracing();
-            register(&url, dir.as_deref(), git_history, compatibility.as_deref()).await
+            let settings = RegistrySettings {
+                registry_url: url,
+                registry_username: username,
+                registry_password: Secret(password.unwrap_or_default()),
+                registry_ca_file: ca_file,
+            };
+            register(&settings, dir.as_deref(), git_history, compatibility.as_deref()).await
+        }
+        Command::HashPassword => {
+            let mut line = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut line) {
+                eprintln!("schema-registry hash-password: cannot read stdin: {e}");
+                return ExitCode::from(2);
+            }
+            let password = line.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                eprintln!("schema-registry hash-password: give the password on stdin (one line, not empty)");
+                return ExitCode::from(2);
+            }
+            match schema_registry::auth::hash_password(password) {
+                Ok(hash) => {
+                    println!("{hash}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("schema-registry hash-password: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }
@@ -142,8 +194,18 @@ fn versions_of(file: &str, dir: Option<&Path>, git_history: bool) -> Result<Vec<
     Ok(versions)
 }
 
-async fn register(url: &str, dir: Option<&Path>, git_history: bool, compatibility: Option<&str>) -> ExitCode {
-    let client = match RegistryClient::new(url) {
+async fn register(
+    settings: &RegistrySettings,
+    dir: Option<&Path>,
+    git_history: bool,
+    compatibility: Option<&str>,
+) -> ExitCode {
+    let problems = settings.check();
+    if !problems.is_empty() {
+        eprintln!("schema-registry register: {}", problems.join("; "));
+        return ExitCode::from(2);
+    }
+    let client = match RegistryClient::connect(settings) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
+use context_runtime::kafka::KafkaSettings;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 
 /// What was wrong with the state topic, in words that name the fix.
@@ -38,7 +38,7 @@ pub enum TopicError {
 
 /// Checks `topic` (creating it first when it is missing and `create` is true).
 pub async fn ensure_state_topic(
-    bootstrap: &str,
+    settings: &KafkaSettings,
     topic: &str,
     create: bool,
     timeout: Duration,
@@ -47,10 +47,7 @@ pub async fn ensure_state_topic(
         topic: topic.to_owned(),
         detail,
     };
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .map_err(|e| kafka(e.to_string()))?;
+    let admin: AdminClient<DefaultClientContext> = settings.client().create().map_err(|e| kafka(e.to_string()))?;
     let options = AdminOptions::new().request_timeout(Some(timeout));
 
     let partitions = partition_count(&admin, topic, timeout).map_err(kafka)?;

@@ -14,11 +14,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{config, record, start_registry, url};
-use context_integration::{create_topic, create_topic_with, kafka_bootstrap, unique};
+use context_integration::{create_topic, create_topic_with, unique};
 use context_runtime::config::ServiceConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use schema_registry::RegistryClient;
 
 /// A state topic that the broker compacts within seconds: tiny segments that
@@ -43,8 +43,7 @@ async fn fast_compacting_topic() -> String {
 
 /// How many records of the topic are left, and its end offset.
 fn records_left(topic: &str) -> (usize, i64) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
+    let consumer: BaseConsumer = context_integration::base_config()
         .set("group.id", unique("it_count"))
         .set("enable.auto.commit", "false")
         .create()
@@ -77,10 +76,7 @@ fn records_left(topic: &str) -> (usize, i64) {
 /// removed at least `superseded` records. (The first NOOP stays: the cleaner
 /// only dedups against keys outside the active segment.)
 async fn force_compaction(topic: &str, superseded: usize) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
-        .create()
-        .unwrap();
+    let producer: FutureProducer = context_integration::base_config().create().unwrap();
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         producer

@@ -5,7 +5,7 @@
 use context_runtime::config::ServiceConfig;
 use std::time::Duration;
 
-use context_integration::{clickhouse_reader, create_topic, kafka_bootstrap, producer, unique};
+use context_integration::{clickhouse_reader, create_topic, producer, unique};
 use context_schemas::sample::{self, SampleOptions};
 use context_schemas::{AvroRecord, ContextEvent};
 use rdkafka::producer::FutureRecord;
@@ -58,8 +58,8 @@ impl Setup {
     pub fn config(&self) -> Config {
         let mut c = Config {
             admin_listen: "127.0.0.1:0".parse().unwrap(),
-            kafka_bootstrap: kafka_bootstrap(),
-            registry_url: registry_url(),
+            kafka: context_integration::kafka_settings(),
+            registry: context_runtime::registry::RegistrySettings::open(registry_url()),
             database: self.database.clone(),
             events_topic: self.events_topic.clone(),
             activity_topic: self.activity_topic.clone(),
@@ -146,8 +146,8 @@ impl Setup {
                  events_topic = \"{}\"\nactivity_topic = \"{}\"\ndeadletter_topic = \"{}\"\ngroup_prefix = \"{}\"\n\
                  session_timeout = \"6s\"\nmax_poll_interval = \"10s\"\nmax_backoff = \"2s\"\n\
                  [batch]\nmax_rows = 100\nmax_age = \"300ms\"\n",
-                c.kafka_bootstrap,
-                c.registry_url,
+                c.kafka.bootstrap,
+                c.registry.registry_url,
                 c.database,
                 c.events_topic,
                 c.activity_topic,
@@ -207,8 +207,8 @@ pub async fn start_gateway_with(
     .unwrap();
     let mut config = ingest_gateway::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        kafka_bootstrap: kafka_bootstrap(),
-        registry_url: registry_url(),
+        kafka: context_integration::kafka_settings(),
+        registry: context_runtime::registry::RegistrySettings::open(registry_url()),
         events_topic: s.events_topic.clone(),
         deadletter_topic: s.deadletter_topic.clone(),
         keys_file: keys,

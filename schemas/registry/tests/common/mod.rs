@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use context_integration::{create_topic_with, kafka_bootstrap, unique};
+use context_integration::{create_topic_with, unique};
 use context_runtime::config::ServiceConfig;
 use schema_registry::{Config, Running};
 
@@ -21,7 +21,7 @@ pub async fn state_topic() -> String {
 pub fn config(topic: &str) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        kafka_bootstrap: kafka_bootstrap(),
+        kafka: context_integration::kafka_settings(),
         topic: topic.into(),
         ..Config::default()
     }

@@ -485,7 +485,10 @@ pub fn verify(settings: &KafkaSettings, timeout: Duration) -> Result<(), AccessE
             Ok(_) => return Ok(()),
             Err(e) => e.to_string(),
         };
-        if let Some((code, reason)) = consumer.context().last.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        // Errors reach the context when the queue is served.
+        let _ = consumer.poll(Duration::ZERO);
+        let last = consumer.context().last.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((code, reason)) = last {
             match code {
                 RDKafkaErrorCode::Authentication => {
                     return Err(AccessError::Authentication {

@@ -262,7 +262,17 @@ async fn post_batch(
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| BatchError::NotABatch(format!("the body could not be read: {e}")))?;
+        // A body cut off or garbled on the way (a dropped connection, an
+        // HTTP/2 reset) says nothing about the batch: retry, never 400.
+        let chunk = chunk.map_err(|e| match e {
+            actix_web::error::PayloadError::Overflow => {
+                ApiError::from(BatchError::TooLarge(format!("the body is over {max_body} bytes")))
+            }
+            other => ApiError::Unavailable {
+                reason: format!("the body could not be read to its end ({other})"),
+                retry_after: 1,
+            },
+        })?;
         if body.len() + chunk.len() > max_body {
             return Err(BatchError::TooLarge(format!("the body is over {max_body} bytes")).into());
         }

@@ -255,6 +255,12 @@ async fn operational_endpoints_and_key_reload() {
     std::fs::write(&h.keys_file, "this is not toml [[").unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(h.post(Some(&fresh), body(&session(62, 1)), &[]).await.0, 200);
+    // Truncated, as `cp new keys.toml` leaves it before it writes: an empty
+    // ring would answer 401 (which the phone never retries) to every app.
+    std::fs::write(&h.keys_file, "").unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.post(Some(&fresh), body(&session(63, 1)), &[]).await.0, 200);
+    assert_eq!(h.post(Some(&h.key), body(&session(64, 1)), &[]).await.0, 200);
     let signal = context_schemas::sample::event(1, &Default::default());
     assert!(matches!(
         signal.signals.get("battery_level"),
@@ -469,4 +475,36 @@ async fn a_batch_kafka_refuses_for_good_is_answered_retry_much_later() {
     // batch for a healthy topic is still taken.
     assert_eq!(h.get("/readyz").await.0, 200);
     assert_eq!(count(&small), 0);
+}
+
+/// A body cut off on the way says nothing about the batch: the answer must
+/// be one the phone retries (503 with `Retry-After`), never 400.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_cut_off_on_the_way_is_answered_retry() {
+    use std::io::Read;
+    let h = start(|_| {}).await;
+    let json = body(&session(70, 3));
+    let addr = h.gateway.addr;
+    let key = h.key.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!(
+            "POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            json.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(&json[..json.len() / 2]).unwrap();
+        // Half-close: the rest of the body never comes.
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).to_ascii_lowercase()
+    })
+    .await
+    .unwrap();
+    assert!(text.starts_with("http/1.1 503"), "{text}");
+    assert!(text.contains("retry-after: 1"), "{text}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(&h.events_topic), 0, "half a body produced events");
 }

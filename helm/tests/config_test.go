@@ -180,11 +180,14 @@ func TestServiceConfigs(t *testing.T) {
 					t.Errorf("%s: registry_url = %v, want %s", where, got, expectedRegistryURL(t, r))
 				}
 			}
-			if s, _ := sc.doc["kafka_bootstrap"].(string); s == "" {
-				t.Errorf("%s: kafka_bootstrap is empty", where)
+			if s, _ := lookup(sc.doc, "kafka.bootstrap").(string); s == "" {
+				t.Errorf("%s: [kafka] bootstrap is empty", where)
 			}
-			for _, key := range []string{"keys_file", "tls_cert", "tls_key", "rules_file", "model"} {
-				path, ok := sc.doc[key].(string)
+			if _, ok := sc.doc["kafka_bootstrap"]; ok {
+				t.Errorf("%s: writes the deprecated kafka_bootstrap (the [kafka] table's bootstrap replaces it)", where)
+			}
+			for _, key := range append([]string{"keys_file", "tls_cert", "tls_key", "rules_file", "model"}, connectionFileKeys...) {
+				path, ok := lookup(sc.doc, key).(string)
 				if !ok {
 					continue
 				}
@@ -295,8 +298,10 @@ func TestRouterConfigPassesCheckConfig(t *testing.T) {
 			default:
 				t.Fatalf("rules from %s %s cannot be checked here", src.kind, src.name)
 			}
-			// The rendered file, with the rules path of the pod moved to this machine.
-			text := regexp.MustCompile(`(?m)^rules_file = .*$`).ReplaceAllString(sc.text, fmt.Sprintf("rules_file = %q", local))
+			// The rendered file, with the rules path and the connection files
+			// of the pod moved to this machine, and the pod's passwords.
+			text, env := localCheck(t, r, df, sc, dir)
+			text = regexp.MustCompile(`(?m)^rules_file = .*$`).ReplaceAllString(text, fmt.Sprintf("rules_file = %q", local))
 			cfg := filepath.Join(dir, "stream-router.toml")
 			if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
 				t.Fatal(err)
@@ -307,6 +312,7 @@ func TestRouterConfigPassesCheckConfig(t *testing.T) {
 					cmd.Env = append(cmd.Env, e)
 				}
 			}
+			cmd.Env = append(cmd.Env, env...)
 			out, err := cmd.CombinedOutput()
 			if err != nil {
 				t.Errorf("stream-router --check-config refuses the rendered config of %s: %v\n%s\n--- config:\n%s", sc.pod.name, err, out, text)
@@ -332,7 +338,9 @@ var envPrefix = map[string]string{
 }
 
 // Every other service's rendered configuration passes its own
-// `--check-config` (the router's, with its rules file, is checked above).
+// `--check-config` (the router's, with its rules file, is checked above),
+// with the pod's password variables set and its connection files (CA
+// bundles, client certificate, users file) written on this machine.
 func TestEveryServiceConfigPassesCheckConfig(t *testing.T) {
 	target := os.Getenv("CARGO_TARGET_DIR")
 	if target == "" {
@@ -351,8 +359,10 @@ func TestEveryServiceConfigPassesCheckConfig(t *testing.T) {
 				t.Logf("no %s build at %s; its rendered TOML was still checked key by key", sc.service, bin)
 				continue
 			}
-			cfg := filepath.Join(t.TempDir(), sc.service+".toml")
-			if err := os.WriteFile(cfg, []byte(sc.text), 0o644); err != nil {
+			dir := t.TempDir()
+			text, env := localCheck(t, r, df, sc, dir)
+			cfg := filepath.Join(dir, sc.service+".toml")
+			if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			cmd := exec.Command(bin, "--check-config", cfg)
@@ -361,9 +371,10 @@ func TestEveryServiceConfigPassesCheckConfig(t *testing.T) {
 					cmd.Env = append(cmd.Env, e)
 				}
 			}
+			cmd.Env = append(cmd.Env, env...)
 			out, err := cmd.CombinedOutput()
 			if err != nil {
-				t.Errorf("%s --check-config refuses the rendered config of %s: %v\n%s\n--- config:\n%s", sc.service, sc.pod.name, err, out, sc.text)
+				t.Errorf("%s --check-config refuses the rendered config of %s: %v\n%s\n--- config:\n%s", sc.service, sc.pod.name, err, out, text)
 			} else {
 				t.Logf("%s: %s --check-config: %s", sc.pod.name, sc.service, firstLine(string(out)))
 			}

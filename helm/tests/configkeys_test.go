@@ -15,17 +15,20 @@ import (
 
 // The configuration keys each service reads, with their TOML kind:
 // "string", "duration" (a string like 10s), "int", "float" (an integer is
-// accepted too), "bool", or "table". Taken from the Rust Config structs
-// named in `rustFile` (every struct has deny_unknown_fields, so a key that is
-// not here stops the service); TestRustConfigStructsMatch re-reads those
-// structs so that this copy cannot silently fall behind.
+// accepted too), "bool", "table", or "map" (a table of free names, such as
+// [kafka.properties]). Taken from the service's Rust `Config` struct in
+// `rustFile` and the structs its fields name (the [kafka] table's
+// KafkaSettings and the flattened RegistrySettings in runtime/src, the
+// registry's AuthSettings); every struct has deny_unknown_fields, so a key
+// that is not here stops the service. TestRustConfigStructsMatch re-reads
+// those structs so that this copy cannot silently fall behind.
 type serviceKeys struct {
 	service  string
 	rustFile string
-	// Rust struct name -> TOML table it is read from ("" is the top level).
-	structs map[string]string
-	keys    map[string]string
-	// Keys the chart sets itself (values.schema.json leaves them out of `config`).
+	keys     map[string]string
+	// Keys the chart sets itself (values.schema.json leaves them out of
+	// `config`), passwords included: those come from Secrets through the
+	// environment.
 	wired []string
 	// The key of values.yaml whose `config` block feeds this file.
 	valuesKey string
@@ -43,78 +46,116 @@ func (s serviceKeys) isDeprecated(key string) bool {
 	return false
 }
 
+// The [kafka] table of every service (runtime/src/kafka.rs, KafkaSettings).
+var kafkaKeys = map[string]string{
+	"kafka": "table", "kafka.bootstrap": "string", "kafka.security_protocol": "string",
+	"kafka.sasl_mechanism": "string", "kafka.sasl_username": "string", "kafka.sasl_password": "string",
+	"kafka.ssl_ca_file": "string", "kafka.ssl_cert_file": "string", "kafka.ssl_key_file": "string",
+	"kafka.ssl_key_password": "string", "kafka.properties": "map",
+	// Renamed to kafka.bootstrap; still read.
+	"kafka_bootstrap": "string",
+}
+
+// The registry client's keys (runtime/src/registry.rs, RegistrySettings, flattened).
+var registryClientKeys = map[string]string{
+	"registry_url": "string", "registry_username": "string", "registry_password": "string", "registry_ca_file": "string",
+}
+
+var kafkaWired = []string{
+	"kafka", "kafka.bootstrap", "kafka.security_protocol", "kafka.sasl_mechanism", "kafka.sasl_username",
+	"kafka.sasl_password", "kafka.ssl_ca_file", "kafka.ssl_cert_file", "kafka.ssl_key_file",
+	"kafka.ssl_key_password", "kafka.properties", "kafka_bootstrap",
+}
+var registryClientWired = []string{"registry_url", "registry_username", "registry_password", "registry_ca_file"}
+
+func keysWith(own map[string]string, shared ...map[string]string) map[string]string {
+	out := map[string]string{}
+	for _, m := range append(shared, own) {
+		for k, v := range m {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func wiredWith(own []string, shared ...[]string) []string {
+	out := append([]string{}, own...)
+	for _, s := range shared {
+		out = append(out, s...)
+	}
+	return out
+}
+
 var services = []serviceKeys{
 	{
 		service:   "ingest-gateway",
 		rustFile:  "ingest-gateway/src/config.rs",
-		structs:   map[string]string{"Config": "", "Limits": "limits"},
 		valuesKey: "ingestGateway",
-		keys: map[string]string{
-			"listen": "string", "kafka_bootstrap": "string", "registry_url": "string",
-			"events_topic": "string", "deadletter_topic": "string", "keys_file": "string",
+		keys: keysWith(map[string]string{
+			"listen": "string", "events_topic": "string", "deadletter_topic": "string", "keys_file": "string",
 			"tls_cert": "string", "tls_key": "string", "limits": "table",
 			"limits.max_body_bytes": "int", "limits.max_decompressed_bytes": "int",
 			"limits.max_events": "int", "limits.max_samples": "int", "limits.max_record_bytes": "int",
 			"produce_timeout": "duration", "queue_max_messages": "int", "queue_max_kbytes": "int",
 			"max_in_flight_bytes": "int", "max_future": "duration", "max_age": "duration",
 			"dedup_window": "duration", "dedup_capacity": "int", "workers": "int",
-		},
-		wired: []string{"listen", "kafka_bootstrap", "registry_url", "events_topic", "deadletter_topic", "keys_file", "tls_cert", "tls_key"},
+		}, kafkaKeys, registryClientKeys),
+		wired:      wiredWith([]string{"listen", "events_topic", "deadletter_topic", "keys_file", "tls_cert", "tls_key"}, kafkaWired, registryClientWired),
+		deprecated: []string{"kafka_bootstrap"},
 	},
 	{
 		service:   "schema-registry",
 		rustFile:  "schemas/registry/src/config.rs",
-		structs:   map[string]string{"Config": ""},
 		valuesKey: "schemaRegistry",
-		keys: map[string]string{
-			"listen": "string", "kafka_bootstrap": "string", "topic": "string",
+		keys: keysWith(map[string]string{
+			"listen": "string", "topic": "string",
 			"default_compatibility": "string", "timeout": "duration", "create_topic": "bool",
-		},
-		wired: []string{"listen", "kafka_bootstrap", "topic"},
+			"auth": "table", "auth.users_file": "string", "auth.anonymous": "string",
+		}, kafkaKeys),
+		wired:      wiredWith([]string{"listen", "topic", "auth", "auth.users_file", "auth.anonymous"}, kafkaWired),
+		deprecated: []string{"kafka_bootstrap"},
 	},
 	{
 		service:   "stream-router",
 		rustFile:  "stream-router/src/config.rs",
-		structs:   map[string]string{"Config": ""},
 		valuesKey: "streamRouter",
-		keys: map[string]string{
-			"admin_listen": "string", "kafka_bootstrap": "string", "registry_url": "string",
-			"source_topic": "string", "deadletter_topic": "string", "group_id": "string",
+		keys: keysWith(map[string]string{
+			"admin_listen": "string", "source_topic": "string", "deadletter_topic": "string", "group_id": "string",
 			"rules_file": "string", "delivery": "string", "allow_fallback": "bool",
 			"transactional_id": "string", "create_topics": "bool", "new_topic_partitions": "int",
 			"max_batch": "int", "linger": "duration", "session_timeout": "duration", "timeout": "duration",
-		},
-		wired: []string{"admin_listen", "kafka_bootstrap", "registry_url", "source_topic", "deadletter_topic", "rules_file", "transactional_id"},
+		}, kafkaKeys, registryClientKeys),
+		wired:      wiredWith([]string{"admin_listen", "source_topic", "deadletter_topic", "rules_file", "transactional_id"}, kafkaWired, registryClientWired),
+		deprecated: []string{"kafka_bootstrap"},
 	},
 	{
 		service:   "sink-clickhouse",
 		rustFile:  "sink-clickhouse/src/config.rs",
-		structs:   map[string]string{"Config": "", "BatchLimits": "batch"},
 		valuesKey: "sinkClickhouse",
-		keys: map[string]string{
-			"admin_listen": "string", "kafka_bootstrap": "string", "registry_url": "string",
-			"clickhouse_url": "string", "clickhouse_user": "string", "clickhouse_password": "string",
+		keys: keysWith(map[string]string{
+			"admin_listen": "string", "clickhouse_url": "string", "clickhouse_user": "string",
+			"clickhouse_password": "string", "clickhouse_ca_file": "string",
 			"database": "string", "events_topic": "string", "activity_topic": "string",
 			"deadletter_topic": "string", "group_prefix": "string", "session_timeout": "duration",
 			"max_poll_interval": "duration", "batch": "table", "batch.max_rows": "int",
 			"batch.max_bytes": "int", "batch.max_age": "duration", "max_backoff": "duration",
-		},
-		wired: []string{"admin_listen", "kafka_bootstrap", "registry_url", "clickhouse_url", "clickhouse_user", "clickhouse_password", "events_topic", "activity_topic", "deadletter_topic"},
+		}, kafkaKeys, registryClientKeys),
+		wired: wiredWith([]string{"admin_listen", "clickhouse_url", "clickhouse_user", "clickhouse_password", "clickhouse_ca_file",
+			"events_topic", "activity_topic", "deadletter_topic"}, kafkaWired, registryClientWired),
+		deprecated: []string{"kafka_bootstrap"},
 	},
 	{
 		service:   "enrich-activity",
 		rustFile:  "enrich-activity/src/config.rs",
-		structs:   map[string]string{"Config": ""},
 		valuesKey: "enrichActivity",
-		keys: map[string]string{
-			"kafka_bootstrap": "string", "registry_url": "string", "motion_topic": "string",
-			"activity_topic": "string", "group_id": "string", "admin_listen": "string",
+		keys: keysWith(map[string]string{
+			"motion_topic": "string", "activity_topic": "string", "group_id": "string", "admin_listen": "string",
 			"model": "string", "max_batch": "int", "session_timeout": "duration", "session_timeout_ms": "int",
 			"deadletter_topic": "string", "delivery": "string", "transactional_id": "string",
 			"min_confidence": "float",
-		},
-		wired:      []string{"admin_listen", "kafka_bootstrap", "registry_url", "motion_topic", "activity_topic", "deadletter_topic", "model", "transactional_id"},
-		deprecated: []string{"session_timeout_ms"},
+		}, kafkaKeys, registryClientKeys),
+		wired:      wiredWith([]string{"admin_listen", "motion_topic", "activity_topic", "deadletter_topic", "model", "transactional_id"}, kafkaWired, registryClientWired),
+		deprecated: []string{"session_timeout_ms", "kafka_bootstrap"},
 	},
 }
 
@@ -158,7 +199,17 @@ func checkTOML(t *testing.T, what, text string, keys map[string]string, rustFile
 			if msg := kindMismatch(kind, v); msg != "" {
 				t.Errorf("%s: `%s` = %v: %s", what, path, v, msg)
 			}
-			if sub, isTable := v.(map[string]any); isTable {
+			sub, isTable := v.(map[string]any)
+			switch {
+			case isTable && kind == "map":
+				for name, entry := range sub {
+					switch entry.(type) {
+					case string, int64, float64, bool:
+					default:
+						t.Errorf("%s: `%s.%s` = %v: want text, a number or true/false", what, path, name, entry)
+					}
+				}
+			case isTable:
 				walk(path, sub)
 			}
 		}
@@ -192,7 +243,7 @@ func kindMismatch(kind string, v any) string {
 		if _, ok := v.(bool); !ok {
 			return fmt.Sprintf("want true or false, got %T", v)
 		}
-	case "table":
+	case "table", "map":
 		if _, ok := v.(map[string]any); !ok {
 			return fmt.Sprintf("want a table, got %T", v)
 		}
@@ -200,61 +251,163 @@ func kindMismatch(kind string, v any) string {
 	return ""
 }
 
-// rustStructFields reads `pub name: Type` fields of `pub struct NAME { ... }`.
-func rustStructFields(t *testing.T, src, name string) map[string]string {
+// The Rust sources a service's configuration structs may live in: its
+// config.rs, the other files of its crate, and runtime/src (context_runtime).
+type rustSources struct {
+	files map[string]string
+}
+
+func loadRustSources(t *testing.T, rustFile string) rustSources {
 	t.Helper()
-	start := regexp.MustCompile(`(?m)^pub struct ` + name + ` \{$`).FindStringIndex(src)
-	if start == nil {
-		t.Fatalf("no `pub struct %s {` found", name)
+	rs := rustSources{files: map[string]string{}}
+	var paths []string
+	for _, pattern := range []string{rustFile, filepath.Join(filepath.Dir(rustFile), "*.rs"), "runtime/src/*.rs"} {
+		m, err := filepath.Glob(filepath.Join(repoRoot, pattern))
+		if err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, m...)
 	}
-	body := src[start[1]:]
-	body = body[:strings.Index(body, "\n}")]
-	field := regexp.MustCompile(`^\s*pub ([a-z_][a-z0-9_]*)\s*:\s*([^,]+),?\s*$`)
-	out := map[string]string{}
+	for _, p := range paths {
+		src, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs.files[p] = string(src)
+	}
+	if _, ok := rs.files[filepath.Join(repoRoot, rustFile)]; !ok {
+		t.Fatalf("%s not found", rustFile)
+	}
+	return rs
+}
+
+// structBody is the text between the braces of `pub struct NAME {`, first
+// looked for in rustFile.
+func (rs rustSources) structBody(first, name string) (string, bool) {
+	re := regexp.MustCompile(`(?m)^pub struct ` + regexp.QuoteMeta(name) + ` \{$`)
+	order := []string{filepath.Join(repoRoot, first)}
+	var rest []string
+	for p := range rs.files {
+		if p != order[0] {
+			rest = append(rest, p)
+		}
+	}
+	sort.Strings(rest)
+	for _, p := range append(order, rest...) {
+		src := rs.files[p]
+		if loc := re.FindStringIndex(src); loc != nil {
+			body := src[loc[1]:]
+			return body[:strings.Index(body, "\n}")], true
+		}
+	}
+	return "", false
+}
+
+func (rs rustSources) isEnum(name string) bool {
+	re := regexp.MustCompile(`(?m)^pub enum ` + regexp.QuoteMeta(name) + `\b`)
+	for _, src := range rs.files {
+		if re.MatchString(src) {
+			return true
+		}
+	}
+	return false
+}
+
+type rustField struct {
+	name, ty string
+	flatten  bool
+}
+
+// rustStructFields reads the `pub name: Type` fields of a struct body, with
+// whether `#[serde(flatten)]` precedes them.
+func rustStructFields(body string) []rustField {
+	field := regexp.MustCompile(`^\s*pub ([a-z_][a-z0-9_]*)\s*:\s*(.+?),?\s*$`)
+	var out []rustField
+	flatten := false
 	for _, line := range strings.Split(body, "\n") {
+		trimmed := strings.TrimSpace(line)
+		if strings.HasPrefix(trimmed, "#[serde(") && strings.Contains(trimmed, "flatten") {
+			flatten = true
+			continue
+		}
 		if m := field.FindStringSubmatch(line); m != nil {
-			out[m[1]] = strings.TrimSpace(m[2])
+			out = append(out, rustField{name: m[1], ty: strings.TrimSpace(m[2]), flatten: flatten})
+			flatten = false
 		}
 	}
 	return out
 }
 
-func rustKind(ty string) string {
-	switch {
-	case ty == "String" || ty == "PathBuf" || ty == "Option<PathBuf>" || ty == "Secret" || ty == "Option<String>" ||
-		ty == "SocketAddr" || ty == "Delivery" || ty == "Compatibility":
-		return "string"
-	case ty == "Duration":
-		return "duration"
-	case ty == "bool":
-		return "bool"
-	case ty == "f32" || ty == "f64":
-		return "float"
-	case regexp.MustCompile(`^(usize|u8|u16|u32|u64|i32|i64)$`).MatchString(ty):
-		return "int"
-	default:
-		return "table"
+// rustKind is the TOML kind of a Rust field type, and the struct to read for
+// a table.
+func (rs rustSources) rustKind(ty string) (kind, structName string) {
+	for {
+		inner, ok := strings.CutPrefix(ty, "Option<")
+		if !ok {
+			break
+		}
+		ty = strings.TrimSuffix(inner, ">")
 	}
+	if i := strings.LastIndex(ty, "::"); i >= 0 && !strings.Contains(ty, "<") {
+		ty = ty[i+2:]
+	}
+	switch {
+	case ty == "String" || ty == "PathBuf" || ty == "Secret" || ty == "SocketAddr" || ty == "Delivery" || ty == "Compatibility":
+		return "string", ""
+	case ty == "Duration":
+		return "duration", ""
+	case ty == "bool":
+		return "bool", ""
+	case ty == "f32" || ty == "f64":
+		return "float", ""
+	case regexp.MustCompile(`^(usize|u8|u16|u32|u64|i32|i64)$`).MatchString(ty):
+		return "int", ""
+	case regexp.MustCompile(`^(std::collections::)?(BTreeMap|HashMap)<`).MatchString(ty):
+		return "map", ""
+	case rs.isEnum(ty):
+		return "string", ""
+	}
+	return "table", ty
+}
+
+// configKeys is every key of a service's file, from its Config struct down.
+func (rs rustSources) configKeys(t *testing.T, rustFile string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	var walk func(structName, prefix string, depth int)
+	walk = func(structName, prefix string, depth int) {
+		body, ok := rs.structBody(rustFile, structName)
+		if !ok {
+			t.Fatalf("no `pub struct %s {` found in %s, its crate or runtime/src", structName, rustFile)
+		}
+		if depth > 4 {
+			t.Fatalf("%s: structs nested too deep", structName)
+		}
+		for _, f := range rustStructFields(body) {
+			kind, sub := rs.rustKind(f.ty)
+			if f.flatten {
+				if sub == "" {
+					t.Fatalf("%s.%s: #[serde(flatten)] on a %s", structName, f.name, f.ty)
+				}
+				walk(sub, prefix, depth+1)
+				continue
+			}
+			key := prefix + f.name
+			out[key] = kind
+			if sub != "" {
+				walk(sub, key+".", depth+1)
+			}
+		}
+	}
+	walk("Config", "", 0)
+	return out
 }
 
 // The hard-coded key lists above against the Rust structs as they are now.
 func TestRustConfigStructsMatch(t *testing.T) {
 	for _, s := range services {
 		t.Run(s.service, func(t *testing.T) {
-			src, err := os.ReadFile(filepath.Join(repoRoot, s.rustFile))
-			if err != nil {
-				t.Fatal(err)
-			}
-			fromRust := map[string]string{}
-			for structName, table := range s.structs {
-				for f, ty := range rustStructFields(t, string(src), structName) {
-					key := f
-					if table != "" {
-						key = table + "." + f
-					}
-					fromRust[key] = rustKind(ty)
-				}
-			}
+			fromRust := loadRustSources(t, s.rustFile).configKeys(t, s.rustFile)
 			for k, kind := range s.keys {
 				if s.isDeprecated(k) {
 					if _, ok := fromRust[k]; ok {
@@ -264,7 +417,7 @@ func TestRustConfigStructsMatch(t *testing.T) {
 				}
 				rk, ok := fromRust[k]
 				if !ok {
-					t.Errorf("key `%s` is listed here but %s has no such field: update helm/tests and the chart", k, s.rustFile)
+					t.Errorf("key `%s` is listed here but %s (and the structs it names) has no such field: update helm/tests and the chart", k, s.rustFile)
 				} else if rk != kind {
 					t.Errorf("key `%s`: listed as %s, %s says %s", k, kind, s.rustFile, rk)
 				}

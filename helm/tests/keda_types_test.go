@@ -88,3 +88,52 @@ var kafkaScalerMetadata = map[string]bool{
 	"ensureEvenDistributionOfPartitions": true, "version": true, "tls": true,
 	"unsafeSsl": true, "sasl": true,
 }
+
+// The KEDA TriggerAuthentication (keda.sh/v1alpha1), following kedacore/keda
+// apis/keda/v1alpha1/triggerauthentication_types.go; only the sources that
+// read Kubernetes objects or the pod (configMapTargetRef since KEDA 2.13).
+type TriggerAuthentication struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec TriggerAuthenticationSpec `json:"spec"`
+}
+
+type TriggerAuthenticationSpec struct {
+	PodIdentity        *AuthPodIdentity         `json:"podIdentity,omitempty"`
+	SecretTargetRef    []AuthSecretTargetRef    `json:"secretTargetRef,omitempty"`
+	ConfigMapTargetRef []AuthConfigMapTargetRef `json:"configMapTargetRef,omitempty"`
+	Env                []AuthEnvironment        `json:"env,omitempty"`
+}
+
+type AuthPodIdentity struct {
+	Provider   string  `json:"provider"`
+	IdentityID *string `json:"identityId,omitempty"`
+	RoleArn    *string `json:"roleArn,omitempty"`
+}
+
+type AuthSecretTargetRef struct {
+	Parameter string `json:"parameter"`
+	Name      string `json:"name"`
+	Key       string `json:"key"`
+}
+
+type AuthConfigMapTargetRef struct {
+	Parameter string `json:"parameter"`
+	Name      string `json:"name"`
+	Key       string `json:"key"`
+}
+
+type AuthEnvironment struct {
+	Parameter     string `json:"parameter"`
+	Name          string `json:"name"`
+	ContainerName string `json:"containerName,omitempty"`
+}
+
+// The authentication parameters the Kafka scaler reads (SASL and TLS;
+// Kerberos, OAuth and AWS ones are not used by the chart). `sasl` and
+// `tls` may come from the trigger's metadata instead, as the chart writes them.
+var kafkaScalerAuthParams = map[string]bool{
+	"sasl": true, "username": true, "password": true,
+	"tls": true, "ca": true, "cert": true, "key": true, "keyPassword": true,
+}

@@ -104,6 +104,35 @@ var valueSets = []valueSet{
 		},
 		externalSecrets: []string{"gateway-tls"},
 	},
+	{
+		// Every connection secured, every credential in an existing Secret.
+		name:               "secure",
+		release:            "context-pipeline",
+		args:               []string{"-f", filepath.Join(chartDir, "ci/secure-values.yaml")},
+		externalSecrets:    []string{"ingest-api-keys", "clickhouse-credentials", "kafka-credentials", "kafka-ca", "registry-users", "registry-context", "registry-admin"},
+		externalConfigMaps: []string{"clickhouse-ca"},
+	},
+	inlineSet,
+	{
+		// Strimzi-style mutual TLS (CA and client certificate from Secrets, an
+		// encrypted key), an external registry over HTTPS with basic auth
+		// (Confluent Cloud style, its CA in a ConfigMap), a ScaledObject with a
+		// TriggerAuthentication of the operator's own.
+		name:    "mtls",
+		release: "mtls",
+		args: []string{
+			"--set", "kafka.bootstrapServers=my-cluster-kafka-bootstrap.kafka.svc:9093,kafka.securityProtocol=ssl",
+			"--set", "kafka.tls.ca.existingSecret=my-cluster-cluster-ca-cert",
+			"--set", "kafka.tls.clientCert.existingSecret=context-user,kafka.tls.clientCert.certKey=user.crt,kafka.tls.clientCert.keyKey=user.key,kafka.tls.clientCert.keyPasswordKey=key.password",
+			"--set", "schemaRegistry.enabled=false,schemaRegistry.externalUrl=https://psrc-abc12.eu-west-1.aws.confluent.cloud",
+			"--set", "schemaRegistry.client.username=SRKEY123,schemaRegistry.client.existingSecret=confluent-registry,schemaRegistry.client.passwordKey=api-secret",
+			"--set", "schemaRegistry.client.ca.existingConfigMap=registry-ca,schemaRegistry.client.ca.key=bundle.pem",
+			"--set", "streamRouter.keda.enabled=true,enrichActivity.keda.enabled=true",
+			"--set", "sinkClickhouse.keda.enabled=true,sinkClickhouse.keda.authenticationRef=ops-kafka-auth",
+		},
+		externalSecrets:    []string{"my-cluster-cluster-ca-cert", "context-user", "confluent-registry"},
+		externalConfigMaps: []string{"registry-ca"},
+	},
 }
 
 // One decoded manifest.
@@ -144,6 +173,9 @@ func rendered(t *testing.T, vs valueSet) *render {
 		return r
 	}
 	if err := os.WriteFile(modelFile, []byte(`{"model_version":"act-test"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(caFile, []byte(testPKI(t).caPEM), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	args := append([]string{"template", vs.release, chartDir, "--namespace", namespace, "--kube-version", kubeVersion}, vs.args...)
@@ -197,6 +229,8 @@ func newObject(apiVersion, kind string) any {
 		return &monitoringv1.ServiceMonitor{}
 	case "keda.sh/v1alpha1 ScaledObject":
 		return &ScaledObject{}
+	case "keda.sh/v1alpha1 TriggerAuthentication":
+		return &TriggerAuthentication{}
 	}
 	return nil
 }
@@ -764,5 +798,13 @@ func expectedRegistryURL(t *testing.T, r *render) string {
 			return fmt.Sprintf("http://%s.%s.svc:%d", svc.name, namespace, svc.obj.(*corev1.Service).Spec.Ports[0].Port)
 		}
 	}
-	return "http://registry.kafka.svc:8081" // the external URL of the features set
+	// An external registry: the value set's schemaRegistry.externalUrl.
+	for _, a := range r.set.args {
+		if _, rest, ok := strings.Cut(a, "schemaRegistry.externalUrl="); ok {
+			url, _, _ := strings.Cut(rest, ",")
+			return url
+		}
+	}
+	t.Fatalf("%s: no registry Deployment and no schemaRegistry.externalUrl", r.set.name)
+	return ""
 }

@@ -158,8 +158,10 @@ release's wiring laid over it.
 {{- $v := .Values.ingestGateway -}}
 {{- $c := deepCopy ($v.config | default dict) -}}
 {{- $_ := set $c "listen" (printf "0.0.0.0:%s" (include "cp.port.ingest-gateway" .)) -}}
-{{- $_ = set $c "kafka_bootstrap" (include "cp.kafkaBootstrap" .) -}}
+{{- $_ = unset $c "kafka_bootstrap" -}}
+{{- $_ = set $c "kafka" (include "cp.kafkaTable" . | fromJson) -}}
 {{- $_ = set $c "registry_url" (include "cp.registryUrl" .) -}}
+{{- include "cp.setRegistryClient" (dict "root" . "table" $c) -}}
 {{- $_ = set $c "events_topic" .Values.kafka.topics.events -}}
 {{- $_ = set $c "deadletter_topic" .Values.kafka.topics.deadletter -}}
 {{- $_ = set $c "keys_file" (printf "%s/%s" (include "cp.keysDir" .) $v.apiKeys.secretKey) -}}
@@ -177,8 +179,15 @@ release's wiring laid over it.
 {{- define "cp.config.schema-registry" -}}
 {{- $c := deepCopy (.Values.schemaRegistry.config | default dict) -}}
 {{- $_ := set $c "listen" (printf "0.0.0.0:%s" (include "cp.port.schema-registry" .)) -}}
-{{- $_ = set $c "kafka_bootstrap" (include "cp.kafkaBootstrap" .) -}}
+{{- $_ = unset $c "kafka_bootstrap" -}}
+{{- $_ = set $c "kafka" (include "cp.kafkaTable" . | fromJson) -}}
 {{- $_ = set $c "topic" .Values.kafka.topics.schemas -}}
+{{- $a := .Values.schemaRegistry.auth -}}
+{{- if include "cp.registryServerAuth" . -}}
+{{- $_ = set $c "auth" (dict "users_file" (printf "%s/%s" (include "cp.registryUsersDir" .) $a.secretKey) "anonymous" $a.anonymous) -}}
+{{- else -}}
+{{- $_ = unset $c "auth" -}}
+{{- end -}}
 # schema-registry, rendered by the context-pipeline chart (README.md, "Schema Registry").
 {{ include "cp.toml" (dict "table" $c) }}
 {{ end }}
@@ -187,8 +196,10 @@ release's wiring laid over it.
 {{- $v := .Values.streamRouter -}}
 {{- $c := deepCopy ($v.config | default dict) -}}
 {{- $_ := set $c "admin_listen" (printf "0.0.0.0:%s" (include "cp.port.stream-router" .)) -}}
-{{- $_ = set $c "kafka_bootstrap" (include "cp.kafkaBootstrap" .) -}}
+{{- $_ = unset $c "kafka_bootstrap" -}}
+{{- $_ = set $c "kafka" (include "cp.kafkaTable" . | fromJson) -}}
 {{- $_ = set $c "registry_url" (include "cp.registryUrl" .) -}}
+{{- include "cp.setRegistryClient" (dict "root" . "table" $c) -}}
 {{- $_ = set $c "source_topic" .Values.kafka.topics.events -}}
 {{- $_ = set $c "deadletter_topic" .Values.kafka.topics.deadletter -}}
 {{- if $v.rules -}}
@@ -206,8 +217,10 @@ release's wiring laid over it.
 {{- $v := .Values.sinkClickhouse -}}
 {{- $c := deepCopy ($v.config | default dict) -}}
 {{- $_ := set $c "admin_listen" (printf "0.0.0.0:%s" (include "cp.port.sink-clickhouse" .)) -}}
-{{- $_ = set $c "kafka_bootstrap" (include "cp.kafkaBootstrap" .) -}}
+{{- $_ = unset $c "kafka_bootstrap" -}}
+{{- $_ = set $c "kafka" (include "cp.kafkaTable" . | fromJson) -}}
 {{- $_ = set $c "registry_url" (include "cp.registryUrl" .) -}}
+{{- include "cp.setRegistryClient" (dict "root" . "table" $c) -}}
 {{- $_ = set $c "clickhouse_url" (required "sinkClickhouse.clickhouse.url is required" $v.clickhouse.url) -}}
 {{- $_ = set $c "events_topic" (ternary .Values.kafka.topics.events "" $v.sources.events) -}}
 {{- $_ = set $c "activity_topic" (ternary .Values.kafka.topics.activity "" $v.sources.activity) -}}
@@ -215,8 +228,14 @@ release's wiring laid over it.
 {{- /* Credentials come from the Secret, through the environment. */ -}}
 {{- $_ = unset $c "clickhouse_user" -}}
 {{- $_ = unset $c "clickhouse_password" -}}
+{{- if include "cp.caSource" $v.clickhouse.ca -}}
+{{- $_ = set $c "clickhouse_ca_file" (printf "%s/ca.crt" (include "cp.clickhouseCaDir" .)) -}}
+{{- else -}}
+{{- $_ = unset $c "clickhouse_ca_file" -}}
+{{- end -}}
 # sink-clickhouse, rendered by the context-pipeline chart (docs/sink-clickhouse.md).
-# clickhouse_user and clickhouse_password come from a Secret (SINK_CLICKHOUSE_USER, SINK_CLICKHOUSE_PASSWORD).
+# clickhouse_user and clickhouse_password come from a Secret (SINK_CLICKHOUSE_USER, SINK_CLICKHOUSE_PASSWORD),
+# like every password (SINK_KAFKA_SASL_PASSWORD, SINK_REGISTRY_PASSWORD).
 {{ include "cp.toml" (dict "table" $c) }}
 {{ end }}
 
@@ -224,8 +243,10 @@ release's wiring laid over it.
 {{- $v := .Values.enrichActivity -}}
 {{- $c := deepCopy ($v.config | default dict) -}}
 {{- $_ := set $c "admin_listen" (printf "0.0.0.0:%s" (include "cp.port.enrich-activity" .)) -}}
-{{- $_ = set $c "kafka_bootstrap" (include "cp.kafkaBootstrap" .) -}}
+{{- $_ = unset $c "kafka_bootstrap" -}}
+{{- $_ = set $c "kafka" (include "cp.kafkaTable" . | fromJson) -}}
 {{- $_ = set $c "registry_url" (include "cp.registryUrl" .) -}}
+{{- include "cp.setRegistryClient" (dict "root" . "table" $c) -}}
 {{- $_ = set $c "motion_topic" .Values.kafka.topics.motion -}}
 {{- $_ = set $c "activity_topic" .Values.kafka.topics.activity -}}
 {{- $_ = set $c "deadletter_topic" .Values.kafka.topics.deadletter -}}
@@ -285,6 +306,9 @@ prometheus.io/scheme: {{ . }}
 {{- end }}
 {{- with .checksum }}
 checksum/config: {{ . }}
+{{- end }}
+{{- with .secretsChecksum }}
+checksum/secrets: {{ . }}
 {{- end }}
 {{- with .values.podAnnotations }}
 {{ toYaml . }}
@@ -416,9 +440,18 @@ spec:
         activationLagThreshold: {{ $k.activationLagThreshold | quote }}
         offsetResetPolicy: earliest
         allowIdleConsumers: "false"
-      {{- with $k.authenticationRef }}
+        {{- if include "cp.kafkaSasl" $root }}
+        sasl: {{ include "cp.kedaSasl" $root }}
+        {{- end }}
+        {{- if include "cp.kafkaTls" $root }}
+        tls: enable
+        {{- end }}
+      {{- if $k.authenticationRef }}
       authenticationRef:
-        name: {{ . }}
+        name: {{ $k.authenticationRef }}
+      {{- else if include "cp.kedaAuthNeeded" $root }}
+      authenticationRef:
+        name: {{ include "cp.kedaAuthName" $root }}
       {{- end }}
     {{- end }}
 {{- end }}

@@ -347,7 +347,12 @@ pub async fn check(
         let r = refuse(
             401,
             40101,
-            format!("Unauthorized: {} {} needs credentials with the {} role", req.method(), req.path(), need.name()),
+            format!(
+                "Unauthorized: {} {} needs credentials with the {} role",
+                req.method(),
+                req.path(),
+                need.name()
+            ),
         );
         return Ok(req.into_response(r));
     }

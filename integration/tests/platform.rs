@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use context_integration::{platform, repo_root};
+use context_integration::{platform, repo_root, stack};
 use context_schemas::sample::{self, SampleOptions};
 
 fn pids() -> Vec<String> {
@@ -18,6 +18,10 @@ fn pids() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn platform_up_runs_everything_ready_twice_and_down_stops_only_the_services() {
+    // The tests need the stack: `scripts/stack up` makes it theirs, so that
+    // `down` below leaves it running whoever started it (scripts/demo's
+    // `platform up` may have).
+    stack(&["up"]).unwrap();
     let up = platform(&["up"]);
     let status = platform(&["status"]);
     for s in ["gateway", "router", "enrich", "sink"] {

@@ -358,6 +358,11 @@ pub fn redact_urls(text: &str) -> String {
 fn describe(key: &str, kind: &figment::error::Kind) -> String {
     use figment::error::Kind;
     match kind {
+        // Without a path (a key of a flattened table, such as
+        // `registry_password`) the value may be a secret: not shown.
+        Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected) if key.is_empty() => {
+            format!("a value (not shown) is not {expected}")
+        }
         Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected) if is_secret(key) => {
             format!("the value (not shown) is not {expected}")
         }

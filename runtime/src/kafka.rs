@@ -171,7 +171,9 @@ impl fmt::Debug for KafkaSettings {
             .properties
             .iter()
             .map(|(k, v)| {
-                let secret = ["password", "secret", "token", "jaas"].iter().any(|s| k.contains(s));
+                let secret = ["password", "secret", "token", "jaas", "pem"]
+                    .iter()
+                    .any(|s| k.contains(s));
                 (k.as_str(), if secret { "***" } else { v.0.as_str() })
             })
             .collect();
@@ -203,7 +205,10 @@ pub const OWNED: &[(&str, &str)] = &[
         "transactional.id",
         "set per service from `transactional_id`, stable across restarts",
     ),
-    ("transaction.timeout.ms", "derived from the service's `timeout`"),
+    (
+        "transaction.timeout.ms",
+        "derived from the service's `timeout` (at least a minute)",
+    ),
     (
         "enable.auto.commit",
         "offsets are committed only after the next stage confirmed the data",
@@ -213,7 +218,6 @@ pub const OWNED: &[(&str, &str)] = &[
         "offsets are stored only after the next stage confirmed the data",
     ),
     ("group.id", "set from the service's group settings"),
-    ("group.instance.id", "set by the service"),
     (
         "auto.offset.reset",
         "a new group starts at the earliest record, so nothing retained is skipped",
@@ -224,8 +228,6 @@ pub const OWNED: &[(&str, &str)] = &[
         "bounded by idempotence; ordering depends on it",
     ),
     ("message.timeout.ms", "derived from the service's produce timeout"),
-    ("message.send.max.retries", "derived from the service's produce timeout"),
-    ("retries", "derived from the service's produce timeout"),
     (
         "partitioner",
         "records are keyed by install; per-install order depends on one partitioner",
@@ -242,6 +244,34 @@ pub const OWNED: &[(&str, &str)] = &[
     ("ssl.key.location", "write `kafka.ssl_key_file`"),
     ("ssl.key.password", "write `kafka.ssl_key_password`"),
 ];
+
+/// librdkafka's other names for settings: an alias of an owned setting is
+/// refused like the setting, and a service's default gives way to either.
+pub const ALIASES: &[(&str, &str)] = &[
+    ("request.required.acks", "acks"),
+    ("delivery.timeout.ms", "message.timeout.ms"),
+    ("max.in.flight", "max.in.flight.requests.per.connection"),
+    ("queue.buffering.max.ms", "linger.ms"),
+    ("compression.codec", "compression.type"),
+    ("metadata.broker.list", "bootstrap.servers"),
+    ("sasl.mechanisms", "sasl.mechanism"),
+];
+
+/// The canonical name of a librdkafka setting.
+fn canonical(name: &str) -> &str {
+    ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == name)
+        .map_or(name, |(_, c)| c)
+}
+
+/// A librdkafka configuration error without the value (it may be secret).
+fn without_value(e: &KafkaError) -> String {
+    match e {
+        KafkaError::ClientConfig(_, description, key, _) => format!("{key}: {description}"),
+        other => other.to_string(),
+    }
+}
 
 impl KafkaSettings {
     /// Settings with `bootstrap` and everything else at its default (tests,
@@ -341,7 +371,8 @@ impl KafkaSettings {
             ));
         }
         for key in self.properties.keys() {
-            if let Some((_, why)) = OWNED.iter().chain(owned).find(|(k, _)| k == key) {
+            let name = canonical(key);
+            if let Some((_, why)) = OWNED.iter().chain(owned).find(|(k, _)| *k == name) {
                 problems.push(format!(
                     "{section}.properties.{key} is refused: the service sets it itself ({why})"
                 ));
@@ -367,9 +398,12 @@ impl KafkaSettings {
                     p.librdkafka()
                 ));
             }
-        } else if self.sasl_mechanism.is_some() || self.sasl_username.is_some() {
+        } else if self.sasl_mechanism.is_some()
+            || self.sasl_username.is_some()
+            || !self.sasl_password.expose().is_empty()
+        {
             problems.push(format!(
-                "{section}.sasl_mechanism and sasl_username need security_protocol = \"sasl_ssl\" (or \"sasl_plaintext\"); it is \"{}\"",
+                "{section}.sasl_mechanism, sasl_username and sasl_password need security_protocol = \"sasl_ssl\" (or \"sasl_plaintext\"); it is \"{}\"",
                 p.librdkafka()
             ));
         }
@@ -398,7 +432,10 @@ impl KafkaSettings {
         // librdkafka checks every name and value as it is set.
         if problems.is_empty() {
             if let Err(e) = self.client().create_native_config() {
-                problems.push(format!("{section}: librdkafka refuses the settings: {e}"));
+                problems.push(format!(
+                    "{section}: librdkafka refuses the settings: {}",
+                    without_value(&e)
+                ));
             }
         }
         problems
@@ -414,7 +451,8 @@ pub trait Defaults {
 
 impl Defaults for ClientConfig {
     fn set_default(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
-        if self.get(key).is_none() {
+        let taken = self.get(key).is_some() || ALIASES.iter().any(|(alias, c)| *c == key && self.get(alias).is_some());
+        if !taken {
             self.set(key, value);
         }
         self
@@ -433,6 +471,12 @@ pub enum AccessError {
         bootstrap: String,
         protocol: String,
         waited: Duration,
+        detail: String,
+    },
+    #[error("the broker closed every connection before it answered: kafka.security_protocol ({protocol}) is likely not what the listener at kafka.bootstrap ({bootstrap}) speaks: {detail}")]
+    Protocol {
+        bootstrap: String,
+        protocol: String,
         detail: String,
     },
     #[error("the Kafka settings are invalid: {0}")]
@@ -477,7 +521,7 @@ pub fn verify(settings: &KafkaSettings, timeout: Duration) -> Result<(), AccessE
         // One try per broker address, then the error callback.
         .set("reconnect.backoff.ms", "200")
         .create_with_context(Watch::default())
-        .map_err(|e| AccessError::Config(e.to_string()))?;
+        .map_err(|e| AccessError::Config(without_value(&e)))?;
     let started = Instant::now();
     loop {
         let step = Duration::from_millis(500).min(timeout.saturating_sub(started.elapsed()));
@@ -489,8 +533,13 @@ pub fn verify(settings: &KafkaSettings, timeout: Duration) -> Result<(), AccessE
         let _ = consumer.poll(Duration::ZERO);
         let last = consumer.context().last.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some((code, reason)) = last {
+            // Fatal only by the error's code, and never when librdkafka
+            // says the connection itself went away (a broker restarting, a
+            // proxy in front of one that is not up yet): those come under
+            // the SSL and authentication codes too, and heal by waiting.
+            let transport = lost_connection(&reason);
             match code {
-                RDKafkaErrorCode::Authentication => {
+                RDKafkaErrorCode::Authentication if !transport => {
                     return Err(AccessError::Authentication {
                         mechanism: settings
                             .sasl_mechanism
@@ -500,13 +549,7 @@ pub fn verify(settings: &KafkaSettings, timeout: Duration) -> Result<(), AccessE
                         detail: reason,
                     })
                 }
-                RDKafkaErrorCode::SSL => {
-                    return Err(AccessError::Tls {
-                        protocol,
-                        detail: reason,
-                    })
-                }
-                _ if tls_failure(&reason) => {
+                RDKafkaErrorCode::SSL if !transport => {
                     return Err(AccessError::Tls {
                         protocol,
                         detail: reason,
@@ -526,10 +569,21 @@ pub fn verify(settings: &KafkaSettings, timeout: Duration) -> Result<(), AccessE
     }
 }
 
-/// librdkafka reports some handshake failures as transport errors.
-fn tls_failure(reason: &str) -> bool {
+/// The reason names a connection that was lost or never made, not a
+/// refusal of the credentials or the certificate.
+fn lost_connection(reason: &str) -> bool {
     let r = reason.to_ascii_lowercase();
-    r.contains("ssl handshake") || r.contains("certificate verify") || r.contains("wrong version number")
+    [
+        "disconnected",
+        "connection closed",
+        "transport failure",
+        "transport error",
+        "timed out",
+        "connection refused",
+        "connection reset",
+    ]
+    .iter()
+    .any(|w| r.contains(w))
 }
 
 /// [`verify`] at a service's start: waits up to `patience` for a broker,
@@ -550,6 +604,20 @@ pub async fn verify_at_start(settings: &KafkaSettings, patience: Duration) -> Re
             Err(e) if e.retryable() && started.elapsed() < patience => {
                 tracing::warn!(error = %e, "waiting for the Kafka brokers");
             }
+            Err(AccessError::Unreachable {
+                bootstrap,
+                protocol,
+                detail,
+                ..
+            }) if detail.contains("security.protocol") => {
+                // librdkafka's own hint: a plaintext client at a TLS
+                // listener (or the reverse) is closed at once, every time.
+                return Err(AccessError::Protocol {
+                    bootstrap,
+                    protocol,
+                    detail,
+                });
+            }
             Err(e) if e.retryable() => {
                 tracing::warn!(error = %e, "starting without a broker; the clients keep trying");
                 return Ok(());
@@ -569,19 +637,32 @@ mod tests {
         s.properties.insert("acks".into(), Property("1".into()));
         s.properties.insert("linger.ms".into(), Property("20".into()));
         s.properties.insert("sasl.password".into(), Property("x".into()));
+        s.properties
+            .insert("request.required.acks".into(), Property("1".into()));
         let problems = s.check("kafka");
-        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].contains("kafka.properties.acks is refused") && problems[0].contains("acks=all"));
-        assert!(problems[1].contains("write `kafka.sasl_password`"));
+        assert!(problems[1].contains("request.required.acks is refused"), "{problems:?}");
+        assert!(problems[2].contains("write `kafka.sasl_password`"));
+        // A default gives way to the operator's alias.
+        let mut c = ClientConfig::new();
+        c.set("queue.buffering.max.ms", "50").set_default("linger.ms", "5");
+        assert_eq!(c.get("linger.ms"), None);
     }
 
     #[test]
     fn unknown_librdkafka_names_are_refused() {
         let mut s = KafkaSettings::default();
         s.properties.insert("linger.msec".into(), Property("20".into()));
+        s.properties
+            .insert("ssl.keystore.pasword".into(), Property("s3cret-value".into()));
         let problems = s.check("kafka");
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].contains("linger.msec"), "{problems:?}");
+        assert!(
+            problems[0].contains("linger.msec") || problems[0].contains("pasword"),
+            "{problems:?}"
+        );
+        assert!(!problems[0].contains("s3cret-value"), "{problems:?}");
     }
 
     #[test]
@@ -615,6 +696,22 @@ mod tests {
             .insert("sasl.oauthbearer.client.secret".into(), Property("s3cret".into()));
         let text = format!("{s:?}");
         assert!(!text.contains("hunter2") && !text.contains("s3cret"), "{text}");
+    }
+
+    #[test]
+    fn a_lost_connection_is_never_a_refusal() {
+        assert!(lost_connection(
+            "SSL handshake failed: Disconnected: connection closed by peer"
+        ));
+        assert!(lost_connection(
+            "SASL SCRAM-SHA-512 mechanism handshake failed: Local: Broker transport failure"
+        ));
+        assert!(!lost_connection(
+            "SSL handshake failed: error:0A000086:SSL routines::certificate verify failed"
+        ));
+        assert!(!lost_connection(
+            "SASL authentication error: Authentication failed during authentication due to invalid credentials"
+        ));
     }
 
     #[test]

@@ -146,6 +146,10 @@ pub struct Pipeline {
 /// librdkafka settings a pipeline derives from its service's keys, or relies
 /// on: refused in `[kafka.properties]`.
 pub const DERIVED_SETTINGS: &[(&str, &str)] = &[
+    (
+        "queue.buffering.max.messages",
+        "a whole batch's outputs must fit the producer's queue, or the batch retries for ever",
+    ),
     ("session.timeout.ms", "write `session_timeout`"),
     (
         "partition.assignment.strategy",
@@ -188,15 +192,17 @@ impl Pipeline {
         let producer_config = |transactional: bool| {
             let mut c = s.kafka.client();
             // Room for a whole batch's outputs (router: max_batch x targets).
-            c.set_default("queue.buffering.max.messages", "1000000")
+            c.set("queue.buffering.max.messages", "1000000")
                 .set("acks", "all")
                 .set("enable.idempotence", "true")
                 .set_default("compression.type", "zstd")
                 .set_default("linger.ms", "5")
                 .set("message.timeout.ms", s.timeout.as_millis().to_string());
             if transactional {
+                // librdkafka refuses a message.timeout.ms above the
+                // transaction timeout: a `timeout` over a minute widens it.
                 c.set("transactional.id", &s.transactional_id)
-                    .set("transaction.timeout.ms", "60000");
+                    .set("transaction.timeout.ms", transaction_timeout_ms(s.timeout).to_string());
             }
             c
         };
@@ -476,6 +482,18 @@ pub fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, KafkaE
 /// name in Kubernetes), or `<prefix>-pid<process id>` when the host has no
 /// name (replicas then never fence each other, but a restart does not fence
 /// its predecessor either: its open transaction times out instead).
+/// The transaction timeout for a pipeline whose Kafka calls may take
+/// `timeout`: a minute, or `timeout` when longer (librdkafka requires
+/// `message.timeout.ms` <= `transaction.timeout.ms`; brokers allow up to
+/// `transaction.max.timeout.ms`, 15 minutes by default: [`MAX_TIMEOUT`]).
+pub fn transaction_timeout_ms(timeout: Duration) -> u128 {
+    timeout.as_millis().max(60_000)
+}
+
+/// The longest `timeout` a pipeline takes: the brokers' default
+/// `transaction.max.timeout.ms`.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(900);
+
 pub fn default_transactional_id(prefix: &str) -> String {
     let host = std::env::var("HOSTNAME")
         .ok()

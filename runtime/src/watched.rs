@@ -30,6 +30,9 @@ type Parse<T> = fn(&str) -> Result<T, String>;
 /// The content in use, shared by every worker.
 pub struct Watched<T> {
     current: Arc<RwLock<Arc<T>>>,
+    /// The SHA-256 of the content `load` read, so that a change between
+    /// `load` and `watch` is still seen.
+    loaded: [u8; 32],
     parse: Parse<T>,
     what: &'static str,
 }
@@ -38,6 +41,7 @@ impl<T> Clone for Watched<T> {
     fn clone(&self) -> Self {
         Watched {
             current: self.current.clone(),
+            loaded: self.loaded,
             parse: self.parse,
             what: self.what,
         }
@@ -59,6 +63,7 @@ impl<T: Entries> Watched<T> {
         }
         Ok(Watched {
             current: Arc::new(RwLock::new(Arc::new(value))),
+            loaded: digest(text.as_bytes()),
             parse,
             what,
         })
@@ -75,7 +80,7 @@ impl<T: Entries> Watched<T> {
         tokio::spawn(async move {
             let read = |p: &Path| std::fs::read(p).map_err(|e| e.to_string());
             // The content in use, and a new one seen once.
-            let mut in_use = read(&path).ok().map(|b| digest(&b));
+            let mut in_use = Some(me.loaded);
             let mut pending: Option<[u8; 32]> = None;
             loop {
                 tokio::time::sleep(every).await;

@@ -109,9 +109,10 @@ impl ServiceConfig for Config {
             problems.push(format!("clickhouse_url {url:?} must start with http:// or https://"));
         }
         if let Some(ca) = &self.clickhouse_ca_file {
-            match std::fs::read(ca).map_err(|e| e.to_string()).and_then(|pem| {
-                native_tls::Certificate::from_pem(&pem).map_err(|e| format!("not a PEM certificate: {e}"))
-            }) {
+            match std::fs::read(ca)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| pem_bundle(&pem))
+            {
                 Ok(_) if url.starts_with("http://") => problems
                     .push("clickhouse_ca_file is set but clickhouse_url is http://: write https:// to use TLS".into()),
                 Ok(_) => {}
@@ -186,14 +187,18 @@ impl Config {
         // Checked at start (`check`): a file that no longer reads is a
         // client without the CA, whose inserts then fail with the reason.
         let mut b = native_tls::TlsConnector::builder();
-        match std::fs::read(ca).map(|pem| native_tls::Certificate::from_pem(&pem)) {
-            Ok(Ok(cert)) => {
-                b.add_root_certificate(cert);
+        match std::fs::read(ca)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| pem_bundle(&pem))
+        {
+            Ok(certs) => {
+                for cert in certs {
+                    b.add_root_certificate(cert);
+                }
             }
-            Ok(Err(e)) => {
-                tracing::error!(file = %ca.display(), error = %e, "clickhouse_ca_file is not a PEM certificate")
-            }
-            Err(e) => tracing::error!(file = %ca.display(), error = %e, "cannot read clickhouse_ca_file"),
+            // Only the system's CAs then: the inserts fail on an unknown
+            // issuer and say so.
+            Err(e) => tracing::error!(file = %ca.display(), error = %e, "clickhouse_ca_file cannot be used"),
         }
         match b.build() {
             Ok(c) => Some(c.into()),
@@ -203,6 +208,26 @@ impl Config {
             }
         }
     }
+}
+
+/// Every certificate of a PEM file (a CA bundle may hold several).
+fn pem_bundle(pem: &[u8]) -> Result<Vec<native_tls::Certificate>, String> {
+    let text = String::from_utf8_lossy(pem);
+    let end = "-----END CERTIFICATE-----";
+    let mut certs = Vec::new();
+    let mut rest = text.as_ref();
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let Some(stop) = rest[start..].find(end) else { break };
+        let block = &rest[start..start + stop + end.len()];
+        certs.push(
+            native_tls::Certificate::from_pem(block.as_bytes()).map_err(|e| format!("not a PEM certificate: {e}"))?,
+        );
+        rest = &rest[start + stop + end.len()..];
+    }
+    if certs.is_empty() {
+        return Err("holds no PEM certificate".into());
+    }
+    Ok(certs)
 }
 
 /// librdkafka settings the sink derives from keys of its own.

@@ -113,6 +113,12 @@ impl ServiceConfig for Config {
                 self.new_topic_partitions
             ));
         }
+        if self.timeout.is_zero() || self.timeout > context_runtime::pipeline::MAX_TIMEOUT {
+            problems.push(format!(
+                "timeout {:?} is not between 1ms and 15m (the brokers' default transaction.max.timeout.ms)",
+                self.timeout
+            ));
+        }
         if !(1..=50_000).contains(&self.max_batch) {
             problems.push(format!("max_batch {} is not between 1 and 50000", self.max_batch));
         }

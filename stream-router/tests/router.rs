@@ -103,10 +103,15 @@ to = [{{ topic = "{low}" }}, {{ topic = "{all}" }}]
     }
 
     fn spawn(&self) -> Child {
+        self.spawn_with(&[])
+    }
+
+    fn spawn_with(&self, extra: &[(&str, &str)]) -> Child {
         let log = std::fs::File::create(std::env::temp_dir().join(format!("{}.log", unique("router")))).unwrap();
         Command::new(env!("CARGO_BIN_EXE_stream-router"))
             .arg("run")
             .envs(self.env())
+            .envs(extra.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -340,6 +345,18 @@ async fn rules_route_fan_out_project_sample_and_drop_exactly() {
         reasons,
         BTreeSet::from(["not_confluent_wire_format".to_string(), "unknown_schema_id".to_string()])
     );
+}
+
+/// A `timeout` above a minute (a slow cluster) used to stop the start:
+/// librdkafka refuses a message timeout above the transaction timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timeout_above_a_minute_still_routes_exactly_once() {
+    let setup = Setup::new("slowtimeout").await;
+    setup.write_rules();
+    let expected = events(12);
+    produce(&setup.source, &expected.events).await;
+    let _router = Killed(setup.spawn_with(&[("ROUTER_TIMEOUT", "90s")]));
+    every_target_exactly_once(&setup, &expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

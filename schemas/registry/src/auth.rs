@@ -215,17 +215,37 @@ impl Users {
         })
     }
 
-    /// The role of `name` when `password` is theirs.
-    pub fn verify(&self, name: &str, password: &str) -> Option<Role> {
-        let (role, hash) = self.by_name.get(name)?;
-        let memo: [u8; 32] = Sha256::new()
+    /// The role of `name` when `password` was verified before (no key
+    /// derivation: cheap).
+    pub fn remembered(&self, name: &str, password: &str) -> Option<Role> {
+        let (_, hash) = self.by_name.get(name)?;
+        let memo = Self::memo(name, password, hash);
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&memo)
+            .copied()
+    }
+
+    fn memo(name: &str, password: &str, hash: &Hash) -> [u8; 32] {
+        Sha256::new()
             .chain_update(name.as_bytes())
             .chain_update([0])
             .chain_update(password.as_bytes())
             .chain_update([0])
             .chain_update(hash.text.as_bytes())
             .finalize()
-            .into();
+            .into()
+    }
+
+    /// The role of `name` when `password` is theirs. An unknown name costs
+    /// a derivation too, so that names cannot be told apart by time.
+    pub fn verify(&self, name: &str, password: &str) -> Option<Role> {
+        let Some((role, hash)) = self.by_name.get(name) else {
+            let _ = derive(password, b"no such user", ITERATIONS);
+            return None;
+        };
+        let memo = Self::memo(name, password, hash);
         if let Some(r) = self.verified.lock().unwrap_or_else(|p| p.into_inner()).get(&memo) {
             return Some(*r);
         }
@@ -247,7 +267,13 @@ impl Users {
 pub struct Guard {
     users: Watched<Users>,
     anonymous: Anonymous,
+    /// Key derivations at once: a flood of wrong passwords gets 429, not
+    /// both cores.
+    derivations: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// Key derivations the registry runs at once.
+pub const MAX_DERIVATIONS: usize = 2;
 
 impl Guard {
     /// Loads the users file (refusing the start when it is unreadable,
@@ -258,7 +284,11 @@ impl Guard {
             tracing::info!(users = u.entries(), file = %path.display(), "reloaded the registry's users");
         });
         tracing::info!(users = users.current().entries(), file = %path.display(), anonymous = ?anonymous, "the registry requires credentials");
-        Ok(Guard { users, anonymous })
+        Ok(Guard {
+            users,
+            anonymous,
+            derivations: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_DERIVATIONS)),
+        })
     }
 }
 
@@ -322,8 +352,27 @@ pub async fn check(
     let role = match credentials {
         Some((user, password)) => {
             let users = guard.users.current();
-            // The key derivation is CPU work: off the reactor.
-            let role = web::block(move || users.verify(&user, &password)).await.ok().flatten();
+            let role = match users.remembered(&user, &password) {
+                Some(role) => Some(role),
+                None => {
+                    let Ok(permit) = guard.derivations.clone().try_acquire_owned() else {
+                        let mut r = refuse(429, 42901, "Too many sign-ins being checked; retry shortly".into());
+                        r.headers_mut().insert(
+                            actix_web::http::header::RETRY_AFTER,
+                            actix_web::http::header::HeaderValue::from_static("1"),
+                        );
+                        return Ok(req.into_response(r));
+                    };
+                    // The key derivation is CPU work: off the reactor.
+                    web::block(move || {
+                        let _permit = permit;
+                        users.verify(&user, &password)
+                    })
+                    .await
+                    .ok()
+                    .flatten()
+                }
+            };
             match role {
                 Some(role) => role,
                 None => {

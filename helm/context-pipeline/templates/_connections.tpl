@@ -393,7 +393,7 @@ own key; the services refuse them in [kafka.properties] (runtime/src/kafka.rs,
 OWNED; a test keeps the two lists equal).
 */}}
 {{- define "cp.kafkaOwnedProperties" -}}
-acks enable.idempotence isolation.level transactional.id transaction.timeout.ms enable.auto.commit enable.auto.offset.store group.id group.instance.id auto.offset.reset enable.partition.eof max.in.flight.requests.per.connection message.timeout.ms message.send.max.retries retries partitioner bootstrap.servers metadata.broker.list security.protocol sasl.mechanism sasl.mechanisms sasl.username sasl.password ssl.ca.location ssl.certificate.location ssl.key.location ssl.key.password
+acks enable.idempotence isolation.level transactional.id transaction.timeout.ms enable.auto.commit enable.auto.offset.store group.id auto.offset.reset enable.partition.eof max.in.flight.requests.per.connection message.timeout.ms partitioner bootstrap.servers metadata.broker.list security.protocol sasl.mechanism sasl.mechanisms sasl.username sasl.password ssl.ca.location ssl.certificate.location ssl.key.location ssl.key.password
 {{- end }}
 
 {{- define "cp.validateConnections" -}}

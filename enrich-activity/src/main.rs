@@ -53,9 +53,10 @@ enum Command {
     /// Tag the motion windows of Kafka with the model, until SIGTERM; a changed
     /// model file is picked up without a restart.
     Serve {
-        /// TOML file (kafka_bootstrap, registry_url, motion_topic,
-        /// activity_topic, group_id, admin_listen, model, max_batch);
-        /// ENRICH_* variables override it.
+        /// TOML file (motion_topic, activity_topic, group_id, admin_listen,
+        /// model, max_batch, registry_url and credentials, the [kafka] table:
+        /// bootstrap, security_protocol, sasl_*, ssl_*); ENRICH_* variables
+        /// override it (ENRICH_KAFKA_SASL_PASSWORD). See docs/security.md.
         #[arg(long)]
         config: Option<PathBuf>,
         /// The model artifact (overrides the file and ENRICH_MODEL).

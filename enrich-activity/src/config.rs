@@ -45,8 +45,13 @@ pub struct Config {
     /// `exactly-once` (tags and offsets in one Kafka transaction) or
     /// `at-least-once` (a broker without transactions).
     pub delivery: Delivery,
-    /// Stable per replica; empty means `enrich-activity-<host name>`.
+    /// Stable per replica; empty means `enrich-activity-<host name>` (a
+    /// second tagger on the same host takes `enrich-activity-<host>-2`).
     pub transactional_id: String,
+    /// The largest record `serve` produces (librdkafka's
+    /// `message.max.bytes`); a tag or dead letter the broker refuses for
+    /// good is set aside in `deadletter_topic`, cut to a stub if need be.
+    pub max_record_bytes: usize,
     /// Below this probability (0–1) a window is tagged `unknown` instead of
     /// its most likely class.
     pub min_confidence: f32,
@@ -67,6 +72,7 @@ impl Default for Config {
             deadletter_topic: topics::DEAD_LETTER.into(),
             delivery: Delivery::ExactlyOnce,
             transactional_id: String::new(),
+            max_record_bytes: context_runtime::pipeline::DEFAULT_MAX_RECORD_BYTES,
             min_confidence: crate::serve::DEFAULT_MIN_CONFIDENCE,
         }
     }
@@ -108,6 +114,12 @@ impl ServiceConfig for Config {
         }
         if !(1..=50_000).contains(&self.max_batch) {
             problems.push(format!("max_batch {} is not between 1 and 50000", self.max_batch));
+        }
+        if !(64 << 10..=1 << 30).contains(&self.max_record_bytes) {
+            problems.push(format!(
+                "max_record_bytes {} is not between 65536 and 1073741824",
+                self.max_record_bytes
+            ));
         }
         if !(0.0..=1.0).contains(&self.min_confidence) {
             problems.push(format!("min_confidence {} is not between 0 and 1", self.min_confidence));

@@ -228,7 +228,18 @@ pub async fn run(s: ReplaySettings, mut shutdown: Shutdown) -> anyhow::Result<Co
         }
     }
     consumer.assign(&tpl)?;
-    let (started, mut last_report, mut done) = (Instant::now(), Instant::now(), 0i64);
+    let (started, mut last_report) = (Instant::now(), Instant::now());
+    // Per partition, the offset the replay has covered up to: records and,
+    // on a topic written in transactions, the commit markers between and
+    // after them, which are never delivered (the consumer's position moves
+    // past them).
+    let mut reached: BTreeMap<i32, i64> = plan.ranges.iter().map(|(p, (start, _))| (*p, *start)).collect();
+    let done = |reached: &BTreeMap<i32, i64>| -> i64 {
+        plan.ranges
+            .iter()
+            .map(|(p, (start, end))| (reached[p].min(*end) - start).max(0))
+            .sum()
+    };
     let mut counts = Counts::default();
     while !open.is_empty() {
         let mut batch = Vec::new();
@@ -236,13 +247,21 @@ pub async fn run(s: ReplaySettings, mut shutdown: Shutdown) -> anyhow::Result<Co
             tokio::select! {
                 _ = shutdown.requested() => return Ok(counts),
                 r = tokio::time::timeout(Duration::from_millis(300), consumer.recv()) => match r {
-                    Err(_) => break,
+                    Err(_) => {
+                        // Nothing more came: a partition whose position
+                        // passed its end (past a last commit marker) is done.
+                        if batch.is_empty() {
+                            close_reached(&consumer, &s.motion_topic, &mut open, &mut reached)?;
+                        }
+                        break;
+                    }
                     Ok(Err(e)) => { tracing::warn!(error = %e, "consumer error"); break }
                     Ok(Ok(msg)) => {
                         let (p, o) = (msg.partition(), msg.offset());
                         let Some(&end) = open.get(&p) else { continue };
                         if o >= end {
                             open.remove(&p);
+                            reached.insert(p, end);
                             continue;
                         }
                         if o + 1 >= end {
@@ -254,6 +273,10 @@ pub async fn run(s: ReplaySettings, mut shutdown: Shutdown) -> anyhow::Result<Co
             }
         }
         if batch.is_empty() {
+            if s.progress && last_report.elapsed() >= Duration::from_secs(1) {
+                last_report = Instant::now();
+                report(done(&reached), total, started);
+            }
             continue;
         }
         // A registry outage is waited out: the batch is tried again, never
@@ -275,16 +298,58 @@ pub async fn run(s: ReplaySettings, mut shutdown: Shutdown) -> anyhow::Result<Co
         };
         counts.add(&batch_counts);
         commit_after(&consumer, &batch)?;
-        done += batch.len() as i64;
+        for msg in &batch {
+            let r = reached.entry(msg.partition()).or_insert(0);
+            *r = (*r).max(msg.offset() + 1);
+        }
+        for (p, (_, end)) in &plan.ranges {
+            if !open.contains_key(p) {
+                reached.insert(*p, *end);
+            }
+        }
         if s.progress && (last_report.elapsed() >= Duration::from_secs(1) || open.is_empty()) {
             last_report = Instant::now();
-            let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
-            let eta = (total - done).max(0) as f64 / rate.max(1e-3);
-            eprintln!(
-                "replay: {done}/{total} ({:.0}%), {rate:.0} events/s, ETA {eta:.0} s",
-                100.0 * done as f64 / total as f64
-            );
+            report(done(&reached), total, started);
         }
     }
+    if s.progress {
+        report(done(&reached), total, started);
+    }
     Ok(counts)
+}
+
+fn report(done: i64, total: i64, started: Instant) {
+    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+    let eta = (total - done).max(0) as f64 / rate.max(1e-3);
+    eprintln!(
+        "replay: {done}/{total} offsets ({:.0}%), {rate:.0}/s, ETA {eta:.0} s",
+        100.0 * done as f64 / total.max(1) as f64
+    );
+}
+
+/// Closes the open partitions whose consumer position reached their end
+/// (the records after the last one delivered were commit markers), and
+/// commits that end so a later run of the same replay finds nothing left.
+fn close_reached(
+    consumer: &StreamConsumer,
+    topic: &str,
+    open: &mut BTreeMap<i32, i64>,
+    reached: &mut BTreeMap<i32, i64>,
+) -> anyhow::Result<()> {
+    let position = consumer.position()?;
+    let mut finished = TopicPartitionList::new();
+    for e in position.elements_for_topic(topic) {
+        let (p, Offset::Offset(at)) = (e.partition(), e.offset()) else { continue };
+        let Some(&end) = open.get(&p) else { continue };
+        let r = reached.entry(p).or_insert(0);
+        *r = (*r).max(at.min(end));
+        if at >= end {
+            open.remove(&p);
+            finished.add_partition_offset(topic, p, Offset::Offset(end))?;
+        }
+    }
+    if finished.count() > 0 {
+        consumer.commit(&finished, rdkafka::consumer::CommitMode::Sync)?;
+    }
+    Ok(())
 }

@@ -148,6 +148,9 @@ pub struct Counts {
     /// Windows that could not be decoded (dead-lettered by `serve`, skipped
     /// by `replay`), by error.
     pub undecodable: std::collections::BTreeMap<String, usize>,
+    /// Windows that made feature extraction or the model fail (a panic):
+    /// dead-lettered by `serve`, counted and skipped by `replay`.
+    pub tagging_failed: usize,
 }
 
 impl Counts {
@@ -159,6 +162,7 @@ impl Counts {
         for (k, v) in &other.undecodable {
             *self.undecodable.entry(k.clone()).or_default() += v;
         }
+        self.tagging_failed += other.tagging_failed;
     }
 
     /// `tagged N windows (K unknown: reason n, ...); M undecodable (error n, ...)`.
@@ -174,6 +178,12 @@ impl Counts {
         }
         if undecodable > 0 {
             out.push_str(&format!("; {undecodable} undecodable ({})", list(&self.undecodable)));
+        }
+        if self.tagging_failed > 0 {
+            out.push_str(&format!(
+                "; {} could not be tagged (the model or feature extraction failed on them)",
+                self.tagging_failed
+            ));
         }
         out
     }
@@ -306,7 +316,12 @@ impl Tagger {
                 None => continue,
                 Some(Ok(t)) => t,
                 Some(Err(why)) if deadletter_topic.is_empty() => {
-                    return Err(TagError::Inference(format!("offset {}: {why}", msg.offset())))
+                    // A replay has nowhere to put it: counted, skipped, and
+                    // the replay goes on (retrying would fail the same way).
+                    tracing::error!(error = %why, partition = msg.partition(), offset = msg.offset(), "tagging this window failed; skipped");
+                    metrics::counter!("enrich_tagging_failed_total").increment(1);
+                    counts.tagging_failed += 1;
+                    continue;
                 }
                 Some(Err(why)) => {
                     tracing::error!(error = %why, offset = msg.offset(), "tagging this window failed; dead-lettering it");
@@ -462,6 +477,9 @@ async fn serve_loop(s: Config, ready: &std::sync::atomic::AtomicBool, shutdown: 
         transactional_id: s.transactional_id.clone(),
         session_timeout: s.session_timeout,
         timeout: Duration::from_secs(30),
+        deadletter_topic: s.deadletter_topic.clone(),
+        service: "enrich-activity",
+        max_record_bytes: s.max_record_bytes,
     })
     .map_err(anyhow::Error::msg)?;
     ready.store(true, std::sync::atomic::Ordering::Relaxed);

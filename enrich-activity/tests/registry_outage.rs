@@ -85,6 +85,7 @@ async fn a_registry_outage_delays_tagging_and_skips_nothing() {
             delivery: context_runtime::pipeline::Delivery::ExactlyOnce,
             transactional_id: unique("it_ro_txn"),
             min_confidence: 0.0,
+            ..Default::default()
         },
         None,
         rx,

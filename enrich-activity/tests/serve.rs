@@ -72,6 +72,7 @@ async fn serve_tags_every_window_once() {
             delivery: context_runtime::pipeline::Delivery::ExactlyOnce,
             transactional_id: unique("it_enrich_txn"),
             min_confidence: 0.0,
+            ..Default::default()
         },
         context_runtime::install_metrics(),
         rx,
@@ -250,6 +251,7 @@ async fn a_model_swapped_under_load_tags_every_window_exactly_once() {
             delivery: context_runtime::pipeline::Delivery::ExactlyOnce,
             transactional_id: unique("it_swap_txn"),
             min_confidence: 0.0,
+            ..Default::default()
         },
         None,
         rx,

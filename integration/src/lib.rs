@@ -10,6 +10,7 @@
 
 pub mod fleet;
 pub mod measure;
+pub mod proxy;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -21,6 +21,34 @@ pub const BATCH_ID: &str = "dl.batch_id";
 /// one-event batch, which is how `sink-clickhouse dead-letters redrive`
 /// submits it again.
 pub const ENVELOPE: &str = "dl.envelope";
+/// Set on a dead letter whose value was cut to fit its topic: the original
+/// value's length in bytes. The value then holds only its first bytes.
+pub const TRUNCATED: &str = "dl.truncated";
+/// The topic a refused output was meant for (a pipeline's dead letter of a
+/// record the broker refused for good).
+pub const TARGET_TOPIC: &str = "dl.target_topic";
+
+/// What a record costs the broker besides its value: the key, the headers,
+/// and librdkafka's per-record and per-batch framing (generous).
+pub fn overhead(o: &crate::pipeline::Output) -> usize {
+    512 + o.key.as_ref().map_or(0, Vec::len) + o.headers.iter().map(|(k, v)| k.len() + v.len() + 16).sum::<usize>()
+}
+
+/// `o` cut to fit a topic that takes records of at most `max_bytes`: its
+/// value truncated to what is left after the key and headers (possibly
+/// nothing), with [`TRUNCATED`] naming the original length. A record that
+/// fits is returned unchanged.
+pub fn fit(mut o: crate::pipeline::Output, max_bytes: usize) -> crate::pipeline::Output {
+    let extra = overhead(&o) + TRUNCATED.len() + 40;
+    if o.payload.len() + overhead(&o) <= max_bytes {
+        return o;
+    }
+    let original = o.payload.len();
+    o.payload.truncate(max_bytes.saturating_sub(extra));
+    o.headers.retain(|(k, _)| k != TRUNCATED);
+    o.headers.push((TRUNCATED.to_owned(), original.to_string().into_bytes()));
+    o
+}
 
 use crate::clock::{now_micros, rfc3339};
 

@@ -20,12 +20,19 @@
 //! A rebalance while a batch is being collected discards the batch before
 //! anything of it is produced and rewinds to the committed offsets, so no
 //! offset is ever committed past a record whose outputs were not written.
+//!
+//! An output the broker refuses for good (larger than the topic takes, a
+//! policy, no permission to write the topic) is set aside instead of retried
+//! for ever: it goes to the dead-letter topic with its key, headers and why
+//! (`dl.reason = refused_by_kafka`, `dl.target_topic`), cut to a stub with its
+//! first bytes when even the dead letter is refused, and the batch commits.
+//! Without a dead-letter topic such a batch is retried until an operator acts.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
@@ -80,7 +87,24 @@ pub struct PipelineSettings {
     pub session_timeout: Duration,
     /// How long a Kafka call (commit, abort, init) may take.
     pub timeout: Duration,
+    /// Where outputs the broker refuses for good are set aside; empty: such a
+    /// batch is retried until an operator acts.
+    pub deadletter_topic: String,
+    /// The service named in those dead letters (`dl.source`).
+    pub service: &'static str,
+    /// The largest record the producer sends (librdkafka's
+    /// `message.max.bytes`); a larger output is refused for good.
+    pub max_record_bytes: usize,
 }
+
+/// The default `max_record_bytes` of a pipeline: room for an event of the
+/// gateway's largest `limits.max_record_bytes` the docs suggest, with its
+/// headers. The topic's own `max.message.bytes` still decides.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 8 << 20;
+
+/// A dead letter that the broker refuses even as a stub of this many bytes
+/// of its value cannot be set aside.
+pub const STUB_BYTES: usize = 16 << 10;
 
 /// One record to produce.
 #[derive(Debug, Clone)]
@@ -141,7 +165,66 @@ pub struct Pipeline {
     delivery: Delivery,
     timeout: Duration,
     prefix: &'static str,
+    deadletter_topic: String,
+    service: &'static str,
+    max_record_bytes: usize,
 }
+
+/// Why a broker or librdkafka refused one output.
+fn refused_for_good(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            MessageSizeTooLarge
+                | InvalidMessageSize
+                | MessageBatchTooLarge
+                | InvalidRecord
+                | PolicyViolation
+                | TopicAuthorizationFailed
+                | InvalidTopic
+        )
+    )
+}
+
+/// How one attempt at producing a batch's outputs ended.
+enum Attempt {
+    Done,
+    /// These outputs were refused for good (index, error): nothing of the
+    /// attempt was committed; set them aside and try again.
+    Refused(Vec<(usize, String)>),
+    Failed(PipelineError),
+}
+
+/// What `init_transactions` said about the broker.
+enum InitFailure {
+    /// The broker has no transactions (too old, or turned off).
+    NoTransactions(String),
+    /// The broker refuses this producer transactions (ACLs) or the
+    /// producer cannot go on: configuration, not a moment.
+    Refused(String),
+    /// Anything else (a broker still starting or electing its transaction
+    /// coordinator, a timeout): try again.
+    NotNow(String),
+}
+
+fn classify_init(e: &KafkaError) -> InitFailure {
+    use RDKafkaErrorCode::*;
+    match e.rdkafka_error_code() {
+        Some(UnsupportedFeature | UnsupportedVersion) => InitFailure::NoTransactions(e.to_string()),
+        Some(TransactionalIdAuthorizationFailed | ClusterAuthorizationFailed) => InitFailure::Refused(format!(
+            "{e}: the broker's ACLs do not let this principal use transactions (Write on the transactional id, \
+             IdempotentWrite on the cluster; docs/security.md lists them)"
+        )),
+        _ => match e {
+            KafkaError::Transaction(t) if t.is_fatal() => InitFailure::Refused(e.to_string()),
+            _ => InitFailure::NotNow(e.to_string()),
+        },
+    }
+}
+
+/// How many times `init_transactions` is tried before the start fails.
+const INIT_ATTEMPTS: u32 = 12;
 
 /// librdkafka settings a pipeline derives from its service's keys, or relies
 /// on: refused in `[kafka.properties]`.
@@ -151,6 +234,7 @@ pub const DERIVED_SETTINGS: &[(&str, &str)] = &[
         "a whole batch's outputs must fit the producer's queue, or the batch retries for ever",
     ),
     ("session.timeout.ms", "write `session_timeout`"),
+    ("message.max.bytes", "write `max_record_bytes`"),
     (
         "partition.assignment.strategy",
         "the pipeline relies on eager assignors (a rebalance revokes every partition)",
@@ -197,6 +281,7 @@ impl Pipeline {
                 .set("enable.idempotence", "true")
                 .set_default("compression.type", "zstd")
                 .set_default("linger.ms", "5")
+                .set("message.max.bytes", s.max_record_bytes.max(STUB_BYTES * 4).to_string())
                 .set("message.timeout.ms", s.timeout.as_millis().to_string());
             if transactional {
                 // librdkafka refuses a message.timeout.ms above the
@@ -215,20 +300,41 @@ impl Pipeline {
                 let p: FutureProducer = producer_config(true)
                     .create()
                     .map_err(|e| format!("creating the producer: {e}"))?;
-                match blocking(|| p.init_transactions(s.timeout)) {
-                    Ok(()) => p,
-                    Err(e) if s.allow_fallback => {
-                        tracing::warn!(error = %e, "the broker gives no transactions: falling back to at-least-once delivery (outputs may repeat after a crash)");
-                        delivery = Delivery::AtLeastOnce;
-                        producer_config(false)
-                            .create()
-                            .map_err(|e| format!("creating the producer: {e}"))?
-                    }
-                    Err(e) => {
-                        return Err(format!(
-                            "initialising Kafka transactions failed: {e}. A broker without transactions can run \
-                             at least once: set delivery = \"at-least-once\" or allow_fallback = true"
-                        ))
+                let mut wait = Duration::from_secs(1);
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let failure = match blocking(|| p.init_transactions(s.timeout)) {
+                        Ok(()) => break p,
+                        Err(e) => classify_init(&e),
+                    };
+                    match failure {
+                        InitFailure::NoTransactions(e) if s.allow_fallback => {
+                            tracing::warn!(error = %e, "the broker has no transactions: falling back to at-least-once delivery (outputs may repeat after a crash)");
+                            delivery = Delivery::AtLeastOnce;
+                            break producer_config(false)
+                                .create()
+                                .map_err(|e| format!("creating the producer: {e}"))?;
+                        }
+                        InitFailure::NoTransactions(e) => {
+                            return Err(format!(
+                                "the broker has no transactions ({e}). It can run at least once: set delivery = \
+                                 \"at-least-once\" or allow_fallback = true"
+                            ))
+                        }
+                        InitFailure::Refused(e) => return Err(format!("initialising Kafka transactions: {e}")),
+                        InitFailure::NotNow(e) if attempt < INIT_ATTEMPTS => {
+                            tracing::warn!(error = %e, attempt, retry_in = ?wait, "initialising Kafka transactions failed (the broker may still be starting); trying again");
+                            std::thread::sleep(wait);
+                            wait = (wait * 2).min(Duration::from_secs(10));
+                        }
+                        InitFailure::NotNow(e) => {
+                            return Err(format!(
+                                "initialising Kafka transactions failed {attempt} times, the last: {e}. The broker is \
+                                 unreachable or its transaction coordinator unavailable (a transaction state log it \
+                                 cannot create, with fewer brokers than transaction.state.log.replication.factor)"
+                            ))
+                        }
                     }
                 }
             }
@@ -244,6 +350,9 @@ impl Pipeline {
             delivery,
             timeout: s.timeout,
             prefix: s.metrics_prefix,
+            deadletter_topic: s.deadletter_topic.clone(),
+            service: s.service,
+            max_record_bytes: s.max_record_bytes.max(STUB_BYTES * 4),
         })
     }
 
@@ -298,29 +407,107 @@ impl Pipeline {
 
     /// Produces `outputs` and commits the offsets after `batch`, as one
     /// transaction (or outputs first, offsets after, at least once).
-    pub async fn commit(&self, batch: &[OwnedMessage], outputs: Vec<Output>) -> Result<(), PipelineError> {
+    pub async fn commit(&self, batch: &[OwnedMessage], mut outputs: Vec<Output>) -> Result<(), PipelineError> {
         if batch.is_empty() {
             return Ok(());
         }
         let offsets = next_offsets(batch).map_err(|e| PipelineError::Fatal(e.to_string()))?;
-        match self.delivery {
-            Delivery::AtLeastOnce => {
-                self.produce_all(outputs).await?;
-                blocking(|| self.consumer.commit(&offsets, CommitMode::Sync))
-                    .map_err(|e| PipelineError::Retry(format!("committing offsets: {e}")))?;
-                Ok(())
-            }
-            Delivery::ExactlyOnce => {
-                let result = self.transaction(outputs, &offsets).await;
-                if let Err(e) = &result {
-                    tracing::warn!(error = %e, "transaction failed");
+        // Each round sets refused outputs aside (output, dead letter, stub):
+        // three rounds at most change anything.
+        for _ in 0..4 {
+            let attempt = match self.delivery {
+                Delivery::AtLeastOnce => match self.produce_all(&outputs).await {
+                    Attempt::Done => {
+                        blocking(|| self.consumer.commit(&offsets, CommitMode::Sync))
+                            .map_err(|e| PipelineError::Retry(format!("committing offsets: {e}")))?;
+                        Attempt::Done
+                    }
+                    other => other,
+                },
+                Delivery::ExactlyOnce => self.transaction(&outputs, &offsets).await,
+            };
+            match attempt {
+                Attempt::Done => return Ok(()),
+                Attempt::Refused(refused) => self.set_aside(&mut outputs, refused)?,
+                Attempt::Failed(e) => {
+                    tracing::warn!(error = %e, "batch not committed");
+                    return Err(e);
                 }
-                result
             }
+        }
+        self.rewind()?;
+        Err(PipelineError::Retry("outputs are still refused after being set aside".into()))
+    }
+
+    /// Replaces the outputs the broker refused for good by their dead
+    /// letters (a dead letter refused in turn by a stub of it). `Err` when
+    /// there is no dead-letter topic, or even a stub is refused: the batch
+    /// waits for an operator (rewound, retried).
+    fn set_aside(&self, outputs: &mut [Output], refused: Vec<(usize, String)>) -> Result<(), PipelineError> {
+        use crate::deadletter as dl;
+        for (i, error) in refused {
+            let o = &mut outputs[i];
+            let stuck = |why: String| {
+                tracing::error!(topic = %o.topic, error = %error, "{why}");
+                metrics::counter!(format!("{}_outputs_refused_total", self.prefix), "outcome" => "stuck").increment(1);
+                let _ = self.rewind();
+                PipelineError::Retry(format!("an output for {} is refused for good ({error}); {why}", o.topic))
+            };
+            if self.deadletter_topic.is_empty() {
+                return Err(stuck(
+                    "no deadletter_topic to set it aside: the batch is retried until the topic takes it".into(),
+                ));
+            }
+            if o.topic == self.deadletter_topic {
+                if o.headers.iter().any(|(k, _)| k == dl::TRUNCATED) && o.payload.len() <= STUB_BYTES {
+                    return Err(stuck(format!(
+                        "even a {STUB_BYTES}-byte stub is refused by {}: check the topic's ACLs and max.message.bytes",
+                        self.deadletter_topic
+                    )));
+                }
+                tracing::warn!(error = %error, "the dead-letter topic refused a dead letter: sending a stub of it");
+                metrics::counter!(format!("{}_outputs_refused_total", self.prefix), "outcome" => "stub").increment(1);
+                *o = dl::fit(std::mem::replace(o, empty_output()), STUB_BYTES);
+                continue;
+            }
+            tracing::warn!(topic = %o.topic, error = %error, "an output is refused for good: dead-lettering it");
+            metrics::counter!(format!("{}_outputs_refused_total", self.prefix), "outcome" => "dead_lettered").increment(1);
+            metrics::counter!("deadletters_total", "source" => self.service, "reason" => "refused_by_kafka").increment(1);
+            let original = std::mem::replace(o, empty_output());
+            let mut headers: Vec<(String, Vec<u8>)> =
+                original.headers.into_iter().filter(|(k, _)| !k.starts_with("dl.")).collect();
+            let mut add = |k: &str, v: String| headers.push((k.to_owned(), v.into_bytes()));
+            add(dl::SOURCE, self.service.into());
+            add(dl::REASON, "refused_by_kafka".into());
+            add(dl::DETAIL, format!("{} refused the record: {error}", original.topic));
+            add(dl::TIME, crate::clock::rfc3339(crate::clock::now_micros()));
+            add(dl::TARGET_TOPIC, original.topic.clone());
+            *o = dl::fit(
+                Output {
+                    topic: self.deadletter_topic.clone(),
+                    key: original.key,
+                    payload: original.payload,
+                    headers,
+                },
+                self.max_record_bytes,
+            );
+        }
+        Ok(())
+    }
+
+    async fn transaction(&self, outputs: &[Output], offsets: &TopicPartitionList) -> Attempt {
+        match self.transaction_once(outputs, offsets).await {
+            Ok(()) => Attempt::Done,
+            Err(Attempt::Refused(refused)) => Attempt::Refused(refused),
+            Err(Attempt::Failed(e)) => {
+                tracing::warn!(error = %e, "transaction failed");
+                Attempt::Failed(e)
+            }
+            Err(Attempt::Done) => Attempt::Done,
         }
     }
 
-    async fn transaction(&self, outputs: Vec<Output>, offsets: &TopicPartitionList) -> Result<(), PipelineError> {
+    async fn transaction_once(&self, outputs: &[Output], offsets: &TopicPartitionList) -> Result<(), Attempt> {
         let classify = |what: &str, e: KafkaError| -> PipelineError {
             match &e {
                 KafkaError::Transaction(t) if t.is_fatal() => PipelineError::Fatal(format!("{what}: {e}")),
@@ -331,12 +518,22 @@ impl Pipeline {
         // one still pending in librdkafka) cannot be repaired here: restarting
         // fences and aborts whatever is open.
         self.producer.begin_transaction().map_err(|e| {
-            PipelineError::Fatal(format!("beginning a transaction: {e}; restarting aborts what is open"))
+            Attempt::Failed(PipelineError::Fatal(format!(
+                "beginning a transaction: {e}; restarting aborts what is open"
+            )))
         })?;
+        let mut deliveries = Vec::with_capacity(outputs.len());
+        let mut refused = Vec::new();
         let result = async {
-            let mut deliveries = Vec::with_capacity(outputs.len());
-            for o in &outputs {
-                deliveries.push(self.enqueue(o)?);
+            for (i, o) in outputs.iter().enumerate() {
+                match self.enqueue(o) {
+                    Ok(d) => deliveries.push((i, d)),
+                    Err(e) if refused_for_good(&e) => refused.push((i, e.to_string())),
+                    Err(e) => return Err(PipelineError::Retry(format!("queueing an output for {}: {e}", o.topic))),
+                }
+            }
+            if !refused.is_empty() {
+                return Err(PipelineError::Retry("outputs refused for good".into()));
             }
             let metadata = self
                 .consumer
@@ -352,21 +549,34 @@ impl Pipeline {
             // same call must be made again, or every later call conflicts.
             self.retrying("committing the transaction", |t| self.producer.commit_transaction(t))
                 .map_err(|e| classify("committing the transaction", e))?;
-            drop(deliveries);
             Ok(())
         }
         .await;
         match result {
             Ok(()) => Ok(()),
-            Err(PipelineError::Fatal(why)) => Err(PipelineError::Fatal(why)),
+            Err(PipelineError::Fatal(why)) => Err(Attempt::Failed(PipelineError::Fatal(why))),
             Err(PipelineError::Retry(why)) => {
                 metrics::counter!(format!("{}_transactions_aborted_total", self.prefix)).increment(1);
                 self.retrying("aborting the transaction", |t| self.producer.abort_transaction(t))
                     .map_err(|e| {
-                        PipelineError::Fatal(format!("aborting the transaction: {e}; restarting aborts what is open"))
+                        Attempt::Failed(PipelineError::Fatal(format!(
+                            "aborting the transaction: {e}; restarting aborts what is open"
+                        )))
                     })?;
-                self.rewind()?;
-                Err(PipelineError::Retry(why))
+                // The abort purged what was not delivered: every delivery
+                // report is in. Those refused for good are set aside.
+                for (i, d) in deliveries {
+                    if let Ok(Ok(Err((e, _)))) = tokio::time::timeout(self.timeout, d).await {
+                        if refused_for_good(&e) {
+                            refused.push((i, e.to_string()));
+                        }
+                    }
+                }
+                if !refused.is_empty() {
+                    return Err(Attempt::Refused(refused));
+                }
+                self.rewind().map_err(Attempt::Failed)?;
+                Err(Attempt::Failed(PipelineError::Retry(why)))
             }
         }
     }
@@ -386,7 +596,7 @@ impl Pipeline {
         }
     }
 
-    fn enqueue(&self, o: &Output) -> Result<rdkafka::producer::DeliveryFuture, PipelineError> {
+    fn enqueue(&self, o: &Output) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
         let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
         for (k, v) in &o.headers {
             headers = headers.insert(Header {
@@ -398,30 +608,47 @@ impl Pipeline {
         if let Some(key) = &o.key {
             record = record.key(key);
         }
-        self.producer
-            .send_result(record)
-            .map_err(|(e, _)| PipelineError::Retry(format!("queueing an output for {}: {e}", o.topic)))
+        self.producer.send_result(record).map_err(|(e, _)| e)
     }
 
-    async fn produce_all(&self, outputs: Vec<Output>) -> Result<(), PipelineError> {
+    /// At least once: every output queued and acknowledged, or nothing is
+    /// committed and the batch is read again (a queueing failure included:
+    /// the outputs queued before it are awaited, then the batch rewound).
+    async fn produce_all(&self, outputs: &[Output]) -> Attempt {
         let mut deliveries = Vec::with_capacity(outputs.len());
-        for o in &outputs {
-            deliveries.push(self.enqueue(o)?);
-        }
+        let mut refused = Vec::new();
         let mut failed = None;
-        for d in deliveries {
+        for (i, o) in outputs.iter().enumerate() {
+            match self.enqueue(o) {
+                Ok(d) => deliveries.push((i, d)),
+                Err(e) if refused_for_good(&e) => refused.push((i, e.to_string())),
+                Err(e) => {
+                    failed = Some(format!("queueing an output for {}: {e}", o.topic));
+                    break;
+                }
+            }
+        }
+        for (i, d) in deliveries {
             match d.await {
                 Ok(Ok(_)) => {}
+                Ok(Err((e, _))) if refused_for_good(&e) => refused.push((i, e.to_string())),
                 Ok(Err((e, _))) => failed = Some(e.to_string()),
                 Err(_) => failed = Some("delivery cancelled".into()),
             }
         }
         if let Some(e) = failed {
             // Nothing is committed: read the batch again.
-            self.rewind()?;
-            return Err(PipelineError::Retry(format!("producing outputs: {e}")));
+            return match self.rewind() {
+                Ok(()) => Attempt::Failed(PipelineError::Retry(format!("producing outputs: {e}"))),
+                Err(e) => Attempt::Failed(e),
+            };
         }
-        Ok(())
+        if !refused.is_empty() {
+            // The others are written; producing them again after the refused
+            // ones are set aside repeats them, which at least once allows.
+            return Attempt::Refused(refused);
+        }
+        Attempt::Done
     }
 
     /// Moves every assigned partition back to its committed offset, so that
@@ -464,6 +691,15 @@ impl Pipeline {
     }
 }
 
+fn empty_output() -> Output {
+    Output {
+        topic: String::new(),
+        key: None,
+        payload: Vec::new(),
+        headers: Vec::new(),
+    }
+}
+
 /// The offset after the last record of each partition in `batch`.
 pub fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, KafkaError> {
     let mut next: std::collections::BTreeMap<(String, i32), i64> = std::collections::BTreeMap::new();
@@ -478,10 +714,6 @@ pub fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, KafkaE
     Ok(tpl)
 }
 
-/// The transactional id of this replica: `<prefix>-<host name>` (a pod's
-/// name in Kubernetes), or `<prefix>-pid<process id>` when the host has no
-/// name (replicas then never fence each other, but a restart does not fence
-/// its predecessor either: its open transaction times out instead).
 /// The transaction timeout for a pipeline whose Kafka calls may take
 /// `timeout`: a minute, or `timeout` when longer (librdkafka requires
 /// `message.timeout.ms` <= `transaction.timeout.ms`; brokers allow up to
@@ -494,6 +726,18 @@ pub fn transaction_timeout_ms(timeout: Duration) -> u128 {
 /// `transaction.max.timeout.ms`.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(900);
 
+/// The transactional id of this replica: `<prefix>-<host name>` (a pod's
+/// name in Kubernetes), or `<prefix>-pid<process id>` when the host has no
+/// name (replicas then never fence each other, but a restart does not fence
+/// its predecessor either: its open transaction times out instead).
+///
+/// Two replicas on one host (two routers beside each other) must not share
+/// an id, or each start fences the other and they take turns failing. So
+/// each process takes the first free slot of its host, held by an exclusive
+/// lock on a file in the temporary directory for as long as it runs: the
+/// first gets `<prefix>-<host>`, a second `<prefix>-<host>-2`, and so on.
+/// A restarted replica finds its predecessor's slot free again (the lock
+/// dies with the process) and fences it, as it should.
 pub fn default_transactional_id(prefix: &str) -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
@@ -504,10 +748,52 @@ pub fn default_transactional_id(prefix: &str) -> String {
                 .map(|h| h.trim().to_owned())
         })
         .filter(|h| !h.is_empty());
-    match host {
-        Some(h) => format!("{prefix}-{h}"),
-        None => format!("{prefix}-pid{}", std::process::id()),
+    let Some(host) = host else {
+        return format!("{prefix}-pid{}", std::process::id());
+    };
+    let base = format!("{prefix}-{host}");
+    match take_slot(&base) {
+        Some(1) | None => base,
+        Some(n) => format!("{base}-{n}"),
     }
+}
+
+/// The first of 64 slots of `base` no other running process holds (its lock
+/// kept until this process ends); `None` when locks cannot be taken here.
+fn take_slot(base: &str) -> Option<u32> {
+    static HELD: std::sync::Mutex<Vec<(String, u32, std::fs::File)>> = std::sync::Mutex::new(Vec::new());
+    let mut held = HELD.lock().expect("slot lock");
+    if let Some((_, n, _)) = held.iter().find(|(b, _, _)| b == base) {
+        // This process already holds a slot for `base`: the same id again.
+        return Some(*n);
+    }
+    let dir = std::env::temp_dir().join("context-transactional-ids");
+    std::fs::create_dir_all(&dir).ok()?;
+    let safe: String = base
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .collect();
+    for n in 1..=64u32 {
+        let path = dir.join(format!("{safe}-{n}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .ok()?;
+        match file.try_lock() {
+            Ok(()) => {
+                held.push((base.to_owned(), n, file));
+                return Some(n);
+            }
+            Err(std::fs::TryLockError::WouldBlock) => continue,
+            Err(std::fs::TryLockError::Error(e)) => {
+                tracing::warn!(error = %e, path = %path.display(), "cannot lock a transactional id slot");
+                return None;
+            }
+        }
+    }
+    None
 }
 
 /// What a consume → produce service does with each batch.

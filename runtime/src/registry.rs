@@ -1,14 +1,16 @@
-//! How a service reaches a schema registry: the four `registry_*` keys
-//! every registry client has, flattened into its configuration.
+//! How a service reaches a schema registry: the `registry_*` keys every
+//! registry client has, flattened into its configuration.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::Secret;
 
 /// `registry_url`, `registry_username`, `registry_password`,
-/// `registry_ca_file` (top-level keys of the service's file).
+/// `registry_ca_file`, `registry_unknown_id_patience` (top-level keys of the
+/// service's file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RegistrySettings {
@@ -20,7 +22,16 @@ pub struct RegistrySettings {
     /// PEM file of the CA(s) that sign the registry's certificate; the
     /// system's CAs when absent.
     pub registry_ca_file: Option<PathBuf>,
+    /// How long a record whose schema id the registry does not know is
+    /// retried before it is given up as a dead letter (`unknown_schema_id`).
+    /// An id that exists somewhere does not stop existing: a registry replica
+    /// still reading its topic, or one restored from a backup, knows it later.
+    #[serde(with = "crate::config::duration")]
+    pub registry_unknown_id_patience: Duration,
 }
+
+/// The default of `registry_unknown_id_patience`.
+pub const UNKNOWN_ID_PATIENCE: Duration = Duration::from_secs(600);
 
 impl Default for RegistrySettings {
     fn default() -> Self {
@@ -36,6 +47,7 @@ impl RegistrySettings {
             registry_username: None,
             registry_password: Secret::default(),
             registry_ca_file: None,
+            registry_unknown_id_patience: UNKNOWN_ID_PATIENCE,
         }
     }
 
@@ -49,6 +61,9 @@ impl RegistrySettings {
             registry_username: var("REGISTRY_USERNAME"),
             registry_password: Secret(var("REGISTRY_PASSWORD").unwrap_or_default()),
             registry_ca_file: var("REGISTRY_CA_FILE").map(PathBuf::from),
+            registry_unknown_id_patience: var("REGISTRY_UNKNOWN_ID_PATIENCE")
+                .and_then(|v| humantime::parse_duration(&v).ok())
+                .unwrap_or(UNKNOWN_ID_PATIENCE),
         }
     }
 

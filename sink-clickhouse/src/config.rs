@@ -72,6 +72,12 @@ pub struct Config {
     /// Longest wait between insert retries while ClickHouse is unavailable.
     #[serde(with = "context_runtime::config::duration")]
     pub max_backoff: Duration,
+    /// Longest one insert may take, from connecting to ClickHouse's answer;
+    /// beyond it the insert counts as failed and is retried (a ClickHouse that
+    /// accepts and never answers). Below `max_poll_interval`, which the wait
+    /// would otherwise exceed and cost the sink its partitions.
+    #[serde(with = "context_runtime::config::duration")]
+    pub insert_timeout: Duration,
 }
 
 impl Default for Config {
@@ -93,6 +99,7 @@ impl Default for Config {
             max_poll_interval: Duration::from_secs(300),
             batch: BatchLimits::default(),
             max_backoff: Duration::from_secs(30),
+            insert_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -127,6 +134,13 @@ impl ServiceConfig for Config {
         }
         if self.batch.max_rows == 0 || self.batch.max_bytes == 0 {
             problems.push("batch.max_rows and batch.max_bytes must be above 0".into());
+        }
+        if self.insert_timeout.is_zero() || self.insert_timeout >= self.max_poll_interval {
+            problems.push(format!(
+                "insert_timeout ({:?}) must be above 0 and below max_poll_interval ({:?}): an insert that waits \
+                 longer costs the sink its partitions",
+                self.insert_timeout, self.max_poll_interval
+            ));
         }
         problems
     }

@@ -54,16 +54,24 @@ pub async fn start(settings: Config, metrics: Option<PrometheusHandle>) -> anyho
     let health = Arc::new(Health::default());
     // ClickHouse must answer before we consume anything.
     let reader = settings.clickhouse(false);
-    let ok = reader.query("SELECT 1").fetch_one::<u8>().await.is_ok();
+    // Bounded: a ClickHouse that accepts and never answers must not hold
+    // the start (the loops then wait it out like any outage).
+    let probe = reader.query("SELECT 1").fetch_one::<u8>();
+    let ok = matches!(
+        tokio::time::timeout(settings.insert_timeout.min(std::time::Duration::from_secs(10)), probe).await,
+        Ok(Ok(_))
+    );
     health.clickhouse_ok.store(ok, Ordering::Relaxed);
     let (stop, rx) = Shutdown::new();
     let sources = tokio::spawn(service::run_sources(settings.clone(), health.clone(), rx));
     let ready = health.clone();
     let admin = context_runtime::start_admin(settings.admin_listen, metrics, move || {
-        if ready.clickhouse_ok.load(Ordering::Relaxed) {
-            Ok(())
-        } else {
+        if !ready.clickhouse_ok.load(Ordering::Relaxed) {
             Err("ClickHouse is not accepting inserts".into())
+        } else if ready.registry_failing.load(Ordering::Relaxed) {
+            Err("the schema registry is unavailable or refuses the sink's requests".into())
+        } else {
+            Ok(())
         }
     })?;
     let admin_addr = admin.addr;

@@ -39,13 +39,23 @@ use crate::rows::{ActivityRow, DeadLetterRow, EventRow, InMemory, Partitioned};
 #[derive(Debug, Default)]
 pub struct Health {
     pub clickhouse_ok: AtomicBool,
+    /// The registry is away or refuses (credentials, a wrong URL): records
+    /// wait, nothing is dead-lettered or committed.
+    pub registry_failing: AtomicBool,
     pub inserted_rows: AtomicU64,
 }
 
-/// Remembers partitions revoked in a rebalance for the loop to drop.
+/// Remembers partitions revoked in a rebalance for the loop to drop, and
+/// keeps every assigned partition in the state the loop wants.
 #[derive(Default)]
 struct RebalanceLog {
     revoked: Mutex<Vec<i32>>,
+    /// Whether the loop wants its partitions paused (ClickHouse refusing).
+    /// librdkafka keeps an application's pause on a partition object across
+    /// rebalances (only `resume` clears it, and only for partitions assigned
+    /// at the time): a partition that left while paused and came back later
+    /// would never be fetched again. So every assignment gets this state.
+    paused: AtomicBool,
 }
 
 impl ClientContext for RebalanceLog {
@@ -67,6 +77,26 @@ impl ConsumerContext for RebalanceLog {
         if let Rebalance::Revoke(tpl) = rebalance {
             let mut revoked = self.revoked.lock().expect("rebalance lock");
             revoked.extend(tpl.elements().iter().map(|e| e.partition()));
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            if tpl.count() == 0 {
+                return;
+            }
+            let paused = self.paused.load(Ordering::SeqCst);
+            let result = if paused {
+                consumer.pause(tpl)
+            } else {
+                // Clears a pause left from before the partition went away.
+                consumer.resume(tpl)
+            };
+            let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            match result {
+                Ok(()) => tracing::info!(?partitions, paused, "partitions assigned"),
+                Err(e) => tracing::error!(error = %e, ?partitions, paused, "setting the pause state of assigned partitions"),
+            }
         }
     }
 }
@@ -103,7 +133,7 @@ fn header(msg: &OwnedMessage, key: &str) -> Option<String> {
 }
 
 /// A record that could not become a row of its table.
-fn dead_row(msg: &OwnedMessage, reason: &str, detail: String) -> DeadLetterRow {
+pub(crate) fn dead_row(msg: &OwnedMessage, reason: &str, detail: String) -> DeadLetterRow {
     DeadLetterRow::from_dead_letter(DeadLetter {
         source: "sink-clickhouse".into(),
         reason: reason.into(),
@@ -226,16 +256,28 @@ pub fn retryable(e: &clickhouse::error::Error) -> bool {
     classify(e) == Failure::Transient
 }
 
+/// One insert, given up after `timeout`: a ClickHouse that accepts the
+/// connection and never answers is an outage like any other, not a hang.
 async fn insert_rows<R: RowOwned + RowWrite>(
     client: &clickhouse::Client,
     table: &str,
     rows: &[R],
+    timeout: Duration,
 ) -> Result<(), clickhouse::error::Error> {
-    let mut insert = client.insert::<R>(table).await?;
-    for r in rows {
-        insert.write(r).await?;
+    let insert = async {
+        let mut insert = client.insert::<R>(table).await?;
+        for r in rows {
+            insert.write(r).await?;
+        }
+        insert.end().await
+    };
+    match tokio::time::timeout(timeout, insert).await {
+        Ok(result) => result,
+        Err(_) => {
+            metrics::counter!("sink_insert_timeouts_total", "table" => table.to_owned()).increment(1);
+            Err(clickhouse::error::Error::TimedOut)
+        }
     }
-    insert.end().await
 }
 
 struct Loop<'a> {
@@ -244,6 +286,9 @@ struct Loop<'a> {
     consumer: Sink,
     writer: clickhouse::Client,
     health: Arc<Health>,
+    /// Stops the waits of an outage (ClickHouse or the registry): the batch
+    /// is dropped uncommitted, and the records are read again after a restart.
+    shutdown: Shutdown,
 }
 
 impl Loop<'_> {
@@ -252,18 +297,20 @@ impl Loop<'_> {
     /// refuses for good; returns the refused rows' indices and errors. With
     /// `all_or_nothing` (dead letters) a refused row is a fault too: nothing
     /// may be given up. A batch whose every row is refused is a fault, not a
-    /// batch of bad rows.
+    /// batch of bad rows. `None`: shutdown was asked for while waiting;
+    /// nothing may be committed.
     async fn insert_with_retry<R: RowOwned + RowWrite>(
         &self,
         table: &str,
         rows: &[R],
         all_or_nothing: bool,
-    ) -> Vec<(usize, String)> {
+    ) -> Option<Vec<(usize, String)>> {
         let mut backoff = Backoff::new(Duration::from_millis(500), self.settings.max_backoff);
         let mut paused = false;
+        let timeout = self.settings.insert_timeout;
         let refused = loop {
             let started = std::time::Instant::now();
-            let insert = |part: std::ops::Range<usize>| insert_rows(&self.writer, table, &rows[part]);
+            let insert = |part: std::ops::Range<usize>| insert_rows(&self.writer, table, &rows[part], timeout);
             let problem = match insert_or_isolate(rows.len(), &insert, |e| classify(e) != Failure::Row).await {
                 // Every row of a large batch refused one by one is no
                 // coincidence of bad rows: the table is wrong.
@@ -302,27 +349,50 @@ impl Loop<'_> {
                 }
             }
             if !paused {
-                if let Ok(assignment) = self.consumer.assignment() {
-                    let _ = self.consumer.pause(&assignment);
-                }
+                self.set_paused(true);
                 paused = true;
             }
-            self.wait_paused(backoff.next_wait()).await;
+            if !self.wait_paused(backoff.next_wait()).await {
+                tracing::warn!(table, rows = rows.len(), "shutdown during the outage: the batch is not committed and will be read again");
+                self.set_paused(false);
+                return None;
+            }
         };
         if paused {
-            if let Ok(assignment) = self.consumer.assignment() {
-                let _ = self.consumer.resume(&assignment);
+            self.set_paused(false);
+        }
+        Some(refused)
+    }
+
+    /// Pauses or resumes every assigned partition, and makes later
+    /// assignments follow (see [`RebalanceLog::paused`]).
+    fn set_paused(&self, paused: bool) {
+        self.consumer.context().paused.store(paused, Ordering::SeqCst);
+        if let Ok(assignment) = self.consumer.assignment() {
+            let result = if paused {
+                self.consumer.pause(&assignment)
+            } else {
+                self.consumer.resume(&assignment)
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, paused, "pausing or resuming the assigned partitions");
             }
         }
-        refused
     }
 
     /// Keeps polling (partitions paused) for `wait` so the group keeps this
-    /// member. A partition assigned meanwhile is not paused: its record is put
-    /// back (seek) and the partition paused, never dropped.
-    async fn wait_paused(&self, wait: Duration) {
+    /// member. A record of a partition that is not paused after all is put
+    /// back (seek) and the partition paused, never dropped. `false`:
+    /// shutdown was asked for.
+    async fn wait_paused(&self, wait: Duration) -> bool {
         let wait_until = tokio::time::Instant::now() + wait;
-        while let Ok(received) = tokio::time::timeout_at(wait_until, self.consumer.recv()).await {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let received = tokio::select! {
+                _ = shutdown.requested() => return false,
+                r = tokio::time::timeout_at(wait_until, self.consumer.recv()) => r,
+            };
+            let Ok(received) = received else { return true };
             if let Ok(msg) = received {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(msg.topic(), msg.partition());
@@ -339,6 +409,49 @@ impl Loop<'_> {
         }
     }
 
+    /// Converts a record, waiting out a registry that is away or refuses
+    /// (the record is kept; `/readyz` 503) and an unknown schema id for
+    /// `registry_unknown_id_patience`. `None`: shutdown was asked for.
+    async fn convert_patiently<R, F, Fut>(&self, convert: &F, msg: &Arc<OwnedMessage>) -> Option<Converted<R>>
+    where
+        F: Fn(Arc<OwnedMessage>) -> Fut,
+        Fut: std::future::Future<Output = Result<Converted<R>, DecodeError>>,
+    {
+        let mut backoff = Backoff::new(Duration::from_millis(500), self.settings.max_backoff);
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            match convert(Arc::clone(msg)).await {
+                Ok(c) => {
+                    self.health.registry_failing.store(false, Ordering::Relaxed);
+                    return Some(c);
+                }
+                Err(e) => {
+                    match &e {
+                        DecodeError::UnknownId { id, .. } => tracing::warn!(
+                            error = %e,
+                            id,
+                            partition = msg.partition(),
+                            offset = msg.offset(),
+                            patience = ?self.settings.registry.registry_unknown_id_patience,
+                            "schema id unknown to the registry; retrying the record until the patience runs out"
+                        ),
+                        _ => {
+                            self.health.registry_failing.store(true, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "schema registry unavailable or refusing; retrying the record")
+                        }
+                    }
+                    metrics::counter!("sink_decode_retries_total", "source" => self.source.name(), "reason" => e.reason()).increment(1);
+                    tokio::select! {
+                        _ = shutdown.requested() => return None,
+                        _ = tokio::time::sleep(backoff.next_wait()) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Inserts the batch and its dead letters, then commits. Shutdown during
+    /// an outage drops the batch uncommitted.
     async fn flush<R: RowOwned + RowWrite + Partitioned>(
         &self,
         table: &str,
@@ -358,7 +471,12 @@ impl Loop<'_> {
         let mut refused = Vec::new();
         for chunk in partition_chunks(&months, MAX_PARTITIONS_PER_INSERT) {
             let start = chunk.start;
-            for (index, error) in self.insert_with_retry(table, &rows[chunk], false).await {
+            let Some(refused_here) = self.insert_with_retry(table, &rows[chunk], false).await else {
+                *batch = Batch::default();
+                dead.clear();
+                return;
+            };
+            for (index, error) in refused_here {
                 refused.push((start + index, error));
             }
         }
@@ -369,7 +487,10 @@ impl Loop<'_> {
         }
         if !dead_rows.is_empty() {
             // A dead letter that cannot be stored blocks the commit like any row.
-            self.insert_with_retry("dead_letters", &dead_rows, true).await;
+            if self.insert_with_retry("dead_letters", &dead_rows, true).await.is_none() {
+                *batch = Batch::default();
+                return;
+            }
         }
         let inserted = (n - refused.len()) as u64;
         self.health.inserted_rows.fetch_add(inserted, Ordering::Relaxed);
@@ -424,7 +545,7 @@ async fn convert_event(registry: &RegistryClient, msg: &OwnedMessage) -> Result<
     match registry.decode::<ContextEvent>(msg.payload().unwrap_or_default()).await {
         Ok((_, e)) => Ok(Converted::Row(EventRow::from_event(e))),
         Err(e) if e.is_retryable() => Err(e),
-        Err(e) => Ok(Converted::Dead(Box::new(dead_row(msg, "undecodable", e.to_string())))),
+        Err(e) => Ok(Converted::Dead(Box::new(dead_row(msg, e.reason(), e.to_string())))),
     }
 }
 
@@ -432,7 +553,7 @@ async fn convert_tag(registry: &RegistryClient, msg: &OwnedMessage) -> Result<Co
     match registry.decode::<ActivityTag>(msg.payload().unwrap_or_default()).await {
         Ok((_, t)) => Ok(Converted::Row(ActivityRow::from_tag(&t))),
         Err(e) if e.is_retryable() => Err(e),
-        Err(e) => Ok(Converted::Dead(Box::new(dead_row(msg, "undecodable", e.to_string())))),
+        Err(e) => Ok(Converted::Dead(Box::new(dead_row(msg, e.reason(), e.to_string())))),
     }
 }
 
@@ -469,15 +590,14 @@ where
                         let msg = Arc::new(msg.detach());
                         metrics::counter!("sink_records_received_total", "source" => l.source.name()).increment(1);
                         let (p, o, len) = (msg.partition(), msg.offset(), msg.payload().map_or(0, <[u8]>::len));
-                        let mut backoff = Backoff::new(Duration::from_millis(500), s.max_backoff);
-                        let converted = loop {
-                            match convert(Arc::clone(&msg)).await {
-                                Ok(c) => break c,
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "schema registry unavailable; retrying the record");
-                                    tokio::time::sleep(backoff.next_wait()).await;
-                                }
+                        let Some(converted) = l.convert_patiently(&convert, &msg).await else {
+                            // Shutdown while the registry was away: what is
+                            // batched is still inserted and committed, up to
+                            // (not past) this record.
+                            if !batch.is_empty() {
+                                l.flush(table, &mut batch, &mut dead).await;
                             }
+                            return Ok(());
                         };
                         // The batch's bytes: the record (kept for a dead letter
                         // should ClickHouse refuse its row) and the row.
@@ -530,12 +650,25 @@ fn consumer(s: &Config, source: Source, topic: &str) -> Result<Sink, SinkError> 
     Ok(consumer)
 }
 
-/// Runs every configured source until `shutdown` turns true.
+/// Runs every configured source until `shutdown` turns true, or until one
+/// of them fails (an error or a panic): then the others are stopped (their
+/// batches flushed) and the failure is returned, so the process ends and is
+/// restarted instead of running with a source gone.
 pub async fn run_sources(s: Config, health: Arc<Health>, shutdown: Shutdown) -> Result<(), SinkError> {
     context_runtime::kafka::verify_at_start(&s.kafka, Duration::from_secs(10)).await?;
     let registry = RegistryClient::connect(&s.registry)?;
     let writer = s.clickhouse(true).with_database(&s.database);
-    let mut tasks = Vec::new();
+    // The sources' own token: fired by `shutdown`, or when a source fails.
+    let (stop, sources_shutdown) = Shutdown::new();
+    let stop = Arc::new(stop);
+    {
+        let (stop, mut shutdown) = (stop.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.requested().await;
+            stop.fire();
+        });
+    }
+    let mut tasks = tokio::task::JoinSet::new();
     for (source, topic) in [
         (Source::Events, s.events_topic.clone()),
         (Source::Activity, s.activity_topic.clone()),
@@ -549,15 +682,16 @@ pub async fn run_sources(s: Config, health: Arc<Health>, shutdown: Shutdown) -> 
             registry.clone(),
             writer.clone(),
             health.clone(),
-            shutdown.clone(),
+            sources_shutdown.clone(),
         );
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             let l = Loop {
                 source,
                 settings: &s,
                 consumer: consumer(&s, source, &topic)?,
                 writer,
                 health,
+                shutdown: shutdown.clone(),
             };
             match source {
                 Source::Events => {
@@ -590,12 +724,25 @@ pub async fn run_sources(s: Config, health: Arc<Health>, shutdown: Shutdown) -> 
                     .await
                 }
             }
-        }));
+        });
     }
-    for t in tasks {
-        t.await??;
+    let mut first_failure = None;
+    while let Some(ended) = tasks.join_next().await {
+        let failure = match ended {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(e) => Some(SinkError::Task(e)),
+        };
+        if let Some(e) = failure {
+            tracing::error!(error = %e, "a source stopped; stopping the others");
+            stop.fire();
+            first_failure.get_or_insert(e);
+        }
     }
-    Ok(())
+    match first_failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

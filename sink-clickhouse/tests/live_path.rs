@@ -77,6 +77,7 @@ async fn posted_motion_comes_out_as_activity_tags_in_clickhouse() {
             delivery: Delivery::ExactlyOnce,
             transactional_id: unique("it_live_enrich_txn"),
             min_confidence: enrich_activity::serve::DEFAULT_MIN_CONFIDENCE,
+            ..Default::default()
         },
         None,
         stopped,
@@ -167,5 +168,32 @@ async fn posted_motion_comes_out_as_activity_tags_in_clickhouse() {
     assert!(tags
         .iter()
         .all(|(_, activity, version)| !activity.is_empty() && *version == model.model_version));
+
+    // A replay of the router's topic (written in transactions: its last
+    // offsets are commit markers, never delivered) to its end finishes, and
+    // re-tags every window.
+    let replayed = unique("it_live_replayed");
+    context_integration::create_topic(&replayed, 1).await.unwrap();
+    let (_never, not_stopped) = context_runtime::shutdown::Shutdown::new();
+    let replay = enrich_activity::replay::run(
+        enrich_activity::replay::ReplaySettings {
+            kafka: context_integration::kafka_settings(),
+            registry: context_runtime::registry::RegistrySettings::open(common::registry_url()),
+            motion_topic: motion_topic.clone(),
+            activity_topic: replayed,
+            model_path: dir.join("model.json"),
+            from: enrich_activity::replay::Bound::Earliest,
+            to: enrich_activity::replay::Bound::Latest,
+            group_id: Some(unique("it_live_replay")),
+            max_batch: 16,
+            progress: true,
+        },
+        not_stopped,
+    );
+    let counts = tokio::time::timeout(Duration::from_secs(120), replay)
+        .await
+        .expect("a replay to `latest` of a topic written in transactions never finished")
+        .unwrap();
+    assert_eq!(counts.tagged, with_motion.len(), "{}", counts.summary());
     s.drop_database().await;
 }

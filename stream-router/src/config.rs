@@ -39,8 +39,14 @@ pub struct Config {
     /// With exactly-once: run at least once, with a warning, on a broker
     /// without transactions instead of refusing to start.
     pub allow_fallback: bool,
-    /// Stable per replica; empty means `stream-router-<host name>`.
+    /// Stable per replica; empty means `stream-router-<host name>` (a
+    /// second router on the same host takes `stream-router-<host>-2`).
     pub transactional_id: String,
+    /// The largest record the router produces (librdkafka's
+    /// `message.max.bytes`). An output larger than this, or than its topic's
+    /// `max.message.bytes`, is refused for good and set aside in
+    /// `deadletter_topic` (cut to a stub when even that does not fit).
+    pub max_record_bytes: usize,
     /// Create missing target topics at start (else the start is refused,
     /// naming them).
     pub create_topics: bool,
@@ -71,6 +77,7 @@ impl Default for Config {
             delivery: Delivery::ExactlyOnce,
             allow_fallback: false,
             transactional_id: String::new(),
+            max_record_bytes: context_runtime::pipeline::DEFAULT_MAX_RECORD_BYTES,
             create_topics: false,
             new_topic_partitions: 2,
             // Each transaction costs about 100 ms on the local broker: large
@@ -117,6 +124,12 @@ impl ServiceConfig for Config {
             problems.push(format!(
                 "timeout {:?} is not between 1ms and 15m (the brokers' default transaction.max.timeout.ms)",
                 self.timeout
+            ));
+        }
+        if !(64 << 10..=1 << 30).contains(&self.max_record_bytes) {
+            problems.push(format!(
+                "max_record_bytes {} is not between 65536 and 1073741824",
+                self.max_record_bytes
             ));
         }
         if !(1..=50_000).contains(&self.max_batch) {

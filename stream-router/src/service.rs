@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use context_runtime::pipeline::{drive, DriveOptions, Pipeline, PipelineSettings, Stage};
 use context_runtime::shutdown::Shutdown;
@@ -68,6 +68,9 @@ pub async fn run(
         transactional_id: s.transactional_id.clone(),
         session_timeout: s.session_timeout,
         timeout: s.timeout,
+        deadletter_topic: s.deadletter_topic.clone(),
+        service: "stream-router",
+        max_record_bytes: s.max_record_bytes,
     })
     .map_err(anyhow::Error::msg)?;
     ready.store(true, Ordering::Relaxed);
@@ -78,6 +81,7 @@ pub async fn run(
         admin,
         routes,
         rules_mtime,
+        retry_at: None,
     };
     let options = DriveOptions {
         max_batch: s.max_batch,
@@ -100,23 +104,44 @@ struct Router<'a> {
     admin: Admin,
     routes: Arc<Routes>,
     rules_mtime: Option<SystemTime>,
+    /// A reload of a valid file failed for want of the registry or the
+    /// broker: tried again at this time, whether or not the file changes.
+    retry_at: Option<std::time::Instant>,
 }
+
+/// How long after a failed reload of a valid rules file it is tried again.
+const RELOAD_RETRY: Duration = Duration::from_secs(5);
 
 impl Stage for Router<'_> {
     async fn refresh(&mut self) {
-        if modified(&self.s.rules_file) == self.rules_mtime {
+        let changed = modified(&self.s.rules_file) != self.rules_mtime;
+        let retry_due = self.retry_at.is_some_and(|at| std::time::Instant::now() >= at);
+        if !changed && !retry_due {
             return;
         }
         self.rules_mtime = modified(&self.s.rules_file);
-        match reload(self.s, &self.registry, &self.admin).await {
+        self.retry_at = None;
+        let rules = match load_rules(&self.s.rules_file) {
+            Ok(rules) => rules,
+            Err(e) => {
+                tracing::error!(error = %e, "the changed rules file is invalid; the rules in force stay until it is fixed");
+                metrics::counter!("router_rules_reloads_total", "outcome" => "refused").increment(1);
+                return;
+            }
+        };
+        match prepare(rules, &self.registry, &self.admin, &self.s.deadletter_topic).await {
             Ok(new) => {
                 self.routes = Arc::new(new);
                 log_routes(&self.routes, "reloaded the rules");
                 metrics::counter!("router_rules_reloads_total", "outcome" => "ok").increment(1);
             }
             Err(e) => {
-                tracing::error!(error = %e, "the changed rules file is invalid; the rules in force stay until it is fixed");
-                metrics::counter!("router_rules_reloads_total", "outcome" => "refused").increment(1);
+                // The file is valid; its targets could not be prepared (the
+                // registry or the broker away, a target topic missing): try
+                // again shortly even if the file does not change.
+                tracing::error!(error = %e, retry_in = ?RELOAD_RETRY, "the rules file could not be put in force; the rules in force stay, and it is tried again");
+                metrics::counter!("router_rules_reloads_total", "outcome" => "failed").increment(1);
+                self.retry_at = Some(std::time::Instant::now() + RELOAD_RETRY);
             }
         }
     }
@@ -126,11 +151,6 @@ impl Stage for Router<'_> {
             .await
             .map_err(|not_now| not_now.0)
     }
-}
-
-async fn reload(s: &Config, registry: &RegistryClient, admin: &Admin) -> Result<Routes, String> {
-    let rules = load_rules(&s.rules_file)?;
-    prepare(rules, registry, admin, &s.deadletter_topic).await
 }
 
 fn log_routes(routes: &Routes, what: &str) {

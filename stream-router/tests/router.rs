@@ -486,3 +486,216 @@ async fn a_changed_rules_file_is_picked_up_and_a_broken_one_keeps_the_old_rules(
         &ids(&three),
     );
 }
+
+/// Every record of `topic` within `quiet` after the last (or `deadline`
+/// for the first), `read_committed`, as it came.
+async fn read_all(topic: &str, expect: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer: StreamConsumer = context_integration::base_config()
+        .set("group.id", unique("it_rt_all"))
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("fetch.message.max.bytes", "4000000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut out = Vec::new();
+    loop {
+        let quiet = if out.len() >= expect {
+            Duration::from_secs(3)
+        } else {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        };
+        match tokio::time::timeout(quiet, consumer.recv()).await {
+            Err(_) => return out,
+            Ok(Err(e)) if is_unknown_topic(&e) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Ok(Ok(m)) => out.push(m.detach()),
+        }
+    }
+}
+
+fn header_of(m: &rdkafka::message::OwnedMessage, key: &str) -> Option<String> {
+    m.headers()
+        .and_then(|h| h.iter().find(|h| h.key == key))
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// A record the broker refuses for good (larger than the target topic's
+/// `max.message.bytes`, or than the router's `max_record_bytes`) is set
+/// aside as a dead letter, cut to a stub when the dead-letter topic refuses
+/// it too, and the other records of its batch are routed: nothing stalls,
+/// nothing after it is skipped.
+async fn refused_records_are_set_aside(delivery: &str) {
+    let setup = Setup::new(&format!("refused{}", delivery.len())).await;
+    // The source takes large events; the target only 100 kB; the dead
+    // letters the broker's default (about 1 MB).
+    let source = unique("it_rt_refused_src");
+    context_integration::create_topic_with(&source, 2, &[("max.message.bytes", "4000000")])
+        .await
+        .unwrap();
+    let target = unique("it_rt_refused_target");
+    context_integration::create_topic_with(&target, 2, &[("max.message.bytes", "100000")])
+        .await
+        .unwrap();
+    context_integration::create_topic(&setup.dead, 1).await.unwrap();
+    write(
+        &setup.rules,
+        &format!("[[rules]]\nname = \"all\"\nto = [{{ topic = \"{target}\" }}]\n"),
+    );
+    let event = |seed: u64, motion_seconds: f64| {
+        sample::event(
+            seed,
+            &SampleOptions {
+                motion_seconds,
+                ..SampleOptions::default()
+            },
+        )
+    };
+    // 300 kB: refused by the target, fits the dead-letter topic whole.
+    // 1.5 MB: refused by the target (or the router's limit) and, whole, by
+    // the dead-letter topic: a stub of it.
+    let (medium, large) = (event(80_001, 250.0), event(80_002, 1250.0));
+    let mut small: Vec<ContextEvent> = (0..40).map(|i| event(81_000 + i, 1.0)).collect();
+    let mut all = small.split_off(20);
+    all.insert(0, medium.clone());
+    all.insert(5, large.clone());
+    all.splice(0..0, small.iter().cloned());
+    let registry = RegistryClient::new(&registry_url()).unwrap();
+    let id = registry
+        .register(&format!("{source}-value"), ContextEvent::AVSC)
+        .await
+        .unwrap();
+    let big_producer: rdkafka::producer::FutureProducer = context_integration::base_config()
+        .set("message.max.bytes", "4000000")
+        .create()
+        .unwrap();
+    for e in &all {
+        let payload = e.to_wire(id).unwrap();
+        big_producer
+            .send(
+                FutureRecord::to(&source).key(&e.install_id.to_string()).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let mut extra = vec![("ROUTER_SOURCE_TOPIC", source.as_str()), ("ROUTER_DELIVERY", delivery)];
+    if delivery == "at-least-once" {
+        // Here the large event is refused by the router's own limit.
+        extra.push(("ROUTER_MAX_RECORD_BYTES", "1000000"));
+    }
+    let _router = Killed(setup.spawn_with(&extra));
+
+    let routed: BTreeMap<String, usize> = {
+        let mut seen = BTreeMap::new();
+        for m in read_all(&target, 38).await {
+            let (_, e) = registry.decode::<ContextEvent>(m.payload().unwrap()).await.unwrap();
+            *seen.entry(e.event_id.to_string()).or_insert(0) += 1;
+        }
+        seen
+    };
+    let expected: BTreeSet<String> = all
+        .iter()
+        .filter(|e| e.event_id != medium.event_id && e.event_id != large.event_id)
+        .map(|e| e.event_id.to_string())
+        .collect();
+    if delivery == "exactly-once" {
+        exactly_once(&target, &routed, &expected);
+    } else {
+        let got: BTreeSet<String> = routed.keys().cloned().collect();
+        assert_eq!(got, expected, "at least once: every small event, no large one");
+    }
+
+    let letters = read_all(&setup.dead, 2).await;
+    let mut by_event = BTreeMap::new();
+    for m in &letters {
+        assert_eq!(header_of(m, "dl.reason").as_deref(), Some("refused_by_kafka"));
+        assert_eq!(header_of(m, "dl.target_topic").as_deref(), Some(target.as_str()));
+        assert_eq!(header_of(m, "dl.source").as_deref(), Some("stream-router"));
+        by_event.insert(
+            m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
+            m,
+        );
+    }
+    let medium_letter = by_event[&medium.install_id.to_string()];
+    let whole = medium.to_wire(id).unwrap();
+    assert_eq!(medium_letter.payload().unwrap().len(), whole.len(), "the 300 kB event is set aside whole");
+    assert_eq!(header_of(medium_letter, "dl.truncated"), None);
+    let large_letter = by_event[&large.install_id.to_string()];
+    let large_len = large.to_wire(id).unwrap().len();
+    assert_eq!(
+        header_of(large_letter, "dl.truncated"),
+        Some(large_len.to_string()),
+        "the 1.5 MB event is a stub naming its length"
+    );
+    assert!(large_letter.payload().unwrap().len() < 1_000_000);
+    if delivery == "exactly-once" {
+        assert_eq!(letters.len(), 2, "each refused record is set aside once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_the_broker_refuses_for_good_are_dead_lettered_exactly_once() {
+    refused_records_are_set_aside("exactly-once").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_refused_at_least_once_are_dead_lettered_and_nothing_after_them_is_skipped() {
+    refused_records_are_set_aside("at-least-once").await;
+}
+
+/// A rules reload that failed because the registry was away is tried again
+/// once it is back, without the file changing again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_failed_while_the_registry_was_away_is_retried() {
+    use context_integration::proxy::{Mode, Proxy};
+    let setup = Setup::new("reloadretry").await;
+    let registry_addr = registry_url()
+        .trim_start_matches("http://")
+        .parse::<std::net::SocketAddr>()
+        .expect("the registry's URL is http://host:port");
+    let proxy = Proxy::start(registry_addr, Mode::Forward).await;
+    let (first, second) = (unique("it_rt_retry_a"), unique("it_rt_retry_b"));
+    let rules = |topic: &str| format!("[[rules]]\nname = \"all\"\nto = [{{ topic = \"{topic}\" }}]\n");
+    write(&setup.rules, &rules(&first));
+    let url = proxy.url();
+    let _router = Killed(setup.spawn_with(&[("ROUTER_REGISTRY_URL", url.as_str())]));
+    let one: Vec<ContextEvent> = (0..5).map(|i| sample::event(73_000 + i, &SampleOptions::default())).collect();
+    produce(&setup.source, &one).await;
+    assert_eq!(read_committed(&first, false, 5).await.len(), 5);
+
+    // The registry goes away; the rules change (a new target, whose schema
+    // must be registered): the reload fails. Then the registry is back.
+    proxy.set(Mode::Refuse);
+    write(&setup.rules, &rules(&second));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    proxy.set(Mode::Forward);
+    let two: Vec<ContextEvent> = (0..5).map(|i| sample::event(74_000 + i, &SampleOptions::default())).collect();
+    produce(&setup.source, &two).await;
+    let ids: BTreeSet<String> = two.iter().map(|e| e.event_id.to_string()).collect();
+    exactly_once(&second, &read_committed(&second, false, 5).await, &ids);
+}
+
+/// Two routers on one host with the default transactional id used to take
+/// the same id and fence each other in turn.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_routers_on_one_host_with_default_ids_both_keep_running() {
+    let setup = Setup::new("twohost").await;
+    setup.write_rules();
+    let expected = events(300);
+    let mut a = setup.spawn_with(&[("ROUTER_TRANSACTIONAL_ID", "")]);
+    let mut b = setup.spawn_with(&[("ROUTER_TRANSACTIONAL_ID", "")]);
+    produce(&setup.source, &expected.events).await;
+    every_target_exactly_once(&setup, &expected).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (a_exit, b_exit) = (a.try_wait().unwrap(), b.try_wait().unwrap());
+    let _ = (a.kill(), b.kill(), a.wait(), b.wait());
+    assert_eq!(
+        (a_exit, b_exit),
+        (None, None),
+        "a router stopped: two routers on one host fenced each other"
+    );
+}

@@ -134,12 +134,12 @@ fn parse_id(id: &str) -> Result<u32> {
 }
 
 async fn schema_by_id(reg: Reg, path: web::Path<String>) -> Result<HttpResponse> {
-    let s = reg.schema_by_id(parse_id(&path)?)?;
+    let s = reg.schema_by_id_fresh(parse_id(&path)?).await?;
     Ok(ok(json!({"schema": s.text})))
 }
 
 async fn schema_by_id_raw(reg: Reg, path: web::Path<String>) -> Result<HttpResponse> {
-    let s = reg.schema_by_id(parse_id(&path)?)?;
+    let s = reg.schema_by_id_fresh(parse_id(&path)?).await?;
     Ok(raw_schema(&s.text))
 }
 
@@ -258,13 +258,30 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().body("ok")
 }
 
+/// Ready once the reader applied what the schemas topic held at start, and
+/// while it keeps up: a replica whose reader is more than a couple of seconds
+/// behind the topic's end answers 503 with how far, so that a load balancer
+/// sends lookups of new ids to a replica that knows them. A broker that cannot
+/// be asked for the end leaves it ready: what it has read it still serves.
 async fn readyz(reg: Reg) -> HttpResponse {
-    if reg.ready() {
-        HttpResponse::Ok().body("ready")
-    } else {
+    let not_ready = |why: String| {
         HttpResponse::ServiceUnavailable()
             .insert_header(("Retry-After", "1"))
-            .body("catching up with the schemas topic")
+            .body(why)
+    };
+    if !reg.ready() {
+        return not_ready("catching up with the schemas topic".into());
+    }
+    match reg.behind(std::time::Duration::from_secs(2)).await {
+        Ok(0) => {
+            metrics::gauge!("registry_reader_behind_records").set(0.0);
+            HttpResponse::Ok().body("ready")
+        }
+        Ok(n) => {
+            metrics::gauge!("registry_reader_behind_records").set(n as f64);
+            not_ready(format!("{n} records of the schemas topic not applied yet"))
+        }
+        Err(e) => HttpResponse::Ok().body(format!("ready (the end of the schemas topic is unknown: {e})")),
     }
 }
 

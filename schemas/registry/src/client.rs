@@ -15,8 +15,8 @@
 //! `tests/converter_interop.rs`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use context_schemas::apache_avro::Schema;
 use context_schemas::{wire, AvroRecord};
@@ -41,7 +41,17 @@ pub struct RegistryClient {
     by_id: Arc<RwLock<HashMap<u32, Arc<Schema>>>>,
     /// Whether the schema of an id is the current schema of a type.
     current: Arc<RwLock<HashMap<(u32, std::any::TypeId), bool>>>,
+    /// How long an id the registry does not know is retried.
+    unknown_id_patience: Duration,
+    /// When each unknown id was first answered "not found" (bounded: ids
+    /// found again or given up are forgotten, and at most
+    /// [`MAX_UNKNOWN_IDS`] are remembered).
+    unknown_since: Arc<Mutex<HashMap<u32, Instant>>>,
 }
+
+/// Most unknown ids a client remembers the first sighting of; beyond it the
+/// oldest sighting is forgotten (and that id's patience starts again).
+pub const MAX_UNKNOWN_IDS: usize = 1024;
 
 /// The converter's error as ours: the Confluent error code of the answer
 /// (its first three digits are the HTTP status, by Confluent's convention),
@@ -136,7 +146,49 @@ impl RegistryClient {
             auth,
             by_id: Arc::default(),
             current: Arc::default(),
+            unknown_id_patience: s.registry_unknown_id_patience,
+            unknown_since: Arc::default(),
         })
+    }
+
+    /// How long an unknown id is retried before [`DecodeError::is_retryable`]
+    /// turns false (`registry_unknown_id_patience`).
+    pub fn with_unknown_id_patience(mut self, patience: Duration) -> Self {
+        self.unknown_id_patience = patience;
+        self
+    }
+
+    /// The writer schema of `id` for decoding: an id the registry does not
+    /// know is retried for `unknown_id_patience` from its first sighting.
+    async fn writer_schema(&self, id: u32) -> Result<Arc<Schema>, DecodeError> {
+        match self.schema_by_id(id).await {
+            Ok(s) => {
+                if !self.unknown_since.lock().expect("unknown ids lock").is_empty() {
+                    self.unknown_since.lock().expect("unknown ids lock").remove(&id);
+                }
+                Ok(s)
+            }
+            Err(e) if e.is_unknown_schema() => {
+                let mut seen = self.unknown_since.lock().expect("unknown ids lock");
+                if seen.len() >= MAX_UNKNOWN_IDS && !seen.contains_key(&id) {
+                    if let Some(oldest) = seen.iter().min_by_key(|(_, at)| **at).map(|(id, _)| *id) {
+                        seen.remove(&oldest);
+                    }
+                }
+                let waited = seen.entry(id).or_insert_with(Instant::now).elapsed();
+                let give_up = waited >= self.unknown_id_patience;
+                if give_up {
+                    seen.remove(&id);
+                }
+                Err(DecodeError::UnknownId {
+                    id,
+                    waited,
+                    give_up,
+                    source: e,
+                })
+            }
+            Err(e) => Err(DecodeError::Registry(e)),
+        }
     }
 
     /// Registers `avsc` under `subject` (the existing id when already there).
@@ -226,7 +278,7 @@ impl RegistryClient {
         let current = match current {
             Some(c) => c,
             None => {
-                let writer = self.schema_by_id(id).await.map_err(DecodeError::Registry)?;
+                let writer = self.writer_schema(id).await?;
                 let c = T::is_current(&writer);
                 self.current.write().expect("cache lock").insert(key, c);
                 c
@@ -237,7 +289,7 @@ impl RegistryClient {
         let writer = if current {
             None
         } else {
-            Some(self.schema_by_id(id).await.map_err(DecodeError::Registry)?)
+            Some(self.writer_schema(id).await?)
         };
         let writer = writer.as_deref().unwrap_or(T::schema());
         let record = T::decode_resolving(body, writer).map_err(DecodeError::Record)?;
@@ -245,30 +297,51 @@ impl RegistryClient {
     }
 }
 
-/// Why a record could not be decoded: the registry (retry later) or the
-/// record itself (dead-letter it).
+/// Why a record could not be decoded: the registry (retry later), an id the
+/// registry does not know (retry for a while, then give the record up), or
+/// the record itself (dead-letter it).
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// The registry is away, refuses the credentials or answers something
+    /// else than the schema: nothing is wrong with the record, so it is
+    /// retried for as long as it takes (an operator fixes the registry).
     #[error(transparent)]
     Registry(RegistryError),
+    /// The registry answered that it does not know the record's schema id.
+    /// Retried until `registry_unknown_id_patience` has passed since the id
+    /// was first seen unknown (`give_up`), then given up.
+    #[error("schema id {id} is unknown to the registry (for {}s so far): {source}", .waited.as_secs())]
+    UnknownId {
+        id: u32,
+        waited: Duration,
+        give_up: bool,
+        source: RegistryError,
+    },
+    /// The record's bytes are not a record of the schema it names.
     #[error(transparent)]
     Record(context_schemas::SchemaError),
 }
 
 impl DecodeError {
     /// Why a record could not be decoded, as a dead-letter reason:
-    /// `unknown_schema_id`, `not_confluent_wire_format` or `undecodable`.
+    /// `unknown_schema_id`, `not_confluent_wire_format` or `undecodable`
+    /// (`registry_unavailable` is never given up on).
     pub fn reason(&self) -> &'static str {
         match self {
-            DecodeError::Registry(_) => "unknown_schema_id",
+            DecodeError::Registry(_) => "registry_unavailable",
+            DecodeError::UnknownId { .. } => "unknown_schema_id",
             DecodeError::Record(context_schemas::SchemaError::Wire(_)) => "not_confluent_wire_format",
             DecodeError::Record(_) => "undecodable",
         }
     }
 
+    /// Whether the same record may decode later: always for the registry
+    /// being away or refusing, for an unknown id until its patience ran out,
+    /// never for a broken record.
     pub fn is_retryable(&self) -> bool {
         match self {
-            DecodeError::Registry(e) => e.is_retryable(),
+            DecodeError::Registry(_) => true,
+            DecodeError::UnknownId { give_up, .. } => !give_up,
             DecodeError::Record(_) => false,
         }
     }

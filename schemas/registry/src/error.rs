@@ -80,6 +80,12 @@ impl RegistryError {
         }
     }
 
+    /// Whether the registry answered that it does not know a schema (Confluent
+    /// error code 40403), as opposed to being away or refusing the request.
+    pub fn is_unknown_schema(&self) -> bool {
+        matches!(self, RegistryError::SchemaNotFound(_)) || self.status_and_code().1 == 40403
+    }
+
     /// Whether the same request may succeed later (a broker or registry
     /// outage), as opposed to a request that is wrong.
     pub fn is_retryable(&self) -> bool {

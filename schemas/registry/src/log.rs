@@ -109,6 +109,22 @@ impl SchemaLog {
         self.wait_applied(end).await
     }
 
+    /// How many records of the log's current end the reader has not applied
+    /// after waiting up to `patience` for it (0: caught up).
+    pub async fn behind(&self, patience: Duration) -> Result<i64, RegistryError> {
+        let (producer, topic) = (self.producer.clone(), self.topic.clone());
+        let timeout = patience.max(Duration::from_millis(500));
+        let end = tokio::task::spawn_blocking(move || producer.client().fetch_watermarks(&topic, 0, timeout))
+            .await
+            .map_err(|e| RegistryError::Store(format!("watermark task failed: {e}")))?
+            .map_err(RegistryError::kafka("reading the end of the schemas topic"))?
+            .1;
+        let mut rx = self.applied.clone();
+        let _ = tokio::time::timeout(patience, rx.wait_for(|&applied| applied >= end)).await;
+        let applied = *self.applied.borrow();
+        Ok((end - applied).max(0))
+    }
+
     /// Appends a record (a tombstone when `value` is `None`), waits for the
     /// broker's acknowledgement and returns its offset.
     pub async fn append(&self, key: &LogKey, value: Option<Vec<u8>>) -> Result<i64, RegistryError> {

@@ -100,6 +100,7 @@ async fn main() -> ExitCode {
                 registry_username: username,
                 registry_password: Secret(password.unwrap_or_default()),
                 registry_ca_file: ca_file,
+                ..RegistrySettings::open("")
             };
             register(&settings, dir.as_deref(), git_history, compatibility.as_deref()).await
         }

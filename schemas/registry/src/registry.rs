@@ -155,6 +155,31 @@ impl Registry {
             .ok_or_else(|| RegistryError::SchemaNotFound(id.to_string()))
     }
 
+    /// The schema of `id`; an id this replica does not know yet is looked
+    /// up again once the reader has applied everything in the log now (an
+    /// id registered through another replica a moment ago is found, never
+    /// answered 404). A log that cannot be read answers 503, not 404.
+    pub async fn schema_by_id_fresh(&self, id: u32) -> Result<Arc<StoredSchema>, RegistryError> {
+        match self.schema_by_id(id) {
+            Err(RegistryError::SchemaNotFound(_)) => {
+                self.log.catch_up().await.map_err(|e| {
+                    tracing::warn!(error = %e, id, "could not catch up with the schemas topic for an unknown id");
+                    RegistryError::NotReady
+                })?;
+                self.schema_by_id(id)
+            }
+            other => other,
+        }
+    }
+
+    /// How far the reader is behind the end of the schemas topic: `Ok(0)`
+    /// when it applied everything there within `patience`, `Ok(n)` when `n`
+    /// records are still unapplied after it, `Err` when the end could not be
+    /// read (the broker is away: what was read is still served).
+    pub async fn behind(&self, patience: std::time::Duration) -> Result<i64, RegistryError> {
+        self.log.behind(patience).await
+    }
+
     pub fn usages(&self, id: u32) -> Result<Vec<(String, u32)>, RegistryError> {
         let store = self.store()?;
         store

@@ -40,11 +40,20 @@ async fn records_of_an_older_version_decode_into_the_current_type() {
         .await
         .unwrap();
     assert_eq!((id, decoded), (new_id, current));
-    // An unknown id is the registry's answer, retryable = false (404).
+    // An unknown id (404, 40403) is retried while the patience lasts (a
+    // replica catching up knows it later), then given up.
     let err = client
         .decode::<ContextEvent>(&wire::frame(999_999, b"x"))
         .await
         .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert_eq!(err.reason(), "unknown_schema_id");
+    let impatient = client.clone().with_unknown_id_patience(std::time::Duration::ZERO);
+    let err = impatient
+        .decode::<ContextEvent>(&wire::frame(999_998, b"x"))
+        .await
+        .unwrap_err();
     assert!(!err.is_retryable(), "{err}");
+    assert_eq!(err.reason(), "unknown_schema_id");
     registry.stop().await.unwrap();
 }

@@ -68,6 +68,7 @@ impl Setup {
             session_timeout: Duration::from_secs(6),
             max_poll_interval: Duration::from_secs(10),
             max_backoff: Duration::from_secs(2),
+            insert_timeout: Duration::from_secs(9),
             ..Config::default()
         };
         c.batch.max_rows = 200;
@@ -144,7 +145,7 @@ impl Setup {
             format!(
                 "admin_listen = \"127.0.0.1:0\"\nkafka_bootstrap = \"{}\"\nregistry_url = \"{}\"\ndatabase = \"{}\"\n\
                  events_topic = \"{}\"\nactivity_topic = \"{}\"\ndeadletter_topic = \"{}\"\ngroup_prefix = \"{}\"\n\
-                 session_timeout = \"6s\"\nmax_poll_interval = \"10s\"\nmax_backoff = \"2s\"\n\
+                 session_timeout = \"6s\"\nmax_poll_interval = \"10s\"\nmax_backoff = \"2s\"\ninsert_timeout = \"9s\"\n\
                  [batch]\nmax_rows = 100\nmax_age = \"300ms\"\n",
                 c.kafka.bootstrap,
                 c.registry.registry_url,

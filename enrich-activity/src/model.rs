@@ -503,6 +503,13 @@ impl Model {
         format!("act-{hex}")
     }
 
+    /// Sets `model_version` from the content again, after a tool edited the
+    /// artifact (a version that does not match the content is refused).
+    pub fn reseal(mut self) -> Self {
+        self.model_version = self.content_version();
+        self
+    }
+
     /// Reads an artifact and checks it against the feature spec of this build.
     pub fn from_json(text: &str, spec: &FeatureSpec) -> Result<Self, String> {
         let model: Model = serde_json::from_str(text).map_err(|e| format!("not a model artifact: {e}"))?;

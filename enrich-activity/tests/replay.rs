@@ -212,3 +212,55 @@ async fn a_replay_from_deleted_offsets_starts_at_the_earliest_left() {
         counts.summary()
     );
 }
+
+/// A window that makes tagging panic (here a broken artifact whose scaler
+/// is shorter than the features: every window) is counted and skipped: the
+/// replay goes on to the end instead of stopping at the same batch on every
+/// run.
+#[tokio::test(flavor = "multi_thread")]
+async fn windows_that_make_tagging_panic_are_counted_and_the_replay_goes_on() {
+    let (motion, activity) = (unique("it_rpanic_motion"), unique("it_rpanic_activity"));
+    create_topic(&motion, 1).await.unwrap();
+    create_topic(&activity, 1).await.unwrap();
+    let registry = RegistryClient::new(&registry_url()).unwrap();
+    let id = registry
+        .register(&format!("{motion}-value"), MotionWindow::AVSC)
+        .await
+        .unwrap();
+    let p = producer().unwrap();
+    for i in 0..12u64 {
+        let w = MotionWindow::from_event(&sample::event(77_000 + i, &SampleOptions::default())).unwrap();
+        p.send(
+            FutureRecord::to(&motion).key(&w.install_id.to_string()).payload(&w.to_wire(id).unwrap()),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+    let data = parse_ts(include_str!("../data/BasicMotions_TRAIN.ts"), 10.0).unwrap();
+    let (mut model, _) = train(&data, &FeatureSpec::default(), 7, 4).unwrap();
+    model.scaler.mean.truncate(3);
+    let model = model.reseal();
+    let model_path = std::env::temp_dir().join(format!("{}.json", unique("model_panics")));
+    std::fs::write(&model_path, model.to_json()).unwrap();
+    let settings = ReplaySettings {
+        kafka: context_integration::kafka_settings(),
+        registry: context_runtime::registry::RegistrySettings::open(registry_url()),
+        motion_topic: motion,
+        activity_topic: activity,
+        model_path,
+        from: Bound::Earliest,
+        to: Bound::Latest,
+        group_id: Some(unique("it_rpanic")),
+        max_batch: 5,
+        progress: false,
+    };
+    let (_stop, rx) = context_runtime::shutdown::Shutdown::new();
+    let counts = tokio::time::timeout(Duration::from_secs(120), run(settings.clone(), rx))
+        .await
+        .expect("the replay finished")
+        .expect("a window that makes tagging panic stopped the replay");
+    assert_eq!((counts.tagged, counts.tagging_failed), (0, 12), "{}", counts.summary());
+    assert_eq!(plan(&settings, &model.model_version).unwrap().total(), 0, "the replay is complete");
+}

@@ -4,11 +4,14 @@
 //! motion event tagged, every device queue drained, with no manual step.
 //!
 //! The short suite (always): `kill -9` of the gateway, the sink, the router
-//! and the tagger, each restarted by `scripts/platform up`; a registry
+//! and the tagger, each restarted by `scripts/platform up`; the gateway's
+//! keys file rewritten under load the way `cp` does it (emptied, half
+//! written, then whole with a second key: no answer is a 401); a registry
 //! restart; `kill -9` of the fleet itself, whose queued batches a second run
 //! sends. `CONTEXT_FAULTS=full` (`scripts/test --full`) adds the broker
-//! stopped 20 s, ClickHouse stopped 30 s, and a second sink and router
-//! replica joining and leaving.
+//! stopped 20 s, ClickHouse stopped 30 s with a second sink replica joining
+//! during the outage (a consumer-group change while the sink is paused) and
+//! leaving after it, and a second router replica joining and leaving.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -135,6 +138,27 @@ fn the_fleet_loses_nothing_while_the_platform_fails_around_it() {
         platform(&["up"]);
         pause(3);
     }
+    still_running(&mut run, "the keys file rewrite");
+    eprintln!("[faults] keys.toml emptied, half written, then whole with a second key");
+    let keys = repo_root().join(".stack/platform/keys.toml");
+    let original = std::fs::read_to_string(&keys).expect("the platform's keys file");
+    std::fs::write(&keys, "").unwrap();
+    pause(2);
+    std::fs::write(&keys, &original[..original.len() / 2]).unwrap();
+    pause(2);
+    let second = {
+        use ingest_gateway::auth::{hash_key, key_from_random};
+        let mut random = [0u8; 32];
+        random[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        random[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        format!(
+            "\n[[keys]]\napp_id = \"faults-second-app\"\nhash = \"{}\"\n",
+            hash_key(&key_from_random(random))
+        )
+    };
+    std::fs::write(&keys, format!("{original}{second}")).unwrap();
+    pause(3);
+    std::fs::write(&keys, &original).unwrap();
     still_running(&mut run, "the registry restart");
     eprintln!("[faults] registry restart");
     stack(&["down", "registry"]).unwrap();
@@ -147,13 +171,15 @@ fn the_fleet_loses_nothing_while_the_platform_fails_around_it() {
         pause(20);
         stack(&["up", "broker"]).unwrap();
         pause(5);
-        eprintln!("[faults] ClickHouse stopped 30 s");
+        eprintln!("[faults] ClickHouse stopped 30 s; a second sink joins during the outage");
         stack(&["down", "clickhouse"]).unwrap();
-        pause(30);
+        pause(10);
+        let sink = replica("sink");
+        pause(20);
         stack(&["up", "clickhouse"]).unwrap();
-        pause(5);
-        eprintln!("[faults] a second sink and router replica join, then leave");
-        let (sink, router) = (replica("sink"), replica("router"));
+        pause(10);
+        eprintln!("[faults] the second sink leaves; a second router replica joins, then leaves");
+        let router = replica("router");
         pause(20);
         for mut r in [sink, router] {
             kill("-TERM", &r.id().to_string());
@@ -165,6 +191,10 @@ fn the_fleet_loses_nothing_while_the_platform_fails_around_it() {
     still_running(&mut run, "the end of the faults");
     let report = interrupt(run);
     eprintln!("{report}");
+    // The keys file was never swapped for an empty or broken one: no app
+    // was told its key is wrong (a 401 the phone never retries).
+    let answers = report.split("answers by status ").nth(1).unwrap_or_default();
+    assert!(!answers.contains("401:"), "a 401 under the keys-file rewrite:\n{report}");
     // The gateway's kill -9 cost answers: the fleet retried.
     let retries: u64 = report
         .split("retries ")

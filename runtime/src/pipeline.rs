@@ -168,7 +168,14 @@ pub struct Pipeline {
     deadletter_topic: String,
     service: &'static str,
     max_record_bytes: usize,
+    /// For the topics' `max.message.bytes`.
+    admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+    /// Each output topic's `max.message.bytes` and when it was read.
+    limits: std::sync::Mutex<std::collections::HashMap<String, (usize, std::time::Instant)>>,
 }
+
+/// How long a topic's `max.message.bytes` is trusted before it is read again.
+const LIMIT_TTL: Duration = Duration::from_secs(300);
 
 /// Why a broker or librdkafka refused one output.
 fn refused_for_good(e: &KafkaError) -> bool {
@@ -353,6 +360,12 @@ impl Pipeline {
             deadletter_topic: s.deadletter_topic.clone(),
             service: s.service,
             max_record_bytes: s.max_record_bytes.max(STUB_BYTES * 4),
+            admin: s
+                .kafka
+                .client()
+                .create()
+                .map_err(|e| format!("creating the admin client: {e}"))?,
+            limits: Default::default(),
         })
     }
 
@@ -412,11 +425,35 @@ impl Pipeline {
             return Ok(());
         }
         let offsets = next_offsets(batch).map_err(|e| PipelineError::Fatal(e.to_string()))?;
-        // Each round sets refused outputs aside (output, dead letter, stub):
-        // three rounds at most change anything.
-        for _ in 0..4 {
+        // The broker refuses a whole request of a partition when one record
+        // in it is too large: a refused output is first sent again alone
+        // (isolated), and set aside only when it is refused alone too. Each
+        // round isolates or sets aside (output, dead letter, stub): six
+        // rounds at most change anything.
+        let mut isolated: std::collections::HashSet<usize> = std::collections::HashSet::new();
+        // Outputs larger than their topic takes are set aside before anything
+        // is sent: the broker would refuse the whole request they travel in.
+        let limits = self.limits_of(&outputs).await;
+        let too_large: Vec<(usize, String)> = outputs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| {
+                let limit = *limits.get(&o.topic)?;
+                let size = o.payload.len() + crate::deadletter::overhead(o);
+                (size > limit).then(|| {
+                    (
+                        i,
+                        format!("{size} bytes with headers, larger than the topic's max.message.bytes ({limit})"),
+                    )
+                })
+            })
+            .collect();
+        if !too_large.is_empty() {
+            self.set_aside(&mut outputs, too_large, &limits)?;
+        }
+        for _ in 0..6 {
             let attempt = match self.delivery {
-                Delivery::AtLeastOnce => match self.produce_all(&outputs).await {
+                Delivery::AtLeastOnce => match self.produce_all(&outputs, &isolated).await {
                     Attempt::Done => {
                         blocking(|| self.consumer.commit(&offsets, CommitMode::Sync))
                             .map_err(|e| PipelineError::Retry(format!("committing offsets: {e}")))?;
@@ -424,11 +461,22 @@ impl Pipeline {
                     }
                     other => other,
                 },
-                Delivery::ExactlyOnce => self.transaction(&outputs, &offsets).await,
+                Delivery::ExactlyOnce => self.transaction(&outputs, &offsets, &isolated).await,
             };
             match attempt {
                 Attempt::Done => return Ok(()),
-                Attempt::Refused(refused) => self.set_aside(&mut outputs, refused)?,
+                Attempt::Refused(refused) => {
+                    let (alone, together): (Vec<_>, Vec<_>) =
+                        refused.into_iter().partition(|(i, _)| isolated.contains(i));
+                    if !together.is_empty() {
+                        tracing::info!(
+                            outputs = together.len(),
+                            "outputs refused in a request together: sending each again alone"
+                        );
+                    }
+                    isolated.extend(together.iter().map(|(i, _)| *i));
+                    self.set_aside(&mut outputs, alone, &limits)?;
+                }
                 Attempt::Failed(e) => {
                     tracing::warn!(error = %e, "batch not committed");
                     return Err(e);
@@ -443,8 +491,18 @@ impl Pipeline {
     /// letters (a dead letter refused in turn by a stub of it). `Err` when
     /// there is no dead-letter topic, or even a stub is refused: the batch
     /// waits for an operator (rewound, retried).
-    fn set_aside(&self, outputs: &mut [Output], refused: Vec<(usize, String)>) -> Result<(), PipelineError> {
+    fn set_aside(
+        &self,
+        outputs: &mut [Output],
+        refused: Vec<(usize, String)>,
+        limits: &std::collections::HashMap<String, usize>,
+    ) -> Result<(), PipelineError> {
         use crate::deadletter as dl;
+        let dead_limit = limits
+            .get(&self.deadletter_topic)
+            .copied()
+            .unwrap_or(usize::MAX)
+            .min(self.max_record_bytes);
         for (i, error) in refused {
             let o = &mut outputs[i];
             let stuck = |why: String| {
@@ -489,14 +547,84 @@ impl Pipeline {
                     payload: original.payload,
                     headers,
                 },
-                self.max_record_bytes,
+                dead_limit,
             );
         }
         Ok(())
     }
 
-    async fn transaction(&self, outputs: &[Output], offsets: &TopicPartitionList) -> Attempt {
-        match self.transaction_once(outputs, offsets).await {
+    /// `max.message.bytes` of every topic of `outputs` and of the dead-letter
+    /// topic, read from the brokers (cached for [`LIMIT_TTL`]); a topic whose
+    /// limit cannot be read is left out (the broker's refusal decides).
+    async fn limits_of(&self, outputs: &[Output]) -> std::collections::HashMap<String, usize> {
+        use rdkafka::admin::{AdminOptions, ResourceSpecifier};
+        let mut topics: Vec<&str> = outputs.iter().map(|o| o.topic.as_str()).collect();
+        if !self.deadletter_topic.is_empty() {
+            topics.push(&self.deadletter_topic);
+        }
+        topics.sort_unstable();
+        topics.dedup();
+        let mut known = std::collections::HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let cache = self.limits.lock().expect("limits lock");
+            for t in topics {
+                match cache.get(t) {
+                    Some((limit, at)) if at.elapsed() < LIMIT_TTL => {
+                        known.insert(t.to_owned(), *limit);
+                    }
+                    _ => missing.push(t.to_owned()),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return known;
+        }
+        let specs: Vec<ResourceSpecifier<'_>> = missing.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+        let opts = AdminOptions::new().request_timeout(Some(self.timeout));
+        match self.admin.describe_configs(&specs, &opts).await {
+            Ok(results) => {
+                let mut cache = self.limits.lock().expect("limits lock");
+                for (topic, r) in missing.iter().zip(results) {
+                    let limit = r
+                        .ok()
+                        .and_then(|c| c.get("max.message.bytes").and_then(|e| e.value.clone()))
+                        .and_then(|v| v.parse::<usize>().ok());
+                    if let Some(limit) = limit {
+                        cache.insert(topic.clone(), (limit, std::time::Instant::now()));
+                        known.insert(topic.clone(), limit);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, topics = ?missing, "cannot read the topics' max.message.bytes; the broker's answers decide"),
+        }
+        known
+    }
+
+    /// Queues `o`; an isolated output goes in a request of its own: what was
+    /// queued before it is flushed first, and it is flushed before the next.
+    fn enqueue_in_turn(
+        &self,
+        o: &Output,
+        alone: bool,
+    ) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
+        if alone {
+            blocking(|| self.producer.flush(self.timeout))?;
+        }
+        let d = self.enqueue(o)?;
+        if alone {
+            blocking(|| self.producer.flush(self.timeout))?;
+        }
+        Ok(d)
+    }
+
+    async fn transaction(
+        &self,
+        outputs: &[Output],
+        offsets: &TopicPartitionList,
+        isolated: &std::collections::HashSet<usize>,
+    ) -> Attempt {
+        match self.transaction_once(outputs, offsets, isolated).await {
             Ok(()) => Attempt::Done,
             Err(Attempt::Refused(refused)) => Attempt::Refused(refused),
             Err(Attempt::Failed(e)) => {
@@ -507,7 +635,12 @@ impl Pipeline {
         }
     }
 
-    async fn transaction_once(&self, outputs: &[Output], offsets: &TopicPartitionList) -> Result<(), Attempt> {
+    async fn transaction_once(
+        &self,
+        outputs: &[Output],
+        offsets: &TopicPartitionList,
+        isolated: &std::collections::HashSet<usize>,
+    ) -> Result<(), Attempt> {
         let classify = |what: &str, e: KafkaError| -> PipelineError {
             match &e {
                 KafkaError::Transaction(t) if t.is_fatal() => PipelineError::Fatal(format!("{what}: {e}")),
@@ -526,7 +659,7 @@ impl Pipeline {
         let mut refused = Vec::new();
         let result = async {
             for (i, o) in outputs.iter().enumerate() {
-                match self.enqueue(o) {
+                match self.enqueue_in_turn(o, isolated.contains(&i)) {
                     Ok(d) => deliveries.push((i, d)),
                     Err(e) if refused_for_good(&e) => refused.push((i, e.to_string())),
                     Err(e) => return Err(PipelineError::Retry(format!("queueing an output for {}: {e}", o.topic))),
@@ -614,12 +747,12 @@ impl Pipeline {
     /// At least once: every output queued and acknowledged, or nothing is
     /// committed and the batch is read again (a queueing failure included:
     /// the outputs queued before it are awaited, then the batch rewound).
-    async fn produce_all(&self, outputs: &[Output]) -> Attempt {
+    async fn produce_all(&self, outputs: &[Output], isolated: &std::collections::HashSet<usize>) -> Attempt {
         let mut deliveries = Vec::with_capacity(outputs.len());
         let mut refused = Vec::new();
         let mut failed = None;
         for (i, o) in outputs.iter().enumerate() {
-            match self.enqueue(o) {
+            match self.enqueue_in_turn(o, isolated.contains(&i)) {
                 Ok(d) => deliveries.push((i, d)),
                 Err(e) if refused_for_good(&e) => refused.push((i, e.to_string())),
                 Err(e) => {
@@ -879,5 +1012,89 @@ pub async fn drive(
             }
             Err(PipelineError::Fatal(e)) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn global(code: RDKafkaErrorCode) -> KafkaError {
+        KafkaError::Global(code)
+    }
+
+    #[test]
+    fn only_a_broker_without_transactions_allows_the_fallback() {
+        for code in [RDKafkaErrorCode::UnsupportedFeature, RDKafkaErrorCode::UnsupportedVersion] {
+            assert!(matches!(classify_init(&global(code)), InitFailure::NoTransactions(_)));
+        }
+        for code in [
+            RDKafkaErrorCode::TransactionalIdAuthorizationFailed,
+            RDKafkaErrorCode::ClusterAuthorizationFailed,
+        ] {
+            assert!(matches!(classify_init(&global(code)), InitFailure::Refused(_)));
+        }
+        // A broker still starting, a coordinator moving, a timeout: again.
+        for code in [
+            RDKafkaErrorCode::CoordinatorNotAvailable,
+            RDKafkaErrorCode::NotCoordinator,
+            RDKafkaErrorCode::OperationTimedOut,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::AllBrokersDown,
+        ] {
+            assert!(matches!(classify_init(&global(code)), InitFailure::NotNow(_)), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn only_refusals_about_the_record_or_topic_are_for_good() {
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::MessageBatchTooLarge,
+            RDKafkaErrorCode::InvalidRecord,
+            RDKafkaErrorCode::PolicyViolation,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            assert!(refused_for_good(&global(code)), "{code:?}");
+        }
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::PurgeQueue,
+        ] {
+            assert!(!refused_for_good(&global(code)), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn a_process_keeps_its_transactional_id_slot() {
+        let base = format!("unit-slot-{}", std::process::id());
+        let first = take_slot(&base);
+        assert!(first.is_some());
+        assert_eq!(take_slot(&base), first, "the same process asks again: the same slot");
+    }
+
+    #[test]
+    fn a_dead_letter_too_large_is_cut_and_says_how_long_it_was() {
+        let o = Output {
+            topic: "dead".into(),
+            key: Some(b"install".to_vec()),
+            payload: vec![7u8; 100_000],
+            headers: vec![("dl.reason".into(), b"refused_by_kafka".to_vec())],
+        };
+        let same = crate::deadletter::fit(o.clone(), 200_000);
+        assert_eq!(same.payload.len(), 100_000);
+        assert!(same.headers.iter().all(|(k, _)| k != crate::deadletter::TRUNCATED));
+        let cut = crate::deadletter::fit(o, STUB_BYTES);
+        assert!(cut.payload.len() + crate::deadletter::overhead(&cut) <= STUB_BYTES);
+        assert!(cut.payload.len() > STUB_BYTES / 2);
+        assert!(cut.payload.iter().all(|b| *b == 7));
+        assert_eq!(
+            cut.headers.iter().find(|(k, _)| k == crate::deadletter::TRUNCATED).map(|(_, v)| v.as_slice()),
+            Some(b"100000".as_slice())
+        );
+        assert_eq!(cut.key.as_deref(), Some(b"install".as_slice()));
     }
 }

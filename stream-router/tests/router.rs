@@ -530,7 +530,7 @@ fn header_of(m: &rdkafka::message::OwnedMessage, key: &str) -> Option<String> {
 async fn refused_records_are_set_aside(delivery: &str) {
     let setup = Setup::new(&format!("refused{}", delivery.len())).await;
     // The source takes large events; the target only 100 kB; the dead
-    // letters the broker's default (about 1 MB).
+    // letters 1 MB (the local broker's own default is 10 MB).
     let source = unique("it_rt_refused_src");
     context_integration::create_topic_with(&source, 2, &[("max.message.bytes", "4000000")])
         .await
@@ -539,7 +539,9 @@ async fn refused_records_are_set_aside(delivery: &str) {
     context_integration::create_topic_with(&target, 2, &[("max.message.bytes", "100000")])
         .await
         .unwrap();
-    context_integration::create_topic(&setup.dead, 1).await.unwrap();
+    context_integration::create_topic_with(&setup.dead, 1, &[("max.message.bytes", "1000000")])
+        .await
+        .unwrap();
     write(
         &setup.rules,
         &format!("[[rules]]\nname = \"all\"\nto = [{{ topic = \"{target}\" }}]\n"),
@@ -673,6 +675,9 @@ async fn a_reload_that_failed_while_the_registry_was_away_is_retried() {
     write(&setup.rules, &rules(&second));
     tokio::time::sleep(Duration::from_secs(4)).await;
     proxy.set(Mode::Forward);
+    // Retried within seconds; the records produced after it go to the new
+    // target (those before it still follow the rules in force).
+    tokio::time::sleep(Duration::from_secs(8)).await;
     let two: Vec<ContextEvent> = (0..5).map(|i| sample::event(74_000 + i, &SampleOptions::default())).collect();
     produce(&setup.source, &two).await;
     let ids: BTreeSet<String> = two.iter().map(|e| e.event_id.to_string()).collect();

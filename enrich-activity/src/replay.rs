@@ -339,7 +339,9 @@ fn close_reached(
     let position = consumer.position()?;
     let mut finished = TopicPartitionList::new();
     for e in position.elements_for_topic(topic) {
-        let (p, Offset::Offset(at)) = (e.partition(), e.offset()) else { continue };
+        let (p, Offset::Offset(at)) = (e.partition(), e.offset()) else {
+            continue;
+        };
         let Some(&end) = open.get(&p) else { continue };
         let r = reached.entry(p).or_insert(0);
         *r = (*r).max(at.min(end));

@@ -231,7 +231,9 @@ async fn windows_that_make_tagging_panic_are_counted_and_the_replay_goes_on() {
     for i in 0..12u64 {
         let w = MotionWindow::from_event(&sample::event(77_000 + i, &SampleOptions::default())).unwrap();
         p.send(
-            FutureRecord::to(&motion).key(&w.install_id.to_string()).payload(&w.to_wire(id).unwrap()),
+            FutureRecord::to(&motion)
+                .key(&w.install_id.to_string())
+                .payload(&w.to_wire(id).unwrap()),
             Duration::from_secs(10),
         )
         .await
@@ -262,5 +264,9 @@ async fn windows_that_make_tagging_panic_are_counted_and_the_replay_goes_on() {
         .expect("the replay finished")
         .expect("a window that makes tagging panic stopped the replay");
     assert_eq!((counts.tagged, counts.tagging_failed), (0, 12), "{}", counts.summary());
-    assert_eq!(plan(&settings, &model.model_version).unwrap().total(), 0, "the replay is complete");
+    assert_eq!(
+        plan(&settings, &model.model_version).unwrap().total(),
+        0,
+        "the replay is complete"
+    );
 }

@@ -194,7 +194,10 @@ fn the_fleet_loses_nothing_while_the_platform_fails_around_it() {
     // The keys file was never swapped for an empty or broken one: no app
     // was told its key is wrong (a 401 the phone never retries).
     let answers = report.split("answers by status ").nth(1).unwrap_or_default();
-    assert!(!answers.contains("401:"), "a 401 under the keys-file rewrite:\n{report}");
+    assert!(
+        !answers.contains("401:"),
+        "a 401 under the keys-file rewrite:\n{report}"
+    );
     // The gateway's kill -9 cost answers: the fleet retried.
     let retries: u64 = report
         .split("retries ")

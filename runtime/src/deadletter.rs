@@ -46,7 +46,8 @@ pub fn fit(mut o: crate::pipeline::Output, max_bytes: usize) -> crate::pipeline:
     let original = o.payload.len();
     o.payload.truncate(max_bytes.saturating_sub(extra));
     o.headers.retain(|(k, _)| k != TRUNCATED);
-    o.headers.push((TRUNCATED.to_owned(), original.to_string().into_bytes()));
+    o.headers
+        .push((TRUNCATED.to_owned(), original.to_string().into_bytes()));
     o
 }
 

@@ -484,7 +484,9 @@ impl Pipeline {
             }
         }
         self.rewind()?;
-        Err(PipelineError::Retry("outputs are still refused after being set aside".into()))
+        Err(PipelineError::Retry(
+            "outputs are still refused after being set aside".into(),
+        ))
     }
 
     /// Replaces the outputs the broker refused for good by their dead
@@ -509,7 +511,10 @@ impl Pipeline {
                 tracing::error!(topic = %o.topic, error = %error, "{why}");
                 metrics::counter!(format!("{}_outputs_refused_total", self.prefix), "outcome" => "stuck").increment(1);
                 let _ = self.rewind();
-                PipelineError::Retry(format!("an output for {} is refused for good ({error}); {why}", o.topic))
+                PipelineError::Retry(format!(
+                    "an output for {} is refused for good ({error}); {why}",
+                    o.topic
+                ))
             };
             if self.deadletter_topic.is_empty() {
                 return Err(stuck(
@@ -529,11 +534,16 @@ impl Pipeline {
                 continue;
             }
             tracing::warn!(topic = %o.topic, error = %error, "an output is refused for good: dead-lettering it");
-            metrics::counter!(format!("{}_outputs_refused_total", self.prefix), "outcome" => "dead_lettered").increment(1);
-            metrics::counter!("deadletters_total", "source" => self.service, "reason" => "refused_by_kafka").increment(1);
+            metrics::counter!(format!("{}_outputs_refused_total", self.prefix), "outcome" => "dead_lettered")
+                .increment(1);
+            metrics::counter!("deadletters_total", "source" => self.service, "reason" => "refused_by_kafka")
+                .increment(1);
             let original = std::mem::replace(o, empty_output());
-            let mut headers: Vec<(String, Vec<u8>)> =
-                original.headers.into_iter().filter(|(k, _)| !k.starts_with("dl.")).collect();
+            let mut headers: Vec<(String, Vec<u8>)> = original
+                .headers
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with("dl."))
+                .collect();
             let mut add = |k: &str, v: String| headers.push((k.to_owned(), v.into_bytes()));
             add(dl::SOURCE, self.service.into());
             add(dl::REASON, "refused_by_kafka".into());
@@ -596,18 +606,16 @@ impl Pipeline {
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, topics = ?missing, "cannot read the topics' max.message.bytes; the broker's answers decide"),
+            Err(e) => {
+                tracing::warn!(error = %e, topics = ?missing, "cannot read the topics' max.message.bytes; the broker's answers decide")
+            }
         }
         known
     }
 
     /// Queues `o`; an isolated output goes in a request of its own: what was
     /// queued before it is flushed first, and it is flushed before the next.
-    fn enqueue_in_turn(
-        &self,
-        o: &Output,
-        alone: bool,
-    ) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
+    fn enqueue_in_turn(&self, o: &Output, alone: bool) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
         if alone {
             blocking(|| self.producer.flush(self.timeout))?;
         }
@@ -904,7 +912,13 @@ fn take_slot(base: &str) -> Option<u32> {
     std::fs::create_dir_all(&dir).ok()?;
     let safe: String = base
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     for n in 1..=64u32 {
         let path = dir.join(format!("{safe}-{n}.lock"));
@@ -1025,7 +1039,10 @@ mod tests {
 
     #[test]
     fn only_a_broker_without_transactions_allows_the_fallback() {
-        for code in [RDKafkaErrorCode::UnsupportedFeature, RDKafkaErrorCode::UnsupportedVersion] {
+        for code in [
+            RDKafkaErrorCode::UnsupportedFeature,
+            RDKafkaErrorCode::UnsupportedVersion,
+        ] {
             assert!(matches!(classify_init(&global(code)), InitFailure::NoTransactions(_)));
         }
         for code in [
@@ -1042,7 +1059,10 @@ mod tests {
             RDKafkaErrorCode::BrokerTransportFailure,
             RDKafkaErrorCode::AllBrokersDown,
         ] {
-            assert!(matches!(classify_init(&global(code)), InitFailure::NotNow(_)), "{code:?}");
+            assert!(
+                matches!(classify_init(&global(code)), InitFailure::NotNow(_)),
+                "{code:?}"
+            );
         }
     }
 
@@ -1092,7 +1112,10 @@ mod tests {
         assert!(cut.payload.len() > STUB_BYTES / 2);
         assert!(cut.payload.iter().all(|b| *b == 7));
         assert_eq!(
-            cut.headers.iter().find(|(k, _)| k == crate::deadletter::TRUNCATED).map(|(_, v)| v.as_slice()),
+            cut.headers
+                .iter()
+                .find(|(k, _)| k == crate::deadletter::TRUNCATED)
+                .map(|(_, v)| v.as_slice()),
             Some(b"100000".as_slice())
         );
         assert_eq!(cut.key.as_deref(), Some(b"install".as_slice()));

@@ -95,7 +95,9 @@ impl ConsumerContext for RebalanceLog {
             let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             match result {
                 Ok(()) => tracing::info!(?partitions, paused, "partitions assigned"),
-                Err(e) => tracing::error!(error = %e, ?partitions, paused, "setting the pause state of assigned partitions"),
+                Err(e) => {
+                    tracing::error!(error = %e, ?partitions, paused, "setting the pause state of assigned partitions")
+                }
             }
         }
     }
@@ -353,7 +355,11 @@ impl Loop<'_> {
                 paused = true;
             }
             if !self.wait_paused(backoff.next_wait()).await {
-                tracing::warn!(table, rows = rows.len(), "shutdown during the outage: the batch is not committed and will be read again");
+                tracing::warn!(
+                    table,
+                    rows = rows.len(),
+                    "shutdown during the outage: the batch is not committed and will be read again"
+                );
                 self.set_paused(false);
                 return None;
             }

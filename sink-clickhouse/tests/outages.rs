@@ -56,7 +56,11 @@ async fn a_partition_that_leaves_a_paused_sink_and_comes_back_later_is_fetched_a
         .unwrap();
     s.produce_events(60, 300).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(s.distinct_events().await, 0, "nothing can be stored through a refusing proxy");
+    assert_eq!(
+        s.distinct_events().await,
+        0,
+        "nothing can be stored through a refusing proxy"
+    );
 
     // B joins: one partition leaves the paused A for B, which stores it.
     let b = sink_clickhouse::start(s.config().checked().unwrap(), None)
@@ -100,7 +104,10 @@ async fn shutdown_during_an_outage_stops_at_once_and_commits_nothing() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     // The outage goes on; SIGTERM must not wait for it to end.
     let stopped = tokio::time::timeout(Duration::from_secs(30), a.shutdown()).await;
-    assert!(stopped.is_ok(), "the sink waited the ClickHouse outage out instead of stopping");
+    assert!(
+        stopped.is_ok(),
+        "the sink waited the ClickHouse outage out instead of stopping"
+    );
     stopped.unwrap().unwrap();
     assert_eq!(s.distinct_events().await, 0);
 

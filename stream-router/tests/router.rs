@@ -577,7 +577,9 @@ async fn refused_records_are_set_aside(delivery: &str) {
         let payload = e.to_wire(id).unwrap();
         big_producer
             .send(
-                FutureRecord::to(&source).key(&e.install_id.to_string()).payload(&payload),
+                FutureRecord::to(&source)
+                    .key(&e.install_id.to_string())
+                    .payload(&payload),
                 Duration::from_secs(10),
             )
             .await
@@ -618,13 +620,19 @@ async fn refused_records_are_set_aside(delivery: &str) {
         assert_eq!(header_of(m, "dl.target_topic").as_deref(), Some(target.as_str()));
         assert_eq!(header_of(m, "dl.source").as_deref(), Some("stream-router"));
         by_event.insert(
-            m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
+            m.key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default(),
             m,
         );
     }
     let medium_letter = by_event[&medium.install_id.to_string()];
     let whole = medium.to_wire(id).unwrap();
-    assert_eq!(medium_letter.payload().unwrap().len(), whole.len(), "the 300 kB event is set aside whole");
+    assert_eq!(
+        medium_letter.payload().unwrap().len(),
+        whole.len(),
+        "the 300 kB event is set aside whole"
+    );
     assert_eq!(header_of(medium_letter, "dl.truncated"), None);
     let large_letter = by_event[&large.install_id.to_string()];
     let large_len = large.to_wire(id).unwrap().len();
@@ -665,7 +673,9 @@ async fn a_reload_that_failed_while_the_registry_was_away_is_retried() {
     write(&setup.rules, &rules(&first));
     let url = proxy.url();
     let _router = Killed(setup.spawn_with(&[("ROUTER_REGISTRY_URL", url.as_str())]));
-    let one: Vec<ContextEvent> = (0..5).map(|i| sample::event(73_000 + i, &SampleOptions::default())).collect();
+    let one: Vec<ContextEvent> = (0..5)
+        .map(|i| sample::event(73_000 + i, &SampleOptions::default()))
+        .collect();
     produce(&setup.source, &one).await;
     assert_eq!(read_committed(&first, false, 5).await.len(), 5);
 
@@ -678,7 +688,9 @@ async fn a_reload_that_failed_while_the_registry_was_away_is_retried() {
     // Retried within seconds; the records produced after it go to the new
     // target (those before it still follow the rules in force).
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let two: Vec<ContextEvent> = (0..5).map(|i| sample::event(74_000 + i, &SampleOptions::default())).collect();
+    let two: Vec<ContextEvent> = (0..5)
+        .map(|i| sample::event(74_000 + i, &SampleOptions::default()))
+        .collect();
     produce(&setup.source, &two).await;
     let ids: BTreeSet<String> = two.iter().map(|e| e.event_id.to_string()).collect();
     exactly_once(&second, &read_committed(&second, false, 5).await, &ids);

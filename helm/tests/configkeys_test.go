@@ -59,6 +59,7 @@ var kafkaKeys = map[string]string{
 // The registry client's keys (runtime/src/registry.rs, RegistrySettings, flattened).
 var registryClientKeys = map[string]string{
 	"registry_url": "string", "registry_username": "string", "registry_password": "string", "registry_ca_file": "string",
+	"registry_unknown_id_patience": "duration",
 }
 
 var kafkaWired = []string{
@@ -124,6 +125,7 @@ var services = []serviceKeys{
 			"rules_file": "string", "delivery": "string", "allow_fallback": "bool",
 			"transactional_id": "string", "create_topics": "bool", "new_topic_partitions": "int",
 			"max_batch": "int", "linger": "duration", "session_timeout": "duration", "timeout": "duration",
+			"max_record_bytes": "int",
 		}, kafkaKeys, registryClientKeys),
 		wired:      wiredWith([]string{"admin_listen", "source_topic", "deadletter_topic", "rules_file", "transactional_id"}, kafkaWired, registryClientWired),
 		deprecated: []string{"kafka_bootstrap"},
@@ -139,6 +141,7 @@ var services = []serviceKeys{
 			"deadletter_topic": "string", "group_prefix": "string", "session_timeout": "duration",
 			"max_poll_interval": "duration", "batch": "table", "batch.max_rows": "int",
 			"batch.max_bytes": "int", "batch.max_age": "duration", "max_backoff": "duration",
+			"insert_timeout": "duration",
 		}, kafkaKeys, registryClientKeys),
 		wired: wiredWith([]string{"admin_listen", "clickhouse_url", "clickhouse_user", "clickhouse_password", "clickhouse_ca_file",
 			"events_topic", "activity_topic", "deadletter_topic"}, kafkaWired, registryClientWired),
@@ -152,7 +155,7 @@ var services = []serviceKeys{
 			"motion_topic": "string", "activity_topic": "string", "group_id": "string", "admin_listen": "string",
 			"model": "string", "max_batch": "int", "session_timeout": "duration", "session_timeout_ms": "int",
 			"deadletter_topic": "string", "delivery": "string", "transactional_id": "string",
-			"min_confidence": "float",
+			"min_confidence": "float", "max_record_bytes": "int",
 		}, kafkaKeys, registryClientKeys),
 		wired:      wiredWith([]string{"admin_listen", "motion_topic", "activity_topic", "deadletter_topic", "model", "transactional_id"}, kafkaWired, registryClientWired),
 		deprecated: []string{"session_timeout_ms", "kafka_bootstrap"},

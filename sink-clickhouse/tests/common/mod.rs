@@ -71,6 +71,9 @@ impl Setup {
             insert_timeout: Duration::from_secs(9),
             ..Config::default()
         };
+        // Records naming an id the shared registry does not know are given
+        // up after 5 s here, not 10 minutes.
+        c.registry.registry_unknown_id_patience = Duration::from_secs(5);
         c.batch.max_rows = 200;
         c.batch.max_age = Duration::from_millis(500);
         c

@@ -45,8 +45,14 @@ async fn every_event_once_poison_in_dead_letters_old_and_new_versions_together()
         .unwrap();
     let mut sent = s.produce_events(1, 500).await;
     s.produce_raw(&s.events_topic, &old_bytes, &[]).await;
-    s.produce_raw(&s.events_topic, b"\x00\x00\x00\x00\x07not avro at all", &[])
-        .await;
+    // Poison: the events' own schema id, bytes that are no such record (an
+    // id the registry does not know would be waited for first).
+    s.produce_raw(
+        &s.events_topic,
+        &wire::frame(s.event_schema_id, b"\xffnot avro at all"),
+        &[],
+    )
+    .await;
     sent.extend(s.produce_events(2, 300).await);
     // duplicates of the first 50 (a client retry)
     let again: Vec<ContextEvent> = sent[..50].to_vec();

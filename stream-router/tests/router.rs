@@ -98,6 +98,9 @@ to = [{{ topic = "{low}" }}, {{ topic = "{all}" }}]
             ("ROUTER_ADMIN_LISTEN", "127.0.0.1:0".into()),
             ("ROUTER_TRANSACTIONAL_ID", format!("{}-txn", self.group)),
             ("ROUTER_MAX_BATCH", "50".into()),
+            // A record naming an unknown schema id holds its partition for
+            // this long before it is dead-lettered (default 10 minutes).
+            ("ROUTER_REGISTRY_UNKNOWN_ID_PATIENCE", "3s".into()),
             ("RUST_LOG", "info".into()),
         ]
     }

@@ -2,7 +2,8 @@
 #
 # One image with the five binaries of the platform (ingest-gateway,
 # schema-registry, stream-router, sink-clickhouse, enrich-activity), the
-# shipped routing rules and a default activity model, on a slim Debian base,
+# topics tool context-topics and the topics' declaration, the shipped
+# routing rules and a default activity model, on a slim Debian base,
 # running as the unprivileged user 10001:10001 (the Helm chart's
 # securityContext uses the same numbers; helm/tests checks that they agree).
 #
@@ -33,10 +34,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \
-      -p ingest-gateway -p schema-registry -p stream-router -p sink-clickhouse -p enrich-activity \
+      -p ingest-gateway -p schema-registry -p stream-router -p sink-clickhouse -p enrich-activity -p context-runtime \
       --bin ingest-gateway --bin schema-registry --bin stream-router --bin sink-clickhouse --bin enrich-activity \
+      --bin context-topics \
  && mkdir -p /out/bin \
- && for b in ingest-gateway schema-registry stream-router sink-clickhouse enrich-activity; do \
+ && for b in ingest-gateway schema-registry stream-router sink-clickhouse enrich-activity context-topics; do \
       cp "target/release/$b" /out/bin/; \
     done
 
@@ -66,6 +68,8 @@ RUN apt-get update \
 
 COPY --from=builder /out/bin/ /usr/local/bin/
 COPY stream-router/rules.toml /usr/share/context-pipeline/rules.toml
+# The declaration context-topics applies (also compiled into it as its default).
+COPY helm/context-pipeline/topics.toml /usr/share/context-pipeline/topics.toml
 COPY --from=builder /out/basicmotions.json /usr/share/context-pipeline/models/basicmotions.json
 
 USER 10001:10001

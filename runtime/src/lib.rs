@@ -12,6 +12,9 @@
 //! ([`start_admin`]), [`backoff`] for every retry loop, [`clock`],
 //! [`deadletter`] headers, and [`pipeline`]: consume → transform → produce
 //! in Kafka transactions, with [`pipeline::drive`] as the loop.
+//!
+//! [`topics`] is the platform's topic declaration and the `context-topics`
+//! tool that applies it (`src/bin/context-topics.rs`).
 
 pub mod backoff;
 pub mod clock;
@@ -21,6 +24,7 @@ pub mod kafka;
 pub mod pipeline;
 pub mod registry;
 pub mod shutdown;
+pub mod topics;
 pub mod watched;
 
 use std::io::IsTerminal;

@@ -6,17 +6,85 @@
 //! reads that must see each event once use one of these):
 //! - `SELECT … FROM context.events FINAL WHERE …` (or the view `events_latest`);
 //! - `SELECT event_id, argMax(battery_level, received_at_us) FROM context.events GROUP BY event_id`;
-//! - `SELECT … FROM context.activity_latest WHERE model_version = '…'`.
+//! - `SELECT … FROM context.activity_latest WHERE model_version = '…'`;
+//! - `SELECT source, reason, uniqExact(<DEAD_LETTER_IDENTITY>) FROM context.dead_letters GROUP BY source, reason`
+//!   (what `sink-clickhouse dead-letters list` counts).
+//!
+//! A table's layout (engine, partition key, sorting key) has a version. When
+//! it changes, `migrate` converts an existing table of the older layout
+//! (see [`crate::migrate`]).
 
 use context_schemas::catalog::{catalog, SignalKind};
 
-/// One table: its columns in order and the engine clause.
+/// One table: its columns in order and its layout.
 #[derive(Debug, Clone)]
 pub struct Table {
     pub name: &'static str,
     pub columns: Vec<(String, String)>,
-    pub engine: &'static str,
+    pub layout: Layout,
 }
+
+/// How a table stores and merges its rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// 1 for the first layout of a table; raised with every change of the
+    /// engine or a key, and part of the name the older table is kept under
+    /// when `migrate` converts it (`<name>_before_<version>`).
+    pub version: u32,
+    /// The engine with its parameters, such as `ReplacingMergeTree(tagged_at_us)`.
+    pub engine: &'static str,
+    /// The `PARTITION BY` expression; empty for none (one partition).
+    pub partition_key: String,
+    /// The `ORDER BY` expressions, as `system.tables.sorting_key` lists them:
+    /// for a ReplacingMergeTree, what duplicates share.
+    pub sorting_key: String,
+}
+
+impl Layout {
+    /// The engine's name without its parameters, as `system.tables.engine` shows it.
+    pub fn engine_name(&self) -> &str {
+        self.engine.split('(').next().unwrap_or(self.engine).trim()
+    }
+
+    /// The `ENGINE = … [PARTITION BY …] ORDER BY (…)` clause.
+    pub fn clause(&self) -> String {
+        let partition = if self.partition_key.is_empty() {
+            String::new()
+        } else {
+            format!(" PARTITION BY {}", self.partition_key)
+        };
+        format!("ENGINE = {}{partition} ORDER BY ({})", self.engine, self.sorting_key)
+    }
+
+    /// Whether a table that `system.tables` describes with `engine`,
+    /// `partition_key` and `sorting_key` has this layout. Spaces, backticks
+    /// and the spelling of "no partition key" (empty or `tuple()`) do not count.
+    pub fn matches(&self, engine: &str, partition_key: &str, sorting_key: &str) -> bool {
+        engine.trim() == self.engine_name()
+            && normalized(partition_key) == normalized(&self.partition_key)
+            && normalized(sorting_key) == normalized(&self.sorting_key)
+    }
+}
+
+/// A key expression without spaces and backticks; `tuple()` (no key) as empty.
+fn normalized(key: &str) -> String {
+    let s: String = key.chars().filter(|c| !c.is_whitespace() && *c != '`').collect();
+    if s == "tuple()" {
+        String::new()
+    } else {
+        s
+    }
+}
+
+/// What identifies one dead letter, the same in every retry of it: who gave
+/// up, why, on which record (topic, partition, offset for a record read from
+/// Kafka; app and event id for a gateway reject, which has no offset), and
+/// its bytes (two events of one batch without an id differ only there).
+/// Nullable columns cannot be in a sorting key on ClickHouse 18.16, so they
+/// are given as `ifNull(…)`: a letter's identity never is NULL. The sorting
+/// key of `dead_letters`, and what `dead-letters list` counts distinct.
+pub const DEAD_LETTER_IDENTITY: &str = "source, reason, ifNull(source_topic, ''), ifNull(source_partition, -1), \
+     ifNull(source_offset, -1), ifNull(app_id, ''), ifNull(event_id, ''), cityHash64(payload)";
 
 fn cols(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect()
@@ -73,15 +141,28 @@ pub fn bare_type(spec: &str) -> &str {
     spec.split(" DEFAULT ").next().unwrap_or(spec)
 }
 
-/// Every table of the sink. Duplicates of one event share `client_time`
-/// (device time, the same in every retry), so they land in one partition
-/// and merge away.
+/// Every table of the sink. A ReplacingMergeTree removes duplicates only
+/// within one partition, so each table is partitioned by something every
+/// duplicate of a row shares:
+/// - `events` by `client_time` (device time, the same in every retry);
+/// - `activity_tags` by `model_version`: a tag carries no device time, and
+///   its `timestamp` is the skew-corrected time, which differs between the
+///   gateway attempts that brought its event (so does `tagged_at`). The
+///   model version is the same for every duplicate, there are few of them,
+///   and a retired model's tags go with `DROP PARTITION '<version>'`;
+/// - `dead_letters` not at all: a retry is dead-lettered again at another
+///   time, and nothing else in a letter is a time.
 pub fn tables() -> Vec<Table> {
     vec![
         Table {
             name: "events",
             columns: event_columns(),
-            engine: "ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(client_time) ORDER BY (app_id, event_id)",
+            layout: Layout {
+                version: 1,
+                engine: "ReplacingMergeTree",
+                partition_key: "toYYYYMM(client_time)".into(),
+                sorting_key: "app_id, event_id".into(),
+            },
         },
         Table {
             name: "activity_tags",
@@ -101,7 +182,15 @@ pub fn tables() -> Vec<Table> {
                 ("tagged_time", "DateTime"),
                 ("unknown_reason", "String"),
             ]),
-            engine: "ENGINE = ReplacingMergeTree(tagged_at_us) PARTITION BY toYYYYMM(event_time) ORDER BY (event_id, model_version)",
+            // Version 1: PARTITION BY toYYYYMM(event_time) ORDER BY (event_id,
+            // model_version): duplicates whose corrected times fell in two
+            // months never met, and two apps' events of one id merged.
+            layout: Layout {
+                version: 2,
+                engine: "ReplacingMergeTree(tagged_at_us)",
+                partition_key: "model_version".into(),
+                sorting_key: "app_id, event_id, model_version".into(),
+            },
         },
         Table {
             name: "dead_letters",
@@ -119,30 +208,71 @@ pub fn tables() -> Vec<Table> {
                 ("payload", "String"),
                 ("envelope", "String DEFAULT ''"),
             ]),
-            engine: "ENGINE = MergeTree PARTITION BY toYYYYMM(failed_time) ORDER BY (failed_time, reason)",
+            // Version 1: MergeTree PARTITION BY toYYYYMM(failed_time) ORDER BY
+            // (failed_time, reason): every retry of a letter was another row.
+            // The newest retry of a letter is the one kept.
+            layout: Layout {
+                version: 2,
+                engine: "ReplacingMergeTree(failed_at_us)",
+                partition_key: String::new(),
+                sorting_key: DEAD_LETTER_IDENTITY.into(),
+            },
         },
     ]
 }
 
 /// `CREATE TABLE IF NOT EXISTS` for `table` in `db`.
 pub fn create_table(db: &str, table: &Table) -> String {
-    let columns: Vec<String> = table.columns.iter().map(|(n, t)| format!("    `{n}` {t}")).collect();
+    create_table_as(db, table.name, &table.columns, &table.layout)
+}
+
+/// `CREATE TABLE IF NOT EXISTS` of `columns` with `layout`, named `name`
+/// (a table's DDL under another name, with more columns: a migration's copy).
+pub fn create_table_as(db: &str, name: &str, columns: &[(String, String)], layout: &Layout) -> String {
+    let columns: Vec<String> = columns.iter().map(|(n, t)| format!("    `{n}` {t}")).collect();
     format!(
-        "CREATE TABLE IF NOT EXISTS `{db}`.`{}` (\n{}\n) {}",
-        table.name,
+        "CREATE TABLE IF NOT EXISTS `{db}`.`{name}` (\n{}\n) {}",
         columns.join(",\n"),
-        table.engine
+        layout.clause()
     )
 }
 
+/// One view: its name, its `CREATE VIEW`, and a piece of its query that
+/// only the current definition has (an older view without it is replaced).
+#[derive(Debug, Clone)]
+pub struct View {
+    pub name: &'static str,
+    pub create: String,
+    pub marker: &'static str,
+}
+
+impl View {
+    /// Whether `create_table_query` (as `system.tables` shows the view) is
+    /// the current definition. Spaces and backticks do not count.
+    pub fn is_current(&self, create_table_query: &str) -> bool {
+        let squeeze = |s: &str| -> String { s.chars().filter(|c| !c.is_whitespace() && *c != '`').collect() };
+        squeeze(create_table_query).contains(&squeeze(self.marker))
+    }
+}
+
 /// The views for the common "latest" reads.
-pub fn views(db: &str) -> Vec<String> {
+pub fn views(db: &str) -> Vec<View> {
     vec![
-        format!("CREATE VIEW IF NOT EXISTS `{db}`.`events_latest` AS SELECT * FROM `{db}`.`events` FINAL"),
-        format!(
-            "CREATE VIEW IF NOT EXISTS `{db}`.`activity_latest` AS SELECT * FROM `{db}`.`activity_tags` \
-             ORDER BY tagged_at_us DESC LIMIT 1 BY event_id, model_version"
-        ),
+        View {
+            name: "events_latest",
+            create: format!("CREATE VIEW IF NOT EXISTS `{db}`.`events_latest` AS SELECT * FROM `{db}`.`events` FINAL"),
+            marker: "FINAL",
+        },
+        // Until activity_tags layout 2: LIMIT 1 BY event_id, model_version,
+        // which hid one of two apps' events of the same id.
+        View {
+            name: "activity_latest",
+            create: format!(
+                "CREATE VIEW IF NOT EXISTS `{db}`.`activity_latest` AS SELECT * FROM `{db}`.`activity_tags` \
+                 ORDER BY tagged_at_us DESC LIMIT 1 BY app_id, event_id, model_version"
+            ),
+            marker: "LIMIT 1 BY app_id, event_id, model_version",
+        },
     ]
 }
 
@@ -160,5 +290,56 @@ mod tests {
         for banned in ["LowCardinality", "Map(", "DateTime64", "JSON", "TTL"] {
             assert!(!sql.contains(banned), "{banned}");
         }
+    }
+
+    #[test]
+    fn layouts_are_recognised_as_system_tables_shows_them() {
+        let t = tables();
+        let tags = &t.iter().find(|t| t.name == "activity_tags").unwrap().layout;
+        // ClickHouse 18.16's system.tables for a table of this DDL.
+        assert!(tags.matches("ReplacingMergeTree", "model_version", "app_id, event_id, model_version"));
+        assert!(tags
+            .clause()
+            .contains("PARTITION BY model_version ORDER BY (app_id, event_id, model_version)"));
+        // The layout before version 2.
+        assert!(!tags.matches("ReplacingMergeTree", "toYYYYMM(event_time)", "event_id, model_version"));
+        let dead = &t.iter().find(|t| t.name == "dead_letters").unwrap().layout;
+        assert!(dead.matches("ReplacingMergeTree", "", DEAD_LETTER_IDENTITY));
+        assert!(dead.matches(
+            "ReplacingMergeTree",
+            "tuple()",
+            &DEAD_LETTER_IDENTITY.replace(", ", ",")
+        ));
+        assert!(!dead.matches("MergeTree", "toYYYYMM(failed_time)", "failed_time, reason"));
+        assert!(!dead.clause().contains("PARTITION BY"));
+        // No Nullable column is in a sorting key (18.16 refuses them).
+        for table in &t {
+            for (name, ty) in &table.columns {
+                if ty.starts_with("Nullable") {
+                    let bare = table
+                        .layout
+                        .sorting_key
+                        .split(',')
+                        .map(str::trim)
+                        .any(|k| k == name.as_str());
+                    assert!(!bare, "{}.{name} is Nullable and in the sorting key", table.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn views_recognise_their_current_definition() {
+        let v = views("context");
+        let latest = v.iter().find(|v| v.name == "activity_latest").unwrap();
+        // As ClickHouse 18.16 shows the views in system.tables.create_table_query.
+        assert!(latest.is_current(
+            "CREATE VIEW context.activity_latest ( event_id UUID) AS SELECT * FROM context.activity_tags  \
+             ORDER BY tagged_at_us DESC LIMIT 1 BY app_id, event_id, model_version"
+        ));
+        assert!(!latest.is_current(
+            "CREATE VIEW context.activity_latest ( event_id UUID) AS SELECT * FROM context.activity_tags  \
+             ORDER BY tagged_at_us DESC LIMIT 1 BY event_id, model_version"
+        ));
     }
 }

@@ -17,8 +17,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// `migrate` creates the database `context` (tables events, activity_tags,
 /// dead_letters and the views events_latest, activity_latest) from the Avro
-/// schemas, and adds columns for new signals; run it before `run` and after
-/// every schema change. `run` consumes context.events.v1,
+/// schemas, adds columns for new signals, and converts tables of an older
+/// layout (keeping the old table as `<name>_before_<version>`); run it
+/// before `run` and after every upgrade. `run` consumes context.events.v1,
 /// context.activity.v1 and context.deadletter.v1, each in its own consumer
 /// group, with /healthz, /readyz and /metrics on 127.0.0.1:9102.
 /// Configuration: --config FILE (TOML) with SINK_* environment overrides.
@@ -33,7 +34,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create or update the database, tables and views (idempotent, additive).
+    /// Create or update the database, tables and views (idempotent; converts
+    /// a table of an older layout and keeps the old one).
     Migrate {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -75,7 +77,8 @@ struct Filter {
 
 #[derive(Subcommand)]
 enum DeadLettersCommand {
-    /// Count dead letters by source and reason, with the first and last time.
+    /// Count dead letters by source and reason, with the first and last time;
+    /// a letter stored again by a retry counts once.
     List {
         #[command(flatten)]
         filter: Filter,
@@ -83,7 +86,8 @@ enum DeadLettersCommand {
     /// Send the chosen dead letters through the normal path again: gateway
     /// rejects are validated again and produced to the events topic when
     /// valid now; the others go back, bytes unchanged, to the topic they were
-    /// read from. Events already stored are skipped (idempotent by event_id).
+    /// read from, keyed by install as on the normal path. Events already
+    /// stored are skipped (idempotent by app_id and event_id).
     ///
     /// Example: sink-clickhouse dead-letters redrive --reason unknown_schema_id --since 2026-11-26T00:00:00Z --dry-run
     Redrive {
@@ -222,6 +226,12 @@ async fn main() -> ExitCode {
                     }
                     for extra in &report.extra {
                         println!("kept column unknown to the schema: {extra}");
+                    }
+                    for (table, rows) in &report.kept {
+                        println!(
+                            "kept the table of the older layout as {table} ({rows} rows); \
+                             drop it once the converted table serves you: DROP TABLE {table}"
+                        );
                     }
                     if report.applied.is_empty() {
                         println!("database `{}` is up to date", s.database);

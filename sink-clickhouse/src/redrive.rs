@@ -10,19 +10,29 @@
 //! - any other (the sink's, the router's, the tagger's) is produced, bytes
 //!   unchanged, to the topic it was read from (`source_topic`).
 //!
-//! It is idempotent by `event_id`: an event (a gateway reject or a record
-//! of the events topic) already in `context.events` is skipped, and what is
-//! sent twice anyway merges away by `event_id` downstream. The router's and
-//! the tagger's letters are always sent: their outputs merge by `event_id`
-//! (and model version). Dead letters are never deleted, so a second redrive
-//! with the same selection reads the same letters again and skips what is
-//! stored; move `--since` on to go further.
+//! It is idempotent by `(app_id, event_id)`, the key of `context.events`:
+//! an event (a gateway reject or a record of the events topic) already
+//! stored is skipped (the same event id from another app is another event),
+//! and what is sent twice anyway merges away downstream. The router's and
+//! the tagger's letters are always sent: their outputs merge by
+//! `(app_id, event_id)` (and model version). Dead letters are never
+//! deleted, so a second redrive with the same selection reads the same
+//! letters again and skips what is stored; move `--since` on to go further.
+//! A letter retried several times (stored once per retry until its copies
+//! merge) is read once.
+//!
+//! Every record is produced with the key its kind has on the normal path:
+//! the install id (`install_id`, as text), which the gateway, the router and
+//! the tagger key by, so that an install's records stay in one partition and
+//! in order. A rebuilt gateway reject gets it from its batch; any other
+//! letter from its bytes (decoded with the writer's schema); bytes that are
+//! no record of the contract are sent without a key.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use context_runtime::kafka::Defaults;
-use context_schemas::{AvroRecord, ContextEvent};
+use context_schemas::{ActivityTag, AvroRecord, ContextEvent, MotionWindow};
 use ingest_gateway::batch::Encoding;
 use ingest_gateway::validate::Validator;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -74,13 +84,17 @@ pub struct Group {
     pub last: u32,
 }
 
-/// Dead letters by source and reason, most first.
+/// Dead letters by source and reason, most first. Each letter counts once
+/// however often it was retried: until its copies merge, `dead_letters`
+/// holds one row per retry, so what is counted is distinct letters
+/// ([`crate::ddl::DEAD_LETTER_IDENTITY`]), not rows.
 pub async fn list(c: &Config, sel: &Selection) -> Result<Vec<Group>, clickhouse::error::Error> {
     c.clickhouse(false)
         .query(&format!(
-            "SELECT source, reason, count() AS count, toUInt32(min(failed_time)) AS first, \
+            "SELECT source, reason, uniqExact({}) AS count, toUInt32(min(failed_time)) AS first, \
              toUInt32(max(failed_time)) AS last FROM `{}`.dead_letters WHERE {} \
              GROUP BY source, reason ORDER BY count DESC, source, reason",
+            crate::ddl::DEAD_LETTER_IDENTITY,
             c.database,
             sel.filter()
         ))
@@ -97,6 +111,15 @@ struct Letter {
     failed_at_us: i64,
     payload: Bytes,
     envelope: String,
+}
+
+/// What a record of the contract says about itself: the key of
+/// `context.events` and the install the record is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ids {
+    app_id: String,
+    event_id: String,
+    install_id: String,
 }
 
 /// What a redrive did (or, dry, would do).
@@ -153,12 +176,14 @@ pub async fn redrive(
         tokio::task::spawn_blocking(move || context_runtime::kafka::verify(&kafka, Duration::from_secs(10))).await??;
     }
     let reader = c.clickhouse(false);
+    // The first copy of each letter (retries are copies until they merge).
     let mut cursor = reader
         .query(&format!(
             "SELECT source, source_topic, app_id, event_id, failed_at_us, payload, envelope \
-             FROM `{}`.dead_letters WHERE {} ORDER BY failed_at_us LIMIT {}",
+             FROM `{}`.dead_letters WHERE {} ORDER BY failed_at_us LIMIT 1 BY {} LIMIT {}",
             c.database,
             sel.filter(),
+            crate::ddl::DEAD_LETTER_IDENTITY,
             sel.limit
         ))
         .fetch::<Letter>()?;
@@ -205,10 +230,25 @@ struct Redrive<'a> {
     validator: Validator,
     producer: FutureProducer,
     schema_id: Option<u32>,
-    /// What was sent (or skipped) already in this run: its destination and
-    /// event id, or its bytes when it has no id.
+    /// What was sent (or skipped) already in this run: its destination, app
+    /// and event id, or its bytes when it has no id.
     seen: HashSet<Vec<u8>>,
     outcome: Outcome,
+}
+
+/// `T` decoded from `payload`: `None` for bytes that are not a `T`; an
+/// error only for a registry that is away.
+async fn decoded<T: AvroRecord + 'static>(
+    registry: &schema_registry::RegistryClient,
+    payload: &[u8],
+) -> anyhow::Result<Option<T>> {
+    match registry.decode::<T>(payload).await {
+        Ok((_, record)) => Ok(Some(record)),
+        Err(e) if e.is_retryable() => {
+            anyhow::bail!("reading a dead letter's bytes: {e}; nothing further was sent")
+        }
+        Err(_) => Ok(None),
+    }
 }
 
 impl Redrive<'_> {
@@ -223,46 +263,98 @@ impl Redrive<'_> {
             || (l.source == "sink-clickhouse" && l.source_topic.as_deref() == Some(self.c.events_topic.as_str()))
     }
 
+    /// The ids in a letter's bytes, read with the writer's schema (whichever
+    /// record of the contract it names). `None` for bytes that are not such
+    /// a record: not the wire format, a schema the registry does not know
+    /// (an `unknown_schema_id` letter whose schema is still missing), bytes
+    /// that do not decode. A registry that is away stops the redrive rather
+    /// than send records without their key.
+    async fn ids_in(&self, payload: &[u8]) -> anyhow::Result<Option<Ids>> {
+        let Ok((id, _)) = context_schemas::wire::unframe(payload) else {
+            return Ok(None);
+        };
+        let writer = match self.registry.schema_by_id(id).await {
+            Ok(schema) => schema,
+            Err(e) if e.is_retryable() => {
+                anyhow::bail!("reading the schema {id} of a dead letter's bytes: {e}; nothing further was sent")
+            }
+            Err(_) => return Ok(None),
+        };
+        let name = writer.name().map(|n| n.name().to_owned()).unwrap_or_default();
+        let ids = |app_id: String, event_id: uuid::Uuid, install_id: uuid::Uuid| Ids {
+            app_id,
+            event_id: event_id.to_string(),
+            install_id: install_id.to_string(),
+        };
+        Ok(match name.as_str() {
+            "ContextEvent" => decoded::<ContextEvent>(&self.registry, payload)
+                .await?
+                .map(|e| ids(e.app_id, e.event_id, e.install_id)),
+            "MotionWindow" => decoded::<MotionWindow>(&self.registry, payload)
+                .await?
+                .map(|w| ids(w.app_id, w.event_id, w.install_id)),
+            "ActivityTag" => decoded::<ActivityTag>(&self.registry, payload)
+                .await?
+                .map(|t| ids(t.app_id, t.event_id, t.install_id)),
+            _ => None,
+        })
+    }
+
     async fn chunk(&mut self, mut letters: Vec<Letter>) -> anyhow::Result<()> {
         let c = self.c;
-        // A record of the events topic given up on without its event id (the
-        // sink's own dead letters): its id is in its bytes. A registry that is
-        // away stops the redrive rather than skip the check.
+        // A letter of a record read from Kafka: its ids and its key are in
+        // its bytes (the sink's own letters carry no ids in their columns).
+        let mut keys: Vec<Option<Vec<u8>>> = Vec::with_capacity(letters.len());
         for l in &mut letters {
-            if l.event_id.is_none() && l.source_topic.as_deref() == Some(c.events_topic.as_str()) {
-                match self.registry.decode::<ContextEvent>(&l.payload.0).await {
-                    Ok((_, e)) => l.event_id = Some(e.event_id.to_string()),
-                    Err(e) if e.is_retryable() => {
-                        anyhow::bail!("reading an event id from a dead letter's bytes: {e}; nothing further was sent")
+            let mut key = None;
+            if l.source != "ingest-gateway" {
+                if let Some(ids) = self.ids_in(&l.payload.0).await? {
+                    if l.app_id.is_none() {
+                        l.app_id = Some(ids.app_id);
                     }
-                    Err(_) => {}
+                    if l.event_id.is_none() {
+                        l.event_id = Some(ids.event_id);
+                    }
+                    key = Some(ids.install_id.into_bytes());
                 }
             }
+            keys.push(key);
             // One spelling per id, so that the same event is recognised.
             l.event_id = l
                 .event_id
                 .take()
                 .map(|id| uuid::Uuid::parse_str(&id).map(|u| u.to_string()).unwrap_or(id));
         }
-        // Events already stored are not sent again.
-        let ids: Vec<&String> = letters
+        // Events already stored (the same app and event id) are not sent again.
+        let candidates: Vec<(String, String)> = letters
             .iter()
             .filter(|l| self.is_event(l))
-            .filter_map(|l| l.event_id.as_ref())
-            .filter(|id| uuid::Uuid::parse_str(id).is_ok())
+            .filter_map(|l| Some((stored_app(l).to_owned(), l.event_id.clone()?)))
+            .filter(|(_, id)| uuid::Uuid::parse_str(id).is_ok())
+            .collect::<HashSet<_>>()
+            .into_iter()
             .collect();
-        let mut stored: HashSet<String> = HashSet::new();
-        if !ids.is_empty() {
-            let list: Vec<String> = ids.iter().map(|id| format!("toUUID('{id}')")).collect();
-            let found: Vec<String> = c
-                .clickhouse(false)
-                .query(&format!(
-                    "SELECT DISTINCT toString(event_id) FROM `{}`.events WHERE event_id IN ({})",
-                    c.database,
-                    list.join(", ")
-                ))
-                .fetch_all()
-                .await?;
+        let mut stored: HashSet<(String, String)> = HashSet::new();
+        if !candidates.is_empty() {
+            let apps: HashSet<&str> = candidates.iter().map(|(app, _)| app.as_str()).collect();
+            let ids: Vec<String> = candidates.iter().map(|(_, id)| format!("toUUID('{id}')")).collect();
+            let placeholders = |n: usize| vec!["?"; n].join(", ");
+            let sql = format!(
+                "SELECT DISTINCT app_id, toString(event_id) FROM `{}`.events \
+                 WHERE app_id IN ({}) AND event_id IN ({}) AND (app_id, toString(event_id)) IN ({})",
+                c.database,
+                placeholders(apps.len()),
+                ids.join(", "),
+                placeholders(candidates.len())
+            );
+            let mut query = c.clickhouse(false).query(&sql);
+            for app in &apps {
+                query = query.bind(*app);
+            }
+            for pair in &candidates {
+                query = query.bind(pair);
+            }
+            let found: Vec<(String, String)> = query.fetch_all().await?;
             stored.extend(found);
         }
         if self.schema_id.is_none() && letters.iter().any(|l| l.source == "ingest-gateway") {
@@ -280,10 +372,11 @@ impl Redrive<'_> {
         }
 
         let mut pending = Vec::new();
-        for l in letters {
+        for (l, letter_key) in letters.into_iter().zip(keys) {
             let valid_id = l.event_id.as_ref().filter(|id| uuid::Uuid::parse_str(id).is_ok());
             // Where it goes and what it is: an event and its motion window
-            // share an id but are not duplicates of each other.
+            // share an id but are not duplicates of each other, nor are two
+            // apps' events of one id.
             let mut identity = if self.is_event(&l) {
                 b"event".to_vec()
             } else {
@@ -291,7 +384,11 @@ impl Redrive<'_> {
             };
             identity.push(0);
             match valid_id {
-                Some(id) => identity.extend_from_slice(id.as_bytes()),
+                Some(id) => {
+                    identity.extend_from_slice(stored_app(&l).as_bytes());
+                    identity.push(0);
+                    identity.extend_from_slice(id.as_bytes());
+                }
                 // Its bytes' digest: what `seen` keeps stays small per letter.
                 None => {
                     use std::hash::{Hash, Hasher};
@@ -301,7 +398,9 @@ impl Redrive<'_> {
                     identity.extend_from_slice(&h.finish().to_le_bytes());
                 }
             }
-            if (self.is_event(&l) && valid_id.is_some_and(|id| stored.contains(id))) || !self.seen.insert(identity) {
+            let is_stored = self.is_event(&l)
+                && valid_id.is_some_and(|id| stored.contains(&(stored_app(&l).to_owned(), id.clone())));
+            if is_stored || !self.seen.insert(identity) {
                 self.outcome.already_stored += 1;
                 continue;
             }
@@ -319,7 +418,7 @@ impl Redrive<'_> {
                 }
             } else {
                 match &l.source_topic {
-                    Some(t) if !t.is_empty() => (t.clone(), None, l.payload.0.clone()),
+                    Some(t) if !t.is_empty() => (t.clone(), letter_key, l.payload.0.clone()),
                     _ => {
                         self.outcome.not_rebuildable += 1;
                         continue;
@@ -353,6 +452,12 @@ impl Redrive<'_> {
         }
         Ok(())
     }
+}
+
+/// The app a letter's event is stored under: its `app_id`, or (a gateway
+/// reject without one) `unknown`, as [`rebuild`] gives it.
+fn stored_app(l: &Letter) -> &str {
+    l.app_id.as_deref().unwrap_or("unknown")
 }
 
 /// A gateway reject as a one-event batch, validated as the gateway does:

@@ -55,7 +55,8 @@ fn string(v: Option<SignalValue>) -> Option<String> {
 include!(concat!(env!("OUT_DIR"), "/event_row.rs"));
 
 /// A row's partition: the `DateTime` (seconds) of its table's
-/// `PARTITION BY toYYYYMM(..)` column.
+/// `PARTITION BY toYYYYMM(..)` column, or 0 for every row of a table that is
+/// not partitioned by month (a batch of its rows is then one insert).
 pub trait Partitioned {
     fn partition_time(&self) -> u32;
 
@@ -150,8 +151,11 @@ pub struct ActivityRow {
 }
 
 impl Partitioned for ActivityRow {
+    /// `activity_tags` is partitioned by `model_version` (`ddl::tables`):
+    /// `event_time`, the corrected time, differs between the duplicates of
+    /// a tag. A batch holds the tags of a few model versions at most.
     fn partition_time(&self) -> u32 {
-        self.event_time
+        0
     }
 }
 
@@ -227,8 +231,10 @@ pub struct DeadLetterRow {
 }
 
 impl Partitioned for DeadLetterRow {
+    /// `dead_letters` has one partition: a retry of a letter fails at
+    /// another time, and its copies must meet to merge.
     fn partition_time(&self) -> u32 {
-        self.failed_time
+        0
     }
 }
 

@@ -4,8 +4,10 @@
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use thiserror::Error;
+use uuid::Uuid;
 
 use crate::error::BatchError;
+use crate::validate::{clip, MAX_MESSAGE_BYTES};
 
 /// Every answer of `POST /v1/batch` other than 200. A client may retry the
 /// same body after any of them; only those with [`ApiError::retry_after`]
@@ -22,6 +24,16 @@ pub enum ApiError {
     DisabledKey(String),
     #[error("app `{app}` is over its rate limit of {rate} events/s")]
     RateLimited { app: String, rate: f64, retry_after: u64 },
+    /// The app's bucket of decompressed bytes (`rate_limit_bytes_per_s`)
+    /// has not enough for this batch.
+    #[error("app `{app}` is over its rate limit of {rate} decompressed bytes/s")]
+    BytesRateLimited { app: String, rate: u64, retry_after: u64 },
+    /// 409: the app's `batch_id` was answered within `dedup_window` for a
+    /// different body. Nothing of this body was stored; the same body
+    /// succeeds once the first answer is forgotten (`retry_after`), and its
+    /// events at once under a new `batch_id`.
+    #[error("batch_id {batch_id} was already answered for a different body; nothing of this body was stored: send its events under a new batch_id, or this body again after Retry-After")]
+    BatchIdReused { batch_id: Uuid, retry_after: u64 },
     #[error("too many bytes in flight; retry shortly")]
     Busy,
     #[error("the gateway is shutting down")]
@@ -55,7 +67,8 @@ impl ApiError {
             ApiError::Batch(BatchError::BadCompression(_) | BatchError::NotABatch(_)) => "not_a_batch",
             ApiError::MissingKey | ApiError::UnknownKey => "unauthorized",
             ApiError::DisabledKey(_) => "forbidden",
-            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::RateLimited { .. } | ApiError::BytesRateLimited { .. } => "rate_limited",
+            ApiError::BatchIdReused { .. } => "batch_id_reused",
             ApiError::Busy | ApiError::Batch(BatchError::OverBudget) => "busy",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Unavailable { .. } => "unavailable",
@@ -67,7 +80,10 @@ impl ApiError {
     /// Seconds after which the same request can succeed, when waiting helps.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::RateLimited { retry_after, .. } | ApiError::Unavailable { retry_after, .. } => Some(*retry_after),
+            ApiError::RateLimited { retry_after, .. }
+            | ApiError::BytesRateLimited { retry_after, .. }
+            | ApiError::BatchIdReused { retry_after, .. }
+            | ApiError::Unavailable { retry_after, .. } => Some(*retry_after),
             ApiError::Busy | ApiError::ShuttingDown | ApiError::Batch(BatchError::OverBudget) => Some(1),
             ApiError::KafkaRefused(_) => Some(KAFKA_REFUSED_RETRY_AFTER),
             _ => None,
@@ -85,7 +101,8 @@ impl ResponseError for ApiError {
             ApiError::Batch(BatchError::BadCompression(_) | BatchError::NotABatch(_)) => StatusCode::BAD_REQUEST,
             ApiError::MissingKey | ApiError::UnknownKey => StatusCode::UNAUTHORIZED,
             ApiError::DisabledKey(_) => StatusCode::FORBIDDEN,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::BytesRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BatchIdReused { .. } => StatusCode::CONFLICT,
             ApiError::Busy
             | ApiError::ShuttingDown
             | ApiError::Unavailable { .. }
@@ -101,7 +118,8 @@ impl ResponseError for ApiError {
         if let Some(seconds) = self.retry_after() {
             answer.insert_header((header::RETRY_AFTER, seconds));
         }
-        answer.json(serde_json::json!({"error": self.kind(), "message": self.to_string()}))
+        let message = self.to_string();
+        answer.json(serde_json::json!({"error": self.kind(), "message": clip(&message, MAX_MESSAGE_BYTES)}))
     }
 }
 
@@ -139,6 +157,31 @@ mod tests {
                 "rate_limited",
                 Some("3"),
             ),
+            (
+                ApiError::BytesRateLimited {
+                    app: "a".into(),
+                    rate: 1000,
+                    retry_after: 2,
+                },
+                429,
+                "rate_limited",
+                Some("2"),
+            ),
+            (
+                ApiError::BatchIdReused {
+                    batch_id: Uuid::nil(),
+                    retry_after: 600,
+                },
+                409,
+                "batch_id_reused",
+                Some("600"),
+            ),
+            (
+                ApiError::from(BatchError::NotABatch("z".repeat(100_000))),
+                400,
+                "not_a_batch",
+                None,
+            ),
             (ApiError::Busy, 503, "busy", Some("1")),
             (ApiError::from(BatchError::OverBudget), 503, "busy", Some("1")),
             (
@@ -162,7 +205,13 @@ mod tests {
             let body = r.into_body().try_into_bytes().unwrap();
             let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(json["error"], kind);
-            assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()));
+            let message = json["message"].as_str().unwrap_or_default();
+            assert!(!message.is_empty(), "{e}");
+            assert!(
+                message.len() <= MAX_MESSAGE_BYTES,
+                "a message of {} bytes",
+                message.len()
+            );
         }
     }
 }

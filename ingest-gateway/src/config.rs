@@ -96,8 +96,23 @@ pub struct Config {
     /// queue answers 503 instead of buffering without limit.
     pub queue_max_messages: u32,
     pub queue_max_kbytes: u32,
-    /// Decompressed bytes of requests being processed at once; over it, 503.
+    /// Bytes of requests being processed at once, their bodies as they are
+    /// read (charged from the declared `Content-Length` before a byte is
+    /// read, then chunk by chunk) and as they inflate; over it, 503.
     pub max_in_flight_bytes: usize,
+    /// How long a request's body may take to arrive, from its first byte
+    /// read to its last; a slower body is answered 503 with `Retry-After`
+    /// (its share of `max_in_flight_bytes` is held meanwhile).
+    #[serde(with = "context_runtime::config::duration")]
+    pub body_read_timeout: Duration,
+    /// Sustained decompressed bytes per second each app may send, beside its
+    /// key's events per second; over it, 429 with `Retry-After`. 0 turns the
+    /// byte limit off (the default: set it from what your apps send).
+    pub rate_limit_bytes_per_s: u64,
+    /// Decompressed bytes an app may send at once under
+    /// `rate_limit_bytes_per_s` (a single batch larger than this passes on
+    /// a full bucket, as with events).
+    pub rate_limit_burst_bytes: u64,
     /// Events whose corrected time lies further ahead of the server clock
     /// are stored with `time_suspect` (never refused for their time).
     #[serde(with = "context_runtime::config::duration")]
@@ -106,10 +121,16 @@ pub struct Config {
     /// `time_suspect`.
     #[serde(with = "context_runtime::config::duration")]
     pub max_age: Duration,
-    /// A repeated `batch_id` within this window is answered from memory.
+    /// A repeated `batch_id` with the same body within this window is
+    /// answered from memory; with another body, 409 `batch_id_reused`.
     #[serde(with = "context_runtime::config::duration")]
     pub dedup_window: Duration,
+    /// Most answers kept for `dedup_window`, oldest forgotten first.
     pub dedup_capacity: usize,
+    /// Most bytes those answers take in memory, each counted at its real
+    /// size (its rejections included), oldest forgotten first; an answer
+    /// larger than this is not kept.
+    pub dedup_capacity_bytes: usize,
     /// HTTP worker threads.
     pub workers: usize,
 }
@@ -130,10 +151,14 @@ impl Default for Config {
             queue_max_messages: 100_000,
             queue_max_kbytes: 256 * 1024,
             max_in_flight_bytes: 192 << 20,
+            body_read_timeout: Duration::from_secs(30),
+            rate_limit_bytes_per_s: 0,
+            rate_limit_burst_bytes: 256 << 20,
             max_future: Duration::from_secs(3600),
             max_age: Duration::from_secs(30 * 86_400),
             dedup_window: Duration::from_secs(600),
             dedup_capacity: 100_000,
+            dedup_capacity_bytes: 32 << 20,
             workers: 2,
         }
     }
@@ -176,6 +201,18 @@ impl ServiceConfig for Config {
         if self.workers == 0 {
             problems.push("workers must be above 0".into());
         }
+        if self.body_read_timeout.is_zero() {
+            problems.push("body_read_timeout must be above 0 (30s by default)".into());
+        }
+        if self.rate_limit_bytes_per_s > 0 && self.rate_limit_burst_bytes == 0 {
+            problems.push("rate_limit_burst_bytes must be above 0 when rate_limit_bytes_per_s is set".into());
+        }
+        if self.dedup_capacity_bytes < 64 << 10 {
+            problems.push(format!(
+                "dedup_capacity_bytes {} is under 65536: room for a few answers at least",
+                self.dedup_capacity_bytes
+            ));
+        }
         problems
     }
 }
@@ -211,6 +248,33 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.0.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn the_bounds_of_requests_and_of_the_dedup_memory_are_checked() {
+        let s = load_from::<Config>(
+            None,
+            env(&[
+                ("INGEST_BODY_READ_TIMEOUT", "5s"),
+                ("INGEST_RATE_LIMIT_BYTES_PER_S", "1000000"),
+                ("INGEST_DEDUP_CAPACITY_BYTES", "1048576"),
+            ]),
+        )
+        .unwrap()
+        .config;
+        assert_eq!(
+            (s.body_read_timeout, s.rate_limit_bytes_per_s, s.dedup_capacity_bytes),
+            (Duration::from_secs(5), 1_000_000, 1 << 20)
+        );
+        let bad = Config {
+            body_read_timeout: Duration::ZERO,
+            rate_limit_bytes_per_s: 1000,
+            rate_limit_burst_bytes: 0,
+            dedup_capacity_bytes: 100,
+            ..Config::default()
+        };
+        assert_eq!(bad.check().len(), 3, "{:?}", bad.check());
+        assert!(Config::default().check().is_empty(), "{:?}", Config::default().check());
     }
 
     #[test]

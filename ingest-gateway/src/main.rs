@@ -19,7 +19,9 @@ use ingest_gateway::Config;
 /// API key, validates every event, encodes Avro with the registered schema id,
 /// produces to Kafka (acks=all) and answers 200 only once Kafka acknowledged
 /// every event. Everything else is safe to retry: 503 with Retry-After when
-/// Kafka cannot take the batch, 429 when the app is over its rate limit.
+/// Kafka cannot take the batch (or its body is too slow, or the in-flight
+/// budget is spent), 429 when the app is over its rate limit (events or
+/// bytes per second), 409 when its batch_id was answered for another body.
 /// Also serves /healthz, /readyz, /metrics and /openapi.json.
 #[derive(Parser)]
 #[command(version, about, long_about)]

@@ -7,6 +7,7 @@ use context_schemas::catalog::{catalog, SignalKind};
 use serde_json::{json, Map, Value};
 
 use crate::config::Limits;
+use crate::validate::{MAX_DETAIL_BYTES, MAX_MESSAGE_BYTES, MAX_QUOTED_BYTES};
 
 /// Every reason code an event can be rejected with, and what it means.
 pub const REJECTION_REASONS: &[(&str, &str)] = &[
@@ -76,6 +77,15 @@ fn error_response(description: &str, retry_after: bool) -> Value {
 pub fn document(limits: &Limits) -> Value {
     let reasons: Vec<&str> = REJECTION_REASONS.iter().map(|(r, _)| *r).collect();
     let reason_doc: Vec<String> = REJECTION_REASONS.iter().map(|(r, d)| format!("`{r}`: {d}")).collect();
+    // Apart from the document: one json! of all of it nests too deep for
+    // the macro's recursion limit.
+    let rejected = json!({"type": "object", "properties": {
+        "index": {"type": "integer"},
+        "event_id": {"type": "string", "nullable": true, "maxLength": MAX_QUOTED_BYTES,
+            "description": "As sent; a longer one (never a UUID) is cut and ends in …"},
+        "reason": {"type": "string", "enum": reasons, "description": reason_doc.join("; ")},
+        "detail": {"type": "string", "maxLength": MAX_DETAIL_BYTES,
+            "description": format!("What was wrong; input it quotes is cut to {MAX_QUOTED_BYTES} bytes, ending in …")}}});
     let sample = json!({"type": "array", "items": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
         "maxItems": limits.max_samples});
     json!({
@@ -103,9 +113,10 @@ pub fn document(limits: &Limits) -> Value {
                 "413": error_response(&format!(
                     "Over a limit: body {} bytes, decompressed {} bytes, {} events per batch.",
                     limits.max_body_bytes, limits.max_decompressed_bytes, limits.max_events), false),
+                "409": error_response("error `batch_id_reused`: this batch_id was answered within the gateway's dedup_window for a different body (an SDK reusing batch ids). Nothing of this body was stored and none of its events may be deleted: send them again under a new batch_id, or this body again after Retry-After (seconds until the first answer is forgotten).", true),
                 "415": error_response("Unsupported Content-Type (send application/json) or Content-Encoding.", false),
-                "429": error_response("The app is over its rate limit.", true),
-                "503": error_response("Kafka cannot take the batch now (down, slow, queue full) or the gateway is shutting down.", true),
+                "429": error_response("The app is over its rate limit: events per second (its key's), or decompressed bytes per second (the gateway's rate_limit_bytes_per_s).", true),
+                "503": error_response("Kafka cannot take the batch now (down, slow, queue full), too many bytes in flight (checked while the body is read, from its Content-Length), the body did not arrive within body_read_timeout or was cut off, or the gateway is shutting down.", true),
             }
         }}},
         "components": {
@@ -132,13 +143,10 @@ pub fn document(limits: &Limits) -> Value {
                 "Signals": signal_schemas(),
                 "Accepted": {"type": "object", "required": ["accepted", "rejected"], "properties": {
                     "accepted": {"type": "integer"},
-                    "rejected": {"type": "array", "items": {"type": "object", "properties": {
-                        "index": {"type": "integer"}, "event_id": {"type": "string", "nullable": true},
-                        "reason": {"type": "string", "enum": reasons, "description": reason_doc.join("; ")},
-                        "detail": {"type": "string"}}}},
+                    "rejected": {"type": "array", "items": rejected},
                 }},
                 "Error": {"type": "object", "required": ["error", "message"], "properties": {
-                    "error": {"type": "string"}, "message": {"type": "string"}}},
+                    "error": {"type": "string"}, "message": {"type": "string", "maxLength": MAX_MESSAGE_BYTES}}},
             }
         }
     })
@@ -165,7 +173,7 @@ mod tests {
             doc["components"]["schemas"]["Batch"]["properties"]["events"]["maxItems"],
             77
         );
-        for status in ["200", "400", "401", "403", "413", "415", "429", "503"] {
+        for status in ["200", "400", "401", "403", "409", "413", "415", "429", "503"] {
             assert!(
                 doc["paths"]["/v1/batch"]["post"]["responses"][status].is_object(),
                 "{status}"

@@ -3,6 +3,7 @@
 //! target call it directly.
 
 use context_schemas::AvroRecord;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::batch::{decompress_within, parse_batch, Encoding};
@@ -36,6 +37,11 @@ pub struct PreparedBatch {
     pub unknown_fields: usize,
     /// The envelope as JSON for the dead letters (empty without rejects).
     pub envelope: String,
+    /// Bytes of the decompressed body (what the per-app byte rate counts).
+    pub json_bytes: usize,
+    /// SHA-256 of the decompressed body: a repeated `batch_id` is answered
+    /// from memory only when its body has the same digest.
+    pub digest: [u8; 32],
     /// Confluent-framed Avro of each accepted event, in batch order.
     pub accepted: Vec<Vec<u8>>,
     pub rejected: Vec<RejectedEvent>,
@@ -105,7 +111,7 @@ pub fn prepare_onepass(json: &[u8], request: &Request<'_>, validator: &Validator
         let valid = validator.finish(&env, event.parts).ok()?;
         out.accept(index, valid, event.raw, request.schema_id, limits).ok()?;
     }
-    Some(out.finish(&env))
+    Some(out.finish(&env, json))
 }
 
 /// The generic path alone, on a decompressed body: serde_json reads the
@@ -127,7 +133,7 @@ pub fn prepare_generic(json: &[u8], request: &Request<'_>, validator: &Validator
             }),
         }
     }
-    Ok(out.finish(&env))
+    Ok(out.finish(&env, json))
 }
 
 /// A batch being put together, event by event.
@@ -147,6 +153,8 @@ impl Collect {
                 unknown_signals: 0,
                 unknown_fields: unknown_sdk_fields,
                 envelope: String::new(),
+                json_bytes: 0,
+                digest: [0; 32],
                 accepted: Vec::with_capacity(events),
                 rejected: Vec::new(),
             },
@@ -192,10 +200,14 @@ impl Collect {
         Ok(())
     }
 
-    fn finish(mut self, env: &Envelope) -> PreparedBatch {
+    /// The batch, with what it needs of the decompressed body `json` it
+    /// was read from (hashed only here, once per body, whichever path read it).
+    fn finish(mut self, env: &Envelope, json: &[u8]) -> PreparedBatch {
         if !self.batch.rejected.is_empty() {
             self.batch.envelope = env.to_json();
         }
+        self.batch.json_bytes = json.len();
+        self.batch.digest = Sha256::digest(json).into();
         self.batch
     }
 }

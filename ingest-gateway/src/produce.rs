@@ -5,25 +5,93 @@
 //! request then waits for every delivery report until its deadline. The
 //! [`Health`] it keeps turns `/readyz` false after a failure until a probe (or a
 //! later batch) reaches the broker again, and derives `Retry-After`.
+//!
+//! A dead letter always fits its topic: the topic's `max.message.bytes` is
+//! read at start (and every five minutes), a dead letter over it is cut to a
+//! stub before it is sent ([`Outgoing::fit`]), and one the broker still
+//! refuses for its size is sent again alone, then as a stub of
+//! [`STUB_BYTES`]. So a large reject never turns its batch into a 500 the
+//! phone retries for ever.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use context_runtime::deadletter as dl;
 use context_runtime::kafka::Defaults;
+use context_runtime::pipeline::{Output, STUB_BYTES};
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::time::Instant;
 
 use crate::config::Config;
 
 /// One record to produce.
+#[derive(Debug, Clone)]
 pub struct Outgoing {
     pub topic: Arc<str>,
     pub key: Vec<u8>,
     pub value: Vec<u8>,
-    pub headers: Vec<(&'static str, String)>,
+    /// A dead letter's `dl.*` headers; none on an event.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Outgoing {
+    /// This record cut to fit a topic that takes at most `max_bytes`
+    /// ([`dl::fit`]: its value truncated, [`dl::TRUNCATED`] naming the
+    /// original length); unchanged when it fits.
+    pub fn fit(self, max_bytes: usize) -> Outgoing {
+        let Outgoing {
+            topic,
+            key,
+            value,
+            headers,
+        } = self;
+        let fitted = dl::fit(
+            Output {
+                topic: topic.to_string(),
+                key: Some(key),
+                payload: value,
+                headers,
+            },
+            max_bytes,
+        );
+        Outgoing {
+            topic,
+            key: fitted.key.unwrap_or_default(),
+            value: fitted.payload,
+            headers: fitted.headers,
+        }
+    }
+
+    /// Whether [`Outgoing::fit`] cut this record.
+    pub fn is_stub(&self) -> bool {
+        self.headers.iter().any(|(k, _)| k == dl::TRUNCATED)
+    }
+}
+
+/// The broker's default `max.message.bytes` (1 MiB + 12), assumed for the
+/// dead-letter topic while its own cannot be read.
+pub const BROKER_DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
+
+/// How often the dead-letter topic's `max.message.bytes` is read again.
+const LIMIT_REFRESH: Duration = Duration::from_secs(300);
+
+/// A refusal of a record for its size: librdkafka's own check
+/// (`MSG_SIZE_TOO_LARGE` against `message.max.bytes`) or the broker's
+/// (`MESSAGE_TOO_LARGE` against the topic's `max.message.bytes`,
+/// `RECORD_LIST_TOO_LARGE`).
+fn refused_for_size(e: &ProduceError) -> bool {
+    matches!(
+        e,
+        ProduceError::Kafka(k) if matches!(
+            k.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
+        )
+    )
 }
 
 /// Why a batch could not be acknowledged. All of these are retryable.
@@ -95,6 +163,14 @@ pub struct Kafka {
     pub health: Arc<Health>,
     timeout: Duration,
     probe_topic: String,
+    deadletter_topic: Arc<str>,
+    /// The largest dead letter sent whole: the dead-letter topic's
+    /// `max.message.bytes`, at most the producer's `message.max.bytes`.
+    deadletter_max_bytes: Arc<AtomicUsize>,
+    /// The producer's `message.max.bytes`.
+    producer_max_bytes: usize,
+    /// Reads the dead-letter topic's `max.message.bytes`.
+    admin: Arc<AdminClient<DefaultClientContext>>,
 }
 
 impl Kafka {
@@ -106,22 +182,88 @@ impl Kafka {
         for (key, value) in crate::config::PRODUCER_DEFAULTS {
             config.set_default(key, *value);
         }
+        // Room for the largest dead letter the request limits allow (an
+        // event's whole JSON); events themselves stop at max_record_bytes.
+        let producer_max_bytes = s.limits.max_decompressed_bytes.max(s.limits.max_record_bytes) + (1 << 20);
         let producer: FutureProducer = config
             .set("message.timeout.ms", s.produce_timeout.as_millis().to_string())
             .set("queue.buffering.max.messages", s.queue_max_messages.to_string())
             .set("queue.buffering.max.kbytes", s.queue_max_kbytes.to_string())
-            // Room for the largest dead letter the request limits allow (an
-            // event's whole JSON); events themselves stop at max_record_bytes.
-            .set(
-                "message.max.bytes",
-                (s.limits.max_decompressed_bytes.max(s.limits.max_record_bytes) + (1 << 20)).to_string(),
-            )
+            .set("message.max.bytes", producer_max_bytes.to_string())
             .create()?;
+        let assumed = BROKER_DEFAULT_MAX_MESSAGE_BYTES.min(producer_max_bytes);
         Ok(Kafka {
             producer,
             health: Arc::new(Health::default()),
             timeout: s.produce_timeout,
             probe_topic: s.events_topic.clone(),
+            deadletter_topic: s.deadletter_topic.as_str().into(),
+            deadletter_max_bytes: Arc::new(AtomicUsize::new(assumed)),
+            producer_max_bytes,
+            admin: Arc::new(s.kafka.client().create()?),
+        })
+    }
+
+    /// The largest dead letter sent whole; a larger one is cut to a stub
+    /// ([`Outgoing::fit`]).
+    pub fn deadletter_max_bytes(&self) -> usize {
+        self.deadletter_max_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Reads the dead-letter topic's `max.message.bytes` and takes it as the
+    /// largest dead letter (at most the producer's `message.max.bytes`);
+    /// false when it cannot be read (the last value read, or the broker's
+    /// default, stays).
+    pub async fn refresh_deadletter_limit(&self) -> bool {
+        let topic = self.deadletter_topic.clone();
+        match read_max_message_bytes(&self.admin, &topic, Duration::from_secs(5)).await {
+            Ok(topic_max) => {
+                let limit = topic_max.min(self.producer_max_bytes);
+                let before = self.deadletter_max_bytes.swap(limit, Ordering::Relaxed);
+                metrics::gauge!("gateway_deadletter_max_bytes").set(limit as f64);
+                if before != limit {
+                    tracing::info!(
+                        topic = %topic,
+                        max_message_bytes = topic_max,
+                        largest_whole_dead_letter = limit,
+                        "dead letters up to this size are kept whole, larger ones as stubs of their first bytes"
+                    );
+                }
+                if limit < 4 * STUB_BYTES {
+                    tracing::warn!(
+                        topic = %topic,
+                        max_message_bytes = topic_max,
+                        "the dead-letter topic takes so little that a dead letter with its headers may not fit even \
+                         as a stub: raise its max.message.bytes (33 MiB, the gateway's producer limit, keeps every \
+                         dead letter whole)"
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                let limit = self.deadletter_max_bytes();
+                metrics::gauge!("gateway_deadletter_max_bytes").set(limit as f64);
+                tracing::warn!(
+                    topic = %topic,
+                    error = %e,
+                    largest_whole_dead_letter = limit,
+                    "cannot read the dead-letter topic's max.message.bytes (the gateway needs DescribeConfigs on \
+                     it); dead letters over the last known limit, or the broker's default, are kept as stubs"
+                );
+                false
+            }
+        }
+    }
+
+    /// Reads the dead-letter topic's limit again every five minutes (a
+    /// topic created or changed after the start).
+    pub fn watch_deadletter_limit(&self) -> tokio::task::JoinHandle<()> {
+        let kafka = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LIMIT_REFRESH).await;
+                kafka.refresh_deadletter_limit().await;
+            }
         })
     }
 
@@ -143,38 +285,89 @@ impl Kafka {
     }
 
     async fn send_each(&self, records: Vec<Outgoing>) -> Result<(), ProduceError> {
-        let started = Instant::now();
-        let deadline = started + self.timeout;
+        let deadline = Instant::now() + self.timeout;
         let mut pending = Vec::with_capacity(records.len());
-        for r in &records {
-            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-            for (k, v) in &r.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v.as_bytes()),
-                });
-            }
-            let record = FutureRecord::to(&r.topic)
-                .key(&r.key)
-                .payload(&r.value)
-                .headers(headers);
-            match self.producer.send_result(record) {
-                Ok(f) => pending.push(f),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    return Err(ProduceError::QueueFull);
+        for (i, r) in records.iter().enumerate() {
+            match self.enqueue(r) {
+                Ok(f) => pending.push((i, f)),
+                Err(e) if self.is_dead_letter(r) && refused_for_size(&e) => {
+                    self.resend_dead_letter(r, deadline).await?;
                 }
-                Err((e, _)) => return Err(ProduceError::Kafka(e)),
+                Err(e) => return Err(e),
             }
         }
-        for f in pending {
-            match tokio::time::timeout_at(deadline, f).await {
-                Err(_) => return Err(ProduceError::Timeout(self.timeout)),
-                Ok(Err(_canceled)) => return Err(ProduceError::Kafka(KafkaError::Canceled)),
-                Ok(Ok(Err((e, _)))) => return Err(ProduceError::Kafka(e)),
-                Ok(Ok(Ok(_))) => {}
+        for (i, f) in pending {
+            match self.acknowledged(f, deadline).await {
+                Ok(()) => {}
+                Err(e) if self.is_dead_letter(&records[i]) && refused_for_size(&e) => {
+                    self.resend_dead_letter(&records[i], deadline).await?;
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(())
+    }
+
+    /// Queues one record.
+    fn enqueue(&self, r: &Outgoing) -> Result<DeliveryFuture, ProduceError> {
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header {
+                key: k.as_str(),
+                value: Some(v.as_slice()),
+            });
+        }
+        let record = FutureRecord::to(&r.topic)
+            .key(&r.key)
+            .payload(&r.value)
+            .headers(headers);
+        match self.producer.send_result(record) {
+            Ok(f) => Ok(f),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(ProduceError::QueueFull),
+            Err((e, _)) => Err(ProduceError::Kafka(e)),
+        }
+    }
+
+    /// Waits for one delivery report until `deadline`.
+    async fn acknowledged(&self, f: DeliveryFuture, deadline: Instant) -> Result<(), ProduceError> {
+        match tokio::time::timeout_at(deadline, f).await {
+            Err(_) => Err(ProduceError::Timeout(self.timeout)),
+            Ok(Err(_canceled)) => Err(ProduceError::Kafka(KafkaError::Canceled)),
+            Ok(Ok(Err((e, _)))) => Err(ProduceError::Kafka(e)),
+            Ok(Ok(Ok(_))) => Ok(()),
+        }
+    }
+
+    fn is_dead_letter(&self, r: &Outgoing) -> bool {
+        *r.topic == *self.deadletter_topic
+    }
+
+    /// A dead letter refused for its size: sent again whole and alone first
+    /// (the broker refuses a whole batch of records, so a small one may
+    /// have travelled with a large one), then, refused again, as a stub of
+    /// its first [`STUB_BYTES`] with its headers. Only a stub refused too
+    /// fails the batch.
+    async fn resend_dead_letter(&self, r: &Outgoing, deadline: Instant) -> Result<(), ProduceError> {
+        if !r.is_stub() {
+            match self.send_one(r, deadline).await {
+                Err(e) if refused_for_size(&e) => {}
+                other => return other,
+            }
+        }
+        let stub = r.clone().fit(STUB_BYTES);
+        tracing::warn!(
+            bytes = r.value.len(),
+            topic = %r.topic,
+            "the dead-letter topic refused a dead letter for its size: sending a stub of its first bytes \
+             (raise the topic's max.message.bytes to keep them whole)"
+        );
+        metrics::counter!("gateway_deadletters_truncated_total", "when" => "refused").increment(1);
+        self.send_one(&stub, deadline).await
+    }
+
+    async fn send_one(&self, r: &Outgoing, deadline: Instant) -> Result<(), ProduceError> {
+        let f = self.enqueue(r)?;
+        self.acknowledged(f, deadline).await
     }
 
     /// While unhealthy, asks the broker for metadata every second and marks
@@ -215,5 +408,69 @@ impl Kafka {
         if let Err(e) = self.producer.flush(timeout) {
             tracing::warn!(error = %e, "not every queued record was delivered before shutdown");
         }
+    }
+}
+
+/// `max.message.bytes` of `topic`, as the brokers describe it (the topic's
+/// own, or the broker's default it inherits).
+async fn read_max_message_bytes(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    wait: Duration,
+) -> Result<usize, String> {
+    let spec = ResourceSpecifier::Topic(topic);
+    let opts = AdminOptions::new().request_timeout(Some(wait));
+    let described = tokio::time::timeout(wait + Duration::from_secs(1), admin.describe_configs([&spec], &opts))
+        .await
+        .map_err(|_| format!("no answer within {wait:?}"))?
+        .map_err(|e| e.to_string())?;
+    let resource = described
+        .into_iter()
+        .next()
+        .ok_or_else(|| "no answer for the topic".to_owned())?
+        .map_err(|code| format!("{code}"))?;
+    let value = resource
+        .get("max.message.bytes")
+        .and_then(|entry| entry.value.clone())
+        .ok_or_else(|| "the topic has no max.message.bytes".to_owned())?;
+    value
+        .trim()
+        .parse::<usize>()
+        .map_err(|e| format!("max.message.bytes `{value}`: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_over_the_limit_is_cut_to_a_stub_with_its_headers() {
+        let record = Outgoing {
+            topic: "dead".into(),
+            key: b"install".to_vec(),
+            value: vec![b'x'; 300_000],
+            headers: vec![(dl::REASON.to_owned(), b"invalid_event_id".to_vec())],
+        };
+        let same = record.clone().fit(1 << 20);
+        assert!(!same.is_stub());
+        assert_eq!(same.value.len(), 300_000);
+        let stub = record.fit(200_000);
+        assert!(stub.is_stub());
+        assert!(stub.value.len() < 200_000 && stub.value.iter().all(|&b| b == b'x'));
+        let header = |k: &str| stub.headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(header(dl::TRUNCATED).as_deref(), Some(&b"300000"[..]));
+        assert_eq!(header(dl::REASON).as_deref(), Some(&b"invalid_event_id"[..]));
+        assert_eq!((&*stub.topic, stub.key.as_slice()), ("dead", &b"install"[..]));
+    }
+
+    #[test]
+    fn size_refusals_are_told_apart() {
+        let size = ProduceError::Kafka(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge));
+        let batch = ProduceError::Kafka(KafkaError::MessageProduction(RDKafkaErrorCode::MessageBatchTooLarge));
+        let acl = ProduceError::Kafka(KafkaError::MessageProduction(
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ));
+        assert!(refused_for_size(&size) && refused_for_size(&batch));
+        assert!(!refused_for_size(&acl) && !refused_for_size(&ProduceError::QueueFull));
     }
 }

@@ -1,10 +1,13 @@
 //! The HTTP service: `POST /v1/batch` and the operational endpoints.
 //!
 //! One request goes: content checks (415) → API key (401/403) → body read
-//! with a size limit (413) → decompress, parse, validate, encode off the
-//! reactor (400/413) → batch-id dedup → per-app rate limit (429) → in-flight
-//! byte budget (503) → produce every event and dead letter, wait for every
-//! acknowledgement (503 on failure) → 200.
+//! with a size limit (413), a deadline (503) and its bytes charged to the
+//! in-flight budget as they arrive (503) → decompress, parse, validate,
+//! encode off the reactor (400/413; the budget grows with the inflating
+//! body) → batch-id dedup (the same body: the first answer; another body:
+//! 409) → per-app rate limits in events and bytes (429) → produce every
+//! event and dead letter, wait for every acknowledgement (503 on failure) →
+//! 200.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -46,29 +49,128 @@ pub struct Accepted {
     pub rejected: Vec<Rejected>,
 }
 
-/// Recently answered batches, by app and batch id.
+type DedupKey = (String, Uuid);
+
+/// One remembered answer: the digest of the body it answered, when, and
+/// what it takes in memory.
+struct Remembered {
+    answer: Arc<Accepted>,
+    digest: [u8; 32],
+    at: Instant,
+    bytes: usize,
+}
+
+/// What the dedup memory knows of a batch.
+enum Seen {
+    /// Not answered within the window.
+    New,
+    /// Answered for the same body: the answer.
+    Same(Arc<Accepted>),
+    /// Answered for another body; forgotten in this many seconds.
+    Reused { retry_after: u64 },
+}
+
+/// Recently answered batches, by app and batch id, with the digest of the
+/// body each answered: at most `capacity` answers of at most
+/// `capacity_bytes` together (each counted at its size in memory), for
+/// `window`, the oldest forgotten first.
 struct Dedup {
     window: Duration,
     capacity: usize,
-    answers: HashMap<(String, Uuid), Arc<Accepted>>,
-    order: VecDeque<(Instant, (String, Uuid))>,
+    capacity_bytes: usize,
+    bytes: usize,
+    answers: HashMap<DedupKey, Remembered>,
+    order: VecDeque<(Instant, DedupKey)>,
+}
+
+/// What one remembered answer takes besides its strings: the map's and the
+/// queue's slots (the key is in both), the answer behind its `Arc`.
+const DEDUP_SLOT_BYTES: usize = 2 * std::mem::size_of::<(Instant, DedupKey)>()
+    + std::mem::size_of::<Remembered>()
+    + std::mem::size_of::<Accepted>()
+    + 32;
+
+/// The bytes an answer takes in the dedup memory: its slots, the app id
+/// twice (map and queue), and every rejection with its strings.
+fn remembered_bytes(key: &DedupKey, answer: &Accepted) -> usize {
+    let rejected: usize = answer
+        .rejected
+        .iter()
+        .map(|r| r.detail.capacity() + r.event_id.as_ref().map_or(0, String::capacity))
+        .sum();
+    DEDUP_SLOT_BYTES + 2 * key.0.capacity() + answer.rejected.capacity() * std::mem::size_of::<Rejected>() + rejected
 }
 
 impl Dedup {
-    fn get(&mut self, key: &(String, Uuid)) -> Option<Arc<Accepted>> {
-        self.expire();
-        self.answers.get(key).cloned()
+    fn new(window: Duration, capacity: usize, capacity_bytes: usize) -> Self {
+        Dedup {
+            window,
+            capacity: capacity.max(1),
+            capacity_bytes,
+            bytes: 0,
+            answers: HashMap::new(),
+            order: VecDeque::new(),
+        }
     }
 
-    fn put(&mut self, key: (String, Uuid), answer: Arc<Accepted>) {
+    /// What is known of `key`, whose body has `digest`.
+    fn get(&mut self, key: &DedupKey, digest: &[u8; 32]) -> Seen {
         self.expire();
-        while self.order.len() >= self.capacity {
-            if let Some((_, old)) = self.order.pop_front() {
-                self.answers.remove(&old);
+        let seen = match self.answers.get(key) {
+            None => Seen::New,
+            Some(r) if r.digest == *digest => Seen::Same(r.answer.clone()),
+            Some(r) => {
+                let left = self.window.saturating_sub(r.at.elapsed());
+                Seen::Reused {
+                    retry_after: (left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1),
+                }
             }
+        };
+        self.publish();
+        seen
+    }
+
+    /// Remembers `answer` for the body with `digest`, forgetting the oldest
+    /// answers until it fits; false when it is larger than the whole memory
+    /// (then it is not kept).
+    fn put(&mut self, key: DedupKey, answer: Arc<Accepted>, digest: [u8; 32]) -> bool {
+        self.expire();
+        // Two requests of one batch_id answered at once: the later answer
+        // replaces the earlier one.
+        if self.answers.contains_key(&key) {
+            self.forget(&key);
+            self.order.retain(|(_, k)| *k != key);
         }
-        if self.answers.insert(key.clone(), answer).is_none() {
-            self.order.push_back((Instant::now(), key));
+        let bytes = remembered_bytes(&key, &answer);
+        if bytes > self.capacity_bytes {
+            self.publish();
+            return false;
+        }
+        while self.answers.len() >= self.capacity || self.bytes + bytes > self.capacity_bytes {
+            let Some((_, oldest)) = self.order.pop_front() else {
+                break;
+            };
+            self.forget(&oldest);
+        }
+        let at = Instant::now();
+        self.order.push_back((at, key.clone()));
+        self.answers.insert(
+            key,
+            Remembered {
+                answer,
+                digest,
+                at,
+                bytes,
+            },
+        );
+        self.bytes += bytes;
+        self.publish();
+        true
+    }
+
+    fn forget(&mut self, key: &DedupKey) {
+        if let Some(r) = self.answers.remove(key) {
+            self.bytes = self.bytes.saturating_sub(r.bytes);
         }
     }
 
@@ -78,20 +180,27 @@ impl Dedup {
                 break;
             }
             if let Some((_, key)) = self.order.pop_front() {
-                self.answers.remove(&key);
+                self.forget(&key);
             }
         }
     }
+
+    /// The memory's size on `/metrics`.
+    fn publish(&self) {
+        metrics::gauge!("gateway_dedup_cache_bytes").set(self.bytes as f64);
+        metrics::gauge!("gateway_dedup_cache_entries").set(self.answers.len() as f64);
+    }
 }
 
-/// A token bucket per app, in events.
+/// A token bucket per app, in events or in bytes.
 #[derive(Default)]
 struct RateLimits {
     buckets: HashMap<String, (f64, Instant)>,
 }
 
 impl RateLimits {
-    /// Takes `n` events from the app's bucket, or returns the seconds to wait.
+    /// Takes `n` (events or bytes) from the app's bucket, or returns the
+    /// seconds to wait.
     fn take(&mut self, app: &str, n: f64, rate: f64, burst: f64) -> Result<(), u64> {
         let now = Instant::now();
         let (tokens, last) = self.buckets.entry(app.to_owned()).or_insert((burst, now));
@@ -106,7 +215,7 @@ impl RateLimits {
         }
     }
 
-    /// Gives back `n` events taken for a batch that was not accepted.
+    /// Gives back `n` taken for a batch that was not accepted.
     fn refund(&mut self, app: &str, n: f64, burst: f64) {
         if let Some((tokens, _)) = self.buckets.get_mut(app) {
             *tokens = (*tokens + n).min(burst);
@@ -126,6 +235,8 @@ pub struct Gateway {
     in_flight: Arc<Semaphore>,
     dedup: Mutex<Dedup>,
     limits: Mutex<RateLimits>,
+    /// Per app, in decompressed bytes (`rate_limit_bytes_per_s`).
+    byte_limits: Mutex<RateLimits>,
     draining: AtomicBool,
 }
 
@@ -137,12 +248,24 @@ struct Prepared {
     records: Vec<Outgoing>,
     answer: Accepted,
     batch_id: Uuid,
+    digest: [u8; 32],
+    json_bytes: usize,
     events: usize,
     unknown_signals: usize,
     unknown_fields: usize,
 }
 
 impl Gateway {
+    /// Bytes of requests charged to `max_in_flight_bytes` now (bodies being
+    /// read, inflating or waiting for Kafka): what `gateway_in_flight_bytes`
+    /// shows.
+    pub fn bytes_in_flight(&self) -> usize {
+        self.settings
+            .max_in_flight_bytes
+            .min(u32::MAX as usize)
+            .saturating_sub(self.in_flight.available_permits())
+    }
+
     /// The CPU part of a request ([`pipeline::prepare_within`]) and the
     /// records it makes; `grow` charges the decompressed body's buffer.
     fn prepare(
@@ -173,25 +296,38 @@ impl Gateway {
             });
         }
         let mut rejected = Vec::with_capacity(batch.rejected.len());
+        // A dead letter over what its topic takes is cut to a stub here
+        // (its headers, its first bytes, `dl.truncated`), so that it never
+        // fails its batch.
+        let deadletter_max = self.kafka.deadletter_max_bytes();
         for r in batch.rejected {
-            let mut headers = vec![
-                (dl::SOURCE, "ingest-gateway".to_owned()),
-                (dl::REASON, r.rejection.reason.to_owned()),
-                (dl::DETAIL, r.rejection.detail.clone()),
-                (dl::TIME, crate::sdk::rfc3339(batch.received_at)),
-                (dl::APP_ID, app_id.to_owned()),
-                (dl::BATCH_ID, batch.batch_id.to_string()),
-                (dl::ENVELOPE, batch.envelope.clone()),
-            ];
+            let mut headers: Vec<(String, Vec<u8>)> = Vec::with_capacity(8);
+            let mut add = |k: &str, v: String| headers.push((k.to_owned(), v.into_bytes()));
+            add(dl::SOURCE, "ingest-gateway".to_owned());
+            add(dl::REASON, r.rejection.reason.to_owned());
+            add(dl::DETAIL, r.rejection.detail.clone());
+            add(dl::TIME, crate::sdk::rfc3339(batch.received_at));
+            add(dl::APP_ID, app_id.to_owned());
+            add(dl::BATCH_ID, batch.batch_id.to_string());
+            add(dl::ENVELOPE, batch.envelope.clone());
             if let Some(id) = &r.event_id {
-                headers.push((dl::EVENT_ID, id.clone()));
+                add(dl::EVENT_ID, id.clone());
             }
-            records.push(Outgoing {
+            let letter = Outgoing {
                 topic: self.deadletter_topic.clone(),
                 key: batch.key.clone(),
                 value: r.raw,
                 headers,
-            });
+            }
+            .fit(deadletter_max);
+            if letter.is_stub() {
+                metrics::counter!("gateway_deadletters_truncated_total", "when" => "over_limit").increment(1);
+                tracing::debug!(
+                    limit = deadletter_max,
+                    "a dead letter over the topic's limit is sent as a stub"
+                );
+            }
+            records.push(letter);
             metrics::counter!("gateway_events_rejected_total", "reason" => r.rejection.reason).increment(1);
             rejected.push(Rejected {
                 index: r.index,
@@ -207,6 +343,8 @@ impl Gateway {
             },
             records,
             batch_id: batch.batch_id,
+            digest: batch.digest,
+            json_bytes: batch.json_bytes,
             events: batch.events,
             unknown_signals: batch.unknown_signals,
             unknown_fields: batch.unknown_fields,
@@ -252,47 +390,46 @@ async fn post_batch(
         Auth::Allowed(k) => k.clone(),
     };
 
-    // The body, with its size limit; no more than the limit is ever buffered.
+    // The body, with its size limit (no more than the limit is ever
+    // buffered), its deadline, and its share of the in-flight budget charged
+    // before it is buffered: the declared length up front, then the bytes as
+    // they arrive; over the budget, 503 before the rest is read.
     let max_body = gw.settings.limits.max_body_bytes;
-    if header(&req, "content-length")
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|n| n > max_body)
-    {
+    let declared = header(&req, "content-length").and_then(|v| v.trim().parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max_body) {
         return Err(BatchError::TooLarge(format!("the body is over {max_body} bytes")).into());
     }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        // A body cut off or garbled on the way (a dropped connection, an
-        // HTTP/2 reset) says nothing about the batch: retry, never 400.
-        let chunk = chunk.map_err(|e| match e {
-            actix_web::error::PayloadError::Overflow => {
-                ApiError::from(BatchError::TooLarge(format!("the body is over {max_body} bytes")))
-            }
-            other => ApiError::Unavailable {
-                reason: format!("the body could not be read to its end ({other})"),
+    let declared = declared.unwrap_or(0);
+    let Some(mut charge) = Charge::take(&gw.in_flight, u32::try_from(declared).unwrap_or(u32::MAX)) else {
+        return Err(ApiError::Busy);
+    };
+    let timeout = gw.settings.body_read_timeout;
+    let body = match tokio::time::timeout(timeout, read_body(&mut payload, &mut charge, declared, max_body)).await {
+        Ok(read) => read?,
+        Err(_elapsed) => {
+            // A slow network (or a client holding the budget): the batch
+            // itself may be fine, so the phone retries it.
+            metrics::counter!("gateway_dropped_total", "reason" => "body_read_timeout").increment(1);
+            return Err(ApiError::Unavailable {
+                reason: format!("the body did not arrive within {timeout:?} (body_read_timeout)"),
                 retry_after: 1,
-            },
-        })?;
-        if body.len() + chunk.len() > max_body {
-            return Err(BatchError::TooLarge(format!("the body is over {max_body} bytes")).into());
+            });
         }
-        body.extend_from_slice(&chunk);
-    }
+    };
 
-    // Backpressure: a budget of decompressed bytes in flight, taken before
-    // the work (a compressed body's guess: 8 times its size), and topped up
-    // while the body inflates past that guess (503 when the budget has no
+    // Backpressure: a budget of decompressed bytes in flight, grown before
+    // the work to a compressed body's guess (8 times its size), and topped
+    // up while the body inflates past that guess (503 when the budget has no
     // more: a gzip bomb costs what it inflates to, not what it weighs).
     let budget = u32::try_from(gw.settings.limits.max_decompressed_bytes).unwrap_or(u32::MAX);
     let cost = ((body.len() as u64).saturating_mul(if encoding == Encoding::Identity { 1 } else { 8 }))
-        .clamp(1, u64::from(budget)) as u32;
-    let Some(mut charge) = Charge::take(&gw.in_flight, cost) else {
+        .clamp(1, u64::from(budget));
+    if !charge.grow(cost as usize) {
         return Err(ApiError::Busy);
-    };
+    }
 
     let (prepared, _charge) = {
         let (gw, app_id) = (gw.clone(), app.app_id.clone());
-        let body = body.freeze();
         web::block(move || {
             let prepared = gw.prepare(&body, encoding, &app_id, sent_at, &mut |size| charge.grow(size));
             prepared.map(|p| (p, charge))
@@ -304,11 +441,25 @@ async fn post_batch(
     let _enter = span.enter();
 
     let dedup_key = (app.app_id.clone(), prepared.batch_id);
-    if let Some(answer) = gw.dedup.lock().expect("dedup lock").get(&dedup_key) {
-        tracing::debug!("repeated batch answered from memory");
-        metrics::counter!("gateway_requests_total", "status" => "200").increment(1);
-        metrics::counter!("gateway_batches_deduplicated_total").increment(1);
-        return Ok(HttpResponse::Ok().json(&*answer));
+    let seen = gw.dedup.lock().expect("dedup lock").get(&dedup_key, &prepared.digest);
+    match seen {
+        Seen::New => {}
+        Seen::Same(answer) => {
+            tracing::debug!("repeated batch answered from memory");
+            metrics::counter!("gateway_requests_total", "status" => "200").increment(1);
+            metrics::counter!("gateway_batches_deduplicated_total").increment(1);
+            return Ok(HttpResponse::Ok().json(&*answer));
+        }
+        Seen::Reused { retry_after } => {
+            // Answering the first body's counts would make the phone delete
+            // events that were never produced.
+            tracing::debug!("batch_id reused for a different body");
+            metrics::counter!("gateway_batch_id_reused_total").increment(1);
+            return Err(ApiError::BatchIdReused {
+                batch_id: prepared.batch_id,
+                retry_after,
+            });
+        }
     }
     if let Err(wait) =
         gw.limits
@@ -321,6 +472,27 @@ async fn post_batch(
             rate: app.rate_limit_per_s,
             retry_after: wait,
         });
+    }
+    let (bytes_rate, bytes_burst) = (gw.settings.rate_limit_bytes_per_s, gw.settings.rate_limit_burst_bytes);
+    if bytes_rate > 0 {
+        let taken = gw.byte_limits.lock().expect("rate lock").take(
+            &app.app_id,
+            prepared.json_bytes as f64,
+            bytes_rate as f64,
+            bytes_burst as f64,
+        );
+        if let Err(wait) = taken {
+            // The events taken for this batch go back: it was not accepted.
+            gw.limits
+                .lock()
+                .expect("rate lock")
+                .refund(&app.app_id, prepared.events as f64, app.burst);
+            return Err(ApiError::BytesRateLimited {
+                app: app.app_id.clone(),
+                rate: bytes_rate,
+                retry_after: wait,
+            });
+        }
     }
     if prepared.unknown_signals > 0 {
         metrics::counter!("gateway_unknown_signals_total").increment(prepared.unknown_signals as u64);
@@ -341,7 +513,14 @@ async fn post_batch(
                 rejected = answer.rejected.len(),
                 "batch acknowledged"
             );
-            gw.dedup.lock().expect("dedup lock").put(dedup_key, answer.clone());
+            if !gw
+                .dedup
+                .lock()
+                .expect("dedup lock")
+                .put(dedup_key, answer.clone(), prepared.digest)
+            {
+                metrics::counter!("gateway_dedup_not_kept_total").increment(1);
+            }
             Ok(HttpResponse::Ok().json(&*answer))
         }
         Err(e) => {
@@ -353,6 +532,13 @@ async fn post_batch(
                 .lock()
                 .expect("rate lock")
                 .refund(&app.app_id, prepared.events as f64, app.burst);
+            if bytes_rate > 0 {
+                gw.byte_limits.lock().expect("rate lock").refund(
+                    &app.app_id,
+                    prepared.json_bytes as f64,
+                    bytes_burst as f64,
+                );
+            }
             if e.is_permanent() {
                 tracing::error!(
                     error = %e,
@@ -370,8 +556,42 @@ async fn post_batch(
     }
 }
 
-/// A request's share of the budget of bytes in flight: taken before the
-/// work, grown while its body inflates past that first charge, and given
+/// Reads the body into memory, at most `max_body` bytes, each chunk charged
+/// to `charge` before it is kept (`declared`, the `Content-Length`, is
+/// charged already and reserved): 413 over the limit, 503 when the budget
+/// has no more or the body is cut off on the way.
+async fn read_body(
+    payload: &mut web::Payload,
+    charge: &mut Charge,
+    declared: usize,
+    max_body: usize,
+) -> Result<web::Bytes, ApiError> {
+    let too_large = || ApiError::from(BatchError::TooLarge(format!("the body is over {max_body} bytes")));
+    let mut body = web::BytesMut::with_capacity(declared);
+    while let Some(chunk) = payload.next().await {
+        // A body cut off or garbled on the way (a dropped connection, an
+        // HTTP/2 reset) says nothing about the batch: retry, never 400.
+        let chunk = chunk.map_err(|e| match e {
+            actix_web::error::PayloadError::Overflow => too_large(),
+            other => ApiError::Unavailable {
+                reason: format!("the body could not be read to its end ({other})"),
+                retry_after: 1,
+            },
+        })?;
+        let size = body.len() + chunk.len();
+        if size > max_body {
+            return Err(too_large());
+        }
+        if !charge.grow(size) {
+            return Err(ApiError::Busy);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// A request's share of the budget of bytes in flight: taken before its
+/// body is read, grown as the body arrives and while it inflates, and given
 /// back with the gauge when the request ends, however it ends.
 struct Charge {
     budget: Arc<Semaphore>,
@@ -524,18 +744,26 @@ pub async fn start(
         }
     };
     let kafka = Kafka::new(&settings)?;
+    // What the dead-letter topic takes: larger dead letters go as stubs.
+    let limit_read = kafka.refresh_deadletter_limit().await;
+    tracing::info!(
+        topic = %settings.deadletter_topic,
+        largest_whole_dead_letter = kafka.deadletter_max_bytes(),
+        read_from_the_broker = limit_read,
+        "dead-letter limit"
+    );
     let gateway = Arc::new(Gateway {
         validator: Validator::new(settings.limits.clone(), settings.max_future, settings.max_age),
         events_topic: settings.events_topic.as_str().into(),
         deadletter_topic: settings.deadletter_topic.as_str().into(),
         in_flight: Arc::new(Semaphore::new(settings.max_in_flight_bytes.min(u32::MAX as usize))),
-        dedup: Mutex::new(Dedup {
-            window: settings.dedup_window,
-            capacity: settings.dedup_capacity.max(1),
-            answers: HashMap::new(),
-            order: VecDeque::new(),
-        }),
+        dedup: Mutex::new(Dedup::new(
+            settings.dedup_window,
+            settings.dedup_capacity,
+            settings.dedup_capacity_bytes,
+        )),
         limits: Mutex::new(RateLimits::default()),
+        byte_limits: Mutex::new(RateLimits::default()),
         draining: AtomicBool::new(false),
         schema_id,
         keys: keys.clone(),
@@ -545,6 +773,7 @@ pub async fn start(
     let background = vec![
         keys.watch(settings.keys_file.clone(), Duration::from_secs(2)),
         kafka.probe(),
+        kafka.watch_deadletter_limit(),
     ];
     let data = web::Data::new(gateway.clone());
     let metrics = web::Data::new(metrics);
@@ -606,23 +835,90 @@ mod tests {
         assert!(rl.take("d", 10.0, 0.001, 10.0).is_ok(), "the retry is not rate-limited");
     }
 
+    fn key(n: u128) -> DedupKey {
+        ("app".to_owned(), Uuid::from_u128(n))
+    }
+
     #[test]
     fn dedup_forgets_after_capacity() {
-        let mut d = Dedup {
-            window: Duration::from_secs(60),
-            capacity: 2,
-            answers: HashMap::new(),
-            order: VecDeque::new(),
-        };
+        let mut d = Dedup::new(Duration::from_secs(60), 2, 1 << 20);
         let answer = Arc::new(Accepted {
             accepted: 1,
             rejected: vec![],
         });
-        let key = |n: u128| ("app".to_owned(), Uuid::from_u128(n));
-        d.put(key(1), answer.clone());
-        d.put(key(2), answer.clone());
-        d.put(key(3), answer);
-        assert!(d.get(&key(1)).is_none());
-        assert!(d.get(&key(3)).is_some());
+        let digest = [1; 32];
+        assert!(d.put(key(1), answer.clone(), digest));
+        assert!(d.put(key(2), answer.clone(), digest));
+        assert!(d.put(key(3), answer, digest));
+        assert!(matches!(d.get(&key(1), &digest), Seen::New));
+        assert!(matches!(d.get(&key(3), &digest), Seen::Same(_)));
+    }
+
+    /// An answer with many long rejections, as a hostile batch gets it.
+    fn big_answer(rejections: usize) -> Arc<Accepted> {
+        Arc::new(Accepted {
+            accepted: 0,
+            rejected: (0..rejections)
+                .map(|index| Rejected {
+                    index,
+                    event_id: Some("x".repeat(64)),
+                    reason: "invalid_event_id",
+                    detail: "y".repeat(512),
+                })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn dedup_is_bounded_in_bytes_and_forgets_the_oldest_first() {
+        let bound = 200_000;
+        let mut d = Dedup::new(Duration::from_secs(60), 100_000, bound);
+        let one = remembered_bytes(&key(0), &big_answer(100));
+        assert!(one > 100 * (64 + 512), "the strings are counted: {one}");
+        for n in 0..50 {
+            assert!(d.put(key(n), big_answer(100), [0; 32]));
+            assert!(d.bytes <= bound, "{} bytes held, bound {bound}", d.bytes);
+        }
+        assert_eq!(d.answers.len(), bound / one, "as many as fit");
+        assert_eq!(d.bytes, d.answers.values().map(|r| r.bytes).sum::<usize>());
+        assert!(matches!(d.get(&key(0), &[0; 32]), Seen::New), "the oldest went first");
+        assert!(matches!(d.get(&key(49), &[0; 32]), Seen::Same(_)));
+        // One answer larger than the whole memory is not kept (and evicts nothing).
+        assert!(!d.put(key(99), big_answer(1000), [0; 32]));
+        assert!(matches!(d.get(&key(49), &[0; 32]), Seen::Same(_)));
+        // Expired answers give their bytes back.
+        let mut d = Dedup::new(Duration::from_millis(1), 10, bound);
+        assert!(d.put(key(1), big_answer(10), [0; 32]));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(matches!(d.get(&key(1), &[0; 32]), Seen::New));
+        assert_eq!((d.bytes, d.answers.len(), d.order.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_batch_id_reused_for_another_body_is_told_apart() {
+        let mut d = Dedup::new(Duration::from_secs(600), 10, 1 << 20);
+        let answer = Arc::new(Accepted {
+            accepted: 3,
+            rejected: vec![],
+        });
+        assert!(d.put(key(1), answer, [1; 32]));
+        assert!(matches!(d.get(&key(1), &[1; 32]), Seen::Same(a) if a.accepted == 3));
+        match d.get(&key(1), &[2; 32]) {
+            Seen::Reused { retry_after } => assert!((590..=600).contains(&retry_after), "{retry_after}"),
+            _ => panic!("another body under the same batch_id must not get the first answer"),
+        }
+        // Another app's batch of the same id is its own.
+        assert!(matches!(
+            d.get(&("other".to_owned(), Uuid::from_u128(1)), &[2; 32]),
+            Seen::New
+        ));
+        // Two answers of one batch_id at once: the later one is kept, once.
+        let later = Arc::new(Accepted {
+            accepted: 4,
+            rejected: vec![],
+        });
+        assert!(d.put(key(1), later, [2; 32]));
+        assert!(matches!(d.get(&key(1), &[2; 32]), Seen::Same(a) if a.accepted == 4));
+        assert_eq!((d.answers.len(), d.order.len()), (1, 1));
     }
 }

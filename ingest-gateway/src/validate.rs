@@ -20,7 +20,42 @@ use crate::batch::RawBatch;
 use crate::config::Limits;
 use crate::error::BatchError;
 
-/// Why one event was rejected: a stable reason code and a human detail.
+/// Longest piece of client input quoted in an answer (an `event_id` of the
+/// `rejected` list, a value quoted in a `detail` or an error message), in
+/// bytes: longer ones are cut and end in [`ELLIPSIS`]. A valid UUID, in any
+/// of its spellings (at most 45 bytes), is never cut.
+pub const MAX_QUOTED_BYTES: usize = 64;
+/// Longest `detail` of a rejected event, in bytes, whatever it quotes (a
+/// parser's message may quote input too): longer ones end in [`ELLIPSIS`].
+pub const MAX_DETAIL_BYTES: usize = 512;
+/// Longest `message` of an error answer (400, 413…), in bytes: a parser's
+/// message may quote the body; a longer one ends in [`ELLIPSIS`].
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+/// What ends a text cut by [`clip`].
+pub const ELLIPSIS: &str = "…";
+
+/// `text` in at most `max` bytes: unchanged when it fits, else its first
+/// characters followed by [`ELLIPSIS`] (the marker counted in `max`). An
+/// answer quotes client input only through this, so what the gateway
+/// echoes (and keeps in its dedup memory) does not grow with the input.
+pub fn clip(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut cut = max.saturating_sub(ELLIPSIS.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut out = String::with_capacity(cut + ELLIPSIS.len());
+    out.push_str(&text[..cut]);
+    if max >= ELLIPSIS.len() {
+        out.push_str(ELLIPSIS);
+    }
+    Cow::Owned(out)
+}
+
+/// Why one event was rejected: a stable reason code and a human detail of
+/// at most [`MAX_DETAIL_BYTES`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
     pub reason: &'static str,
@@ -28,11 +63,15 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// A rejection; a `detail` over [`MAX_DETAIL_BYTES`] is cut ([`clip`]).
     pub fn new(reason: &'static str, detail: impl Into<String>) -> Self {
-        Rejection {
-            reason,
-            detail: detail.into(),
-        }
+        let detail: String = detail.into();
+        let detail = if detail.len() > MAX_DETAIL_BYTES {
+            clip(&detail, MAX_DETAIL_BYTES).into_owned()
+        } else {
+            detail
+        };
+        Rejection { reason, detail }
     }
 }
 
@@ -60,13 +99,16 @@ pub struct Envelope {
 }
 
 fn parse_uuid(field: &str, s: &str) -> Result<Uuid, String> {
-    Uuid::parse_str(s).map_err(|e| format!("{field} `{s}` is not a UUID: {e}"))
+    Uuid::parse_str(s).map_err(|e| format!("{field} `{}` is not a UUID: {e}", clip(s, MAX_QUOTED_BYTES)))
 }
 
-/// Parses an RFC 3339 time into µs since the epoch.
+/// Parses an RFC 3339 time into µs since the epoch; the error quotes at
+/// most [`MAX_QUOTED_BYTES`] of `s`.
 pub fn parse_time(s: &str) -> Result<i64, String> {
-    let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|e| format!("`{s}` is not an RFC 3339 time: {e}"))?;
-    i64::try_from(t.unix_timestamp_nanos() / 1000).map_err(|_| format!("`{s}` is out of range"))
+    let t = OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|e| format!("`{}` is not an RFC 3339 time: {e}", clip(s, MAX_QUOTED_BYTES)))?;
+    i64::try_from(t.unix_timestamp_nanos() / 1000)
+        .map_err(|_| format!("`{}` is out of range", clip(s, MAX_QUOTED_BYTES)))
 }
 
 fn fact_text(v: &serde_json::Value) -> String {
@@ -307,7 +349,7 @@ impl<'de> Deserialize<'de> for CheckedSignals {
                 while let Some(name) = map.next_key::<Cow<'de, str>>()? {
                     let value = map
                         .next_value::<Scalar<'de>>()
-                        .map_err(|e| de::Error::custom(format!("signal `{name}`: {e}")))?;
+                        .map_err(|e| de::Error::custom(format!("signal `{}`: {e}", clip(&name, MAX_QUOTED_BYTES))))?;
                     out.add(&name, value);
                 }
                 Ok(out)
@@ -560,7 +602,9 @@ impl Validator {
         }
     }
 
-    /// The event id as sent, when it can be read, for the `rejected` list.
+    /// The event id as sent, when it can be read, for the `rejected` list
+    /// and the dead letter's `dl.event_id`: at most [`MAX_QUOTED_BYTES`]
+    /// ([`clip`]; a UUID is never cut).
     pub fn event_id_of(raw: &RawValue) -> Option<String> {
         #[derive(Deserialize)]
         struct Id<'a> {
@@ -569,7 +613,7 @@ impl Validator {
         }
         serde_json::from_str::<Id<'_>>(raw.get())
             .ok()
-            .and_then(|i| i.event_id.map(Cow::into_owned))
+            .and_then(|i| i.event_id.map(|id| clip(&id, MAX_QUOTED_BYTES).into_owned()))
     }
 
     /// Validates and normalises one event of a batch.
@@ -694,7 +738,12 @@ fn signal_value(spec: &SignalSpec, value: Scalar<'_>) -> Result<Option<SignalVal
                 if !allowed.iter().any(|a| a == s.as_ref()) {
                     return Err(Rejection::new(
                         "signal_not_allowed",
-                        format!("signal `{}` = `{s}` is not one of {}", spec.name, allowed.join(", ")),
+                        format!(
+                            "signal `{}` = `{}` is not one of {}",
+                            spec.name,
+                            clip(&s, MAX_QUOTED_BYTES),
+                            allowed.join(", ")
+                        ),
                     ));
                 }
             }
@@ -890,5 +939,37 @@ mod tests {
         let batch = parse_batch(json.as_bytes(), &Limits::default()).unwrap();
         let err = Envelope::from_batch(&batch, "a", RECEIVED, None).unwrap_err();
         assert!(err.to_string().contains("batch_id"), "{err}");
+    }
+
+    #[test]
+    fn quoted_input_is_clipped_on_a_character_boundary() {
+        assert_eq!(clip("short", MAX_QUOTED_BYTES), "short");
+        let id = "3f2504e0-4f89-41d3-9a0c-0305e82c3301";
+        assert_eq!(
+            clip(&format!("urn:uuid:{id}"), MAX_QUOTED_BYTES).len(),
+            45,
+            "a UUID is never cut"
+        );
+        let accented = "é".repeat(100);
+        let cut = clip(&accented, 10);
+        assert!(cut.len() <= 10 && cut.ends_with(ELLIPSIS), "{cut}");
+        assert_eq!(cut, format!("ééé{ELLIPSIS}"));
+        // An event_id of 100 KB and a timestamp of 100 KB: the detail and
+        // the id quote a few dozen bytes of them.
+        let (env, v) = (envelope(), validator());
+        let huge = "x".repeat(100_000);
+        let raw =
+            RawValue::from_string(format!(r#"{{"event_id":"{huge}","timestamp":"2025-10-09T08:54:30Z"}}"#)).unwrap();
+        let id = Validator::event_id_of(&raw).unwrap();
+        assert!(id.len() <= MAX_QUOTED_BYTES && id.ends_with(ELLIPSIS), "{id}");
+        let err = v.event(&env, &raw).unwrap_err();
+        assert_eq!(err.reason, "invalid_event_id");
+        assert!(err.detail.len() < 2 * MAX_QUOTED_BYTES + 100, "{}", err.detail);
+        let err = v.event(&env, &event("", &huge)).unwrap_err();
+        assert_eq!(err.reason, "invalid_timestamp");
+        assert!(err.detail.len() < 2 * MAX_QUOTED_BYTES + 100, "{}", err.detail);
+        // Whatever a detail quotes, it stays within its bound.
+        let long = Rejection::new("malformed_event", "y".repeat(10_000));
+        assert!(long.detail.len() <= MAX_DETAIL_BYTES && long.detail.ends_with(ELLIPSIS));
     }
 }

@@ -48,6 +48,15 @@ pub fn new_key(seed: u8) -> String {
 }
 
 pub async fn start(customize: impl FnOnce(&mut Config)) -> Harness {
+    start_with_metrics(customize, None).await
+}
+
+/// [`start`], the gateway serving `metrics` on `/metrics` (a recorder is
+/// one per process: only a test binary of one test may install it).
+pub async fn start_with_metrics(
+    customize: impl FnOnce(&mut Config),
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> Harness {
     let events_topic = unique("it_gw_events");
     let deadletter_topic = unique("it_gw_dead");
     create_topic(&events_topic, 2).await.unwrap();
@@ -72,7 +81,7 @@ pub async fn start(customize: impl FnOnce(&mut Config)) -> Harness {
         ..Config::default()
     };
     customize(&mut config);
-    let gateway = ingest_gateway::start(config.checked().unwrap(), None).await.unwrap();
+    let gateway = ingest_gateway::start(config.checked().unwrap(), metrics).await.unwrap();
     Harness {
         base: format!("http://{}", gateway.addr),
         gateway,

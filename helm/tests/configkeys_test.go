@@ -100,6 +100,8 @@ var services = []serviceKeys{
 			"produce_timeout": "duration", "queue_max_messages": "int", "queue_max_kbytes": "int",
 			"max_in_flight_bytes": "int", "max_future": "duration", "max_age": "duration",
 			"dedup_window": "duration", "dedup_capacity": "int", "workers": "int",
+			"body_read_timeout": "duration", "rate_limit_bytes_per_s": "int", "rate_limit_burst_bytes": "int",
+			"dedup_capacity_bytes": "int",
 		}, kafkaKeys, registryClientKeys),
 		wired:      wiredWith([]string{"listen", "events_topic", "deadletter_topic", "keys_file", "tls_cert", "tls_key"}, kafkaWired, registryClientWired),
 		deprecated: []string{"kafka_bootstrap"},

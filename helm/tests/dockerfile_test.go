@@ -13,6 +13,9 @@ import (
 // The five service binaries the image must carry.
 var serviceBinaries = []string{"ingest-gateway", "schema-registry", "stream-router", "sink-clickhouse", "enrich-activity"}
 
+// The tools beside them: context-topics, which the topics hook Job runs.
+var toolBinaries = []string{"context-topics"}
+
 type dockerfile struct {
 	// The --bin names of the builder stage's `cargo build`.
 	binaries []string
@@ -116,8 +119,9 @@ func parseDockerfile(t *testing.T) dockerfile {
 	return df
 }
 
-// The builder builds the five binaries in release mode from the lock file;
-// the runtime stage runs them as a non-root user and carries them.
+// The builder builds the five binaries and the tools in release mode from
+// the lock file; the runtime stage runs them as a non-root user and carries
+// them, and the topics' declaration.
 func TestDockerfile(t *testing.T) {
 	df := parseDockerfile(t)
 	if df.cargo == "" {
@@ -129,7 +133,7 @@ func TestDockerfile(t *testing.T) {
 		}
 	}
 	got := append([]string{}, df.binaries...)
-	want := append([]string{}, serviceBinaries...)
+	want := append(append([]string{}, serviceBinaries...), toolBinaries...)
 	sort.Strings(got)
 	sort.Strings(want)
 	if strings.Join(got, " ") != strings.Join(want, " ") {
@@ -146,6 +150,9 @@ func TestDockerfile(t *testing.T) {
 			t.Errorf("COPY %s %s: no such file in the repository", src, dest)
 		}
 	}
+	if df.shipped["/usr/share/context-pipeline/topics.toml"] != "helm/context-pipeline/topics.toml" {
+		t.Errorf("the image must carry helm/context-pipeline/topics.toml at /usr/share/context-pipeline/topics.toml (what context-topics applies); COPYs: %v", df.shipped)
+	}
 	if df.shipped["/usr/share/context-pipeline/rules.toml"] != "stream-router/rules.toml" {
 		t.Errorf("the image must carry stream-router/rules.toml at /usr/share/context-pipeline/rules.toml (the chart's default rules_file); COPYs: %v", df.shipped)
 	}
@@ -157,5 +164,9 @@ func TestDockerfile(t *testing.T) {
 		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(must) + `$`).Match(ignore) {
 			t.Errorf(".dockerignore does not leave out %s", must)
 		}
+	}
+	// The chart is left out, but not the declaration context-topics compiles in.
+	if !regexp.MustCompile(`(?m)^!helm/context-pipeline/topics\.toml$`).Match(ignore) {
+		t.Errorf(".dockerignore leaves out helm/, so it must let helm/context-pipeline/topics.toml in (!helm/context-pipeline/topics.toml)")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -736,11 +737,11 @@ func hookEvents(m metav1.ObjectMeta) []string {
 func isHook(m metav1.ObjectMeta) bool           { return len(hookEvents(m)) > 0 }
 func isPreInstallHook(m metav1.ObjectMeta) bool { return contains(hookEvents(m), "pre-install") }
 
-// The migrate Job runs before install and before upgrade; schema
-// registration after install and before upgrade.
+// The topics Job and the migrate Job run before install and before upgrade,
+// the topics first; schema registration after install and before upgrade.
 func TestHookJobs(t *testing.T) {
 	forEachSet(t, func(t *testing.T, r *render) {
-		var migrate, register []podOwner
+		var migrate, register, topics []podOwner
 		for _, p := range r.pods() {
 			if p.kind != "Job" {
 				continue
@@ -752,6 +753,8 @@ func TestHookJobs(t *testing.T) {
 				migrate = append(migrate, p)
 			case strings.HasPrefix(args, "schema-registry register"):
 				register = append(register, p)
+			case strings.HasPrefix(args, "context-topics apply"):
+				topics = append(topics, p)
 			default:
 				t.Errorf("Job %s runs %q, which these tests do not expect", p.name, args)
 			}
@@ -766,6 +769,21 @@ func TestHookJobs(t *testing.T) {
 		if len(ev) != 2 || !contains(ev, "pre-install") || !contains(ev, "pre-upgrade") {
 			t.Errorf("the migrate Job's helm.sh/hook is %q, want pre-install,pre-upgrade", migrate[0].meta.Annotations["helm.sh/hook"])
 		}
+		if len(topics) != 1 {
+			t.Fatalf("%d `context-topics apply` Jobs, want 1", len(topics))
+		}
+		ev = hookEvents(topics[0].meta)
+		if len(ev) != 2 || !contains(ev, "pre-install") || !contains(ev, "pre-upgrade") {
+			t.Errorf("the topics Job's helm.sh/hook is %q, want pre-install,pre-upgrade", topics[0].meta.Annotations["helm.sh/hook"])
+		}
+		weight := func(p podOwner) int {
+			w, _ := strconv.Atoi(p.meta.Annotations["helm.sh/hook-weight"])
+			return w
+		}
+		if weight(topics[0]) >= weight(migrate[0]) {
+			t.Errorf("the topics Job (weight %d) must run before the migrate Job (weight %d)", weight(topics[0]), weight(migrate[0]))
+		}
+		checkTopicsJob(t, r, topics[0])
 		if len(register) != 1 {
 			t.Fatalf("%d `schema-registry register` Jobs, want 1", len(register))
 		}
@@ -807,4 +825,81 @@ func expectedRegistryURL(t *testing.T, r *render) string {
 	}
 	t.Fatalf("%s: no registry Deployment and no schemaRegistry.externalUrl", r.set.name)
 	return ""
+}
+
+// The topics Job applies the chart's own declaration (the ConfigMap holds
+// topics.toml as it is in the chart) with the release's names, partitions
+// and replication factor, and reaches Kafka as the services do: the tools'
+// KAFKA_* variables carry the [kafka] table of every service.
+func checkTopicsJob(t *testing.T, r *render, p podOwner) {
+	t.Helper()
+	c := p.template.Spec.Containers[0]
+	file := ""
+	for i, a := range c.Args {
+		if a == "--file" && i+1 < len(c.Args) {
+			file = c.Args[i+1]
+		}
+	}
+	if file == "" {
+		t.Fatalf("Job %s: no --file", p.name)
+	}
+	src, err := resolveFile(r, parseDockerfile(t), &p.template.Spec, &c, file)
+	if err != nil {
+		t.Fatalf("Job %s: --file %v", p.name, err)
+	}
+	declared, err := os.ReadFile(filepath.Join(chartDir, "topics.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !src.known || strings.TrimSpace(src.content) != strings.TrimSpace(string(declared)) {
+		t.Errorf("Job %s: --file %s is not the chart's topics.toml (from %s %s)", p.name, file, src.kind, src.name)
+	}
+	args := strings.Join(c.Args, " ")
+	for _, want := range []string{"--replication-factor 3", "--name context.events.v1=context.events.v1", "--partitions context.events.v1="} {
+		if !strings.Contains(args, want) {
+			t.Errorf("Job %s: args %q lack %q", p.name, args, want)
+		}
+	}
+	if strings.Contains(args, "--skip _schemas") == expectsRegistry(r) {
+		t.Errorf("Job %s: args %q: _schemas must be skipped exactly when the registry is external", p.name, args)
+	}
+	configs := configsOf(t, r, parseDockerfile(t))
+	k := kafkaTable(t, configs)
+	wantEnv := map[string]any{
+		"KAFKA_BOOTSTRAP":         k["bootstrap"],
+		"KAFKA_SECURITY_PROTOCOL": k["security_protocol"],
+		"KAFKA_SASL_MECHANISM":    k["sasl_mechanism"],
+		"KAFKA_SASL_USERNAME":     k["sasl_username"],
+		"KAFKA_SSL_CA_FILE":       k["ssl_ca_file"],
+		"KAFKA_SSL_CERT_FILE":     k["ssl_cert_file"],
+		"KAFKA_SSL_KEY_FILE":      k["ssl_key_file"],
+	}
+	for name, want := range wantEnv {
+		e := envVar(&c, name)
+		switch {
+		case want == nil && e != nil:
+			t.Errorf("Job %s: sets %s, which the services' [kafka] table does not", p.name, name)
+		case want != nil && (e == nil || e.Value != want):
+			t.Errorf("Job %s: %s = %v, the services' [kafka] table %v", p.name, name, e, want)
+		}
+		if e != nil && strings.HasSuffix(name, "_FILE") {
+			if _, err := resolveFile(r, parseDockerfile(t), &p.template.Spec, &c, e.Value); err != nil {
+				t.Errorf("Job %s: %s: %v", p.name, name, err)
+			}
+		}
+	}
+	sasl := k["sasl_mechanism"] != nil
+	if pw := envVar(&c, "KAFKA_SASL_PASSWORD"); (pw != nil) != sasl || (pw != nil && (pw.ValueFrom == nil || pw.ValueFrom.SecretKeyRef == nil)) {
+		t.Errorf("Job %s: KAFKA_SASL_PASSWORD %v (want it from a Secret exactly with SASL)", p.name, pw)
+	}
+}
+
+// Whether the release runs its own registry (and so needs _schemas).
+func expectsRegistry(r *render) bool {
+	for _, o := range r.byKind["Deployment"] {
+		if o.meta.Labels["app.kubernetes.io/component"] == "schema-registry" {
+			return true
+		}
+	}
+	return false
 }

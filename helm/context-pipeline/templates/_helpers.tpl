@@ -86,6 +86,7 @@ interfaces (the binaries default to 127.0.0.1).
 {{- define "cp.shippedRules" -}}/usr/share/context-pipeline/rules.toml{{- end }}
 {{- define "cp.modelDir" -}}/var/lib/context-pipeline/model{{- end }}
 {{- define "cp.shippedModel" -}}/usr/share/context-pipeline/models/basicmotions.json{{- end }}
+{{- define "cp.topicsDir" -}}/etc/context-pipeline/topics{{- end }}
 
 {{- define "cp.registryUrl" -}}
 {{- if .Values.schemaRegistry.enabled -}}

@@ -9,19 +9,29 @@
 //! inserting into `t` meanwhile; the steps make sure nothing it inserts is
 //! lost):
 //! 1. the columns the DDL adds are added to `t` first;
-//! 2. the new layout is created as `t_migrating_v` (one left by an
+//! 2. a lock table `t_migrate_lock` is created (a second migrate finds it and
+//!    stops; a lock older than a minute whose run no longer has a query
+//!    running on ClickHouse is taken over);
+//! 3. the new layout is created as `t_migrating_v` (one left by an
 //!    interrupted run is dropped first: it never held the only copy), with
 //!    `t`'s columns, and every row of `t` is copied into it;
-//! 3. the copy is checked: it holds at least as many distinct rows (by the
+//! 4. the copy is checked: it holds at least as many distinct rows (by the
 //!    new sorting key, which is what duplicates share) as `t` held before
 //!    the copy began; otherwise nothing is renamed and migrate fails;
-//! 4. one `RENAME TABLE t TO t_before_v, t_migrating_v TO t` swaps them;
-//! 5. the rows inserted into the old table while it was copied (its parts
-//!    written since the copy began) are copied again; the duplicates this
-//!    makes merge away, which is what the new layout is for;
-//! 6. the old table is kept as `t_before_v`, for the operator to drop once
+//! 5. `RENAME TABLE t TO t_before_v, t_migrating_v TO t` swaps them;
+//! 6. reconciliation: every row of `t_before_v` whose key `t` lacks (the
+//!    sink's inserts during the copy) is copied into `t`, twice, a few
+//!    seconds apart, and the distinct counts are compared;
+//! 7. the old table is kept as `t_before_v`, for the operator to drop once
 //!    satisfied (the report says how). Its presence also stops a second
 //!    conversion to the same version.
+//!
+//! A run interrupted anywhere is finished by the next one: a `t_before_v`
+//! beside a `t` of the new layout is reconciled again (step 6) on every run
+//! until the operator drops it; a `t` missing after an interrupted rename
+//! (ClickHouse 18.16 renames two tables one after the other) is taken back
+//! from `t_migrating_v` when the copy had been checked, or created empty,
+//! and then reconciled from `t_before_v`.
 
 use std::collections::HashMap;
 
@@ -63,11 +73,25 @@ pub async fn migrate(client: &clickhouse::Client, db: &str) -> Result<Report, cl
         report.applied.push(sql);
     }
     for table in ddl::tables() {
+        let backup = format!("{}_before_{}", table.name, table.layout.version);
+        let staging = format!("{}_migrating_{}", table.name, table.layout.version);
+        let has_backup = table.layout.version > 1 && exists(client, db, &backup).await?;
         let existing = columns(client, db, table.name).await?;
         if existing.is_empty() {
-            let sql = ddl::create_table(db, &table);
-            client.query(&sql).execute().await?;
-            report.applied.push(sql);
+            // A rename interrupted between its two tables leaves the checked
+            // copy under the staging name.
+            if has_backup && exists(client, db, &staging).await? {
+                let sql = format!("RENAME TABLE `{db}`.`{staging}` TO `{db}`.`{}`", table.name);
+                client.query(&sql).execute().await?;
+                report.applied.push(sql);
+            } else {
+                let sql = ddl::create_table(db, &table);
+                client.query(&sql).execute().await?;
+                report.applied.push(sql);
+            }
+            if has_backup {
+                reconcile(client, db, &table, &backup, 1, &mut report).await?;
+            }
             continue;
         }
         let have: HashMap<&str, &str> = existing.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
@@ -98,6 +122,10 @@ pub async fn migrate(client: &clickhouse::Client, db: &str) -> Result<Report, cl
         };
         let layout = &table.layout;
         if layout.matches(&d.engine, &d.partition_key, &d.sorting_key) {
+            if has_backup {
+                // An earlier conversion: what its run may not have finished.
+                reconcile(client, db, &table, &backup, 1, &mut report).await?;
+            }
             continue;
         }
         let found = format!(
@@ -230,13 +258,16 @@ async fn convert(
     let list = list.join(", ");
     let key = &layout.sorting_key;
 
+    let lock = format!("{name}_migrate_lock");
+    if !take_lock(client, db, &lock, &staging, report).await? {
+        return Ok(());
+    }
     let drop = format!("DROP TABLE IF EXISTS `{db}`.`{staging}`");
     client.query(&drop).execute().await?;
     let create = ddl::create_table_as(db, &staging, &all, layout);
     client.query(&create).execute().await?;
     report.applied.push(create);
 
-    let started: u32 = client.query("SELECT toUInt32(now())").fetch_one().await?;
     let before = distinct(client, db, name, key).await?;
     let copy = format!("INSERT INTO `{db}`.`{staging}` ({list}) SELECT {list} FROM `{db}`.`{name}`");
     client.query(&copy).execute().await?;
@@ -247,44 +278,138 @@ async fn convert(
             "converting {db}.{name}: the copy {db}.{staging} holds {copied} distinct rows, {db}.{name} {before}; \
              nothing was renamed (run migrate again; it starts the copy afresh)"
         ));
+        drop_lock(client, db, &lock).await?;
         return Ok(());
     }
 
     let rename = format!("RENAME TABLE `{db}`.`{name}` TO `{db}`.`{backup}`, `{db}`.`{staging}` TO `{db}`.`{name}`");
     client.query(&rename).execute().await?;
     report.applied.push(rename);
+    drop_lock(client, db, &lock).await?;
 
-    // What the sink inserted into the old table during the copy is in parts
-    // written since it began (parts merged since then too: copied twice,
-    // merged away).
-    let catch_up = format!(
-        "INSERT INTO `{db}`.`{name}` ({list}) SELECT {list} FROM `{db}`.`{backup}` WHERE _part IN \
-         (SELECT name FROM system.parts WHERE database = ? AND table = ? AND active AND modification_time >= toDateTime(?))"
-    );
+    // Twice: an insert the rename waited for lands in the old table.
+    reconcile(client, db, table, &backup, 2, report).await?;
+    Ok(())
+}
+
+/// How long a lock may stand without a query of its run on ClickHouse
+/// before another migrate takes it over.
+const STALE_LOCK_SECS: u32 = 60;
+/// The pause between two reconciliation passes after a swap.
+const RECONCILE_PAUSE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Takes `db.lock` for converting a table through `staging`: false (with a
+/// conflict in the report) while another migrate holds it.
+async fn take_lock(
+    client: &clickhouse::Client,
+    db: &str,
+    lock: &str,
+    staging: &str,
+    report: &mut Report,
+) -> Result<bool, clickhouse::error::Error> {
+    let create = format!("CREATE TABLE `{db}`.`{lock}` (taken DateTime) ENGINE = Log");
+    for _ in 0..2 {
+        match client.query(&create).execute().await {
+            Ok(()) => {
+                client
+                    .query(&format!("INSERT INTO `{db}`.`{lock}` SELECT now()"))
+                    .execute()
+                    .await?;
+                return Ok(true);
+            }
+            Err(e) if !exists(client, db, lock).await? => return Err(e),
+            Err(_) => {}
+        }
+        // Held: by a run still at work, or by one that died.
+        let age: u32 = client
+            .query(&format!(
+                "SELECT toUInt32(now()) - toUInt32(max(taken)) FROM `{db}`.`{lock}`"
+            ))
+            .fetch_one()
+            .await?;
+        let running: u64 = client
+            .query("SELECT count() FROM system.processes WHERE position(query, ?) > 0 AND position(query, 'system.processes') = 0")
+            .bind(staging)
+            .fetch_one()
+            .await?;
+        if age < STALE_LOCK_SECS || running > 0 {
+            report.conflicts.push(format!(
+                "another migrate is converting {db}.{staging} (its lock {db}.{lock} was taken {age} s ago): \
+                 wait for it; if no migrate runs, DROP TABLE `{db}`.`{lock}` and run migrate again"
+            ));
+            return Ok(false);
+        }
+        let sql = format!("DROP TABLE IF EXISTS `{db}`.`{lock}`");
+        client.query(&sql).execute().await?;
+        report.applied.push(format!("{sql} (a lock left {age} s ago by a migrate that stopped)"));
+    }
+    report.conflicts.push(format!("{db}.{lock} is taken again each time it is dropped: another migrate runs"));
+    Ok(false)
+}
+
+async fn drop_lock(client: &clickhouse::Client, db: &str, lock: &str) -> Result<(), clickhouse::error::Error> {
     client
-        .query(&catch_up)
-        .bind(db)
-        .bind(backup.as_str())
-        .bind(started)
+        .query(&format!("DROP TABLE IF EXISTS `{db}`.`{lock}`"))
         .execute()
-        .await?;
-    report.applied.push(format!(
-        "INSERT INTO `{db}`.`{name}` SELECT … FROM `{db}`.`{backup}` (parts written during the copy)"
-    ));
+        .await
+}
 
-    let kept = distinct(client, db, &backup, key).await?;
+/// Copies every row of `db.backup` (the table of the older layout) whose
+/// key `db.<table>` lacks into it, `passes` times `RECONCILE_PAUSE` apart,
+/// then compares their distinct rows and reports the old table as kept.
+async fn reconcile(
+    client: &clickhouse::Client,
+    db: &str,
+    table: &ddl::Table,
+    backup: &str,
+    passes: usize,
+    report: &mut Report,
+) -> Result<(), clickhouse::error::Error> {
+    let name = table.name;
+    let key = &table.layout.sorting_key;
+    let now_columns = columns(client, db, name).await?;
+    let list: Vec<String> = columns(client, db, backup)
+        .await?
+        .into_iter()
+        .filter(|(n, _)| now_columns.iter().any(|(m, _)| m == n))
+        .map(|(n, _)| format!("`{n}`"))
+        .collect();
+    let list = list.join(", ");
+    let sql = format!(
+        "INSERT INTO `{db}`.`{name}` ({list}) SELECT {list} FROM `{db}`.`{backup}` \
+         WHERE ({key}) NOT IN (SELECT {key} FROM `{db}`.`{name}`)"
+    );
+    let count = format!("SELECT count() FROM `{db}`.`{name}`");
+    let rows_before: u64 = client.query(&count).fetch_one().await?;
+    for pass in 0..passes {
+        if pass > 0 {
+            tokio::time::sleep(RECONCILE_PAUSE).await;
+        }
+        client.query(&sql).execute().await?;
+    }
+    let rows_after: u64 = client.query(&count).fetch_one().await?;
+    if rows_after > rows_before {
+        report.applied.push(format!(
+            "INSERT INTO `{db}`.`{name}` SELECT … FROM `{db}`.`{backup}` WHERE ({key}) NOT IN `{db}`.`{name}` \
+             ({} rows it lacked)",
+            rows_after - rows_before
+        ));
+    }
+    let kept = distinct(client, db, backup, key).await?;
     let now = distinct(client, db, name, key).await?;
     if now < kept {
         report.conflicts.push(format!(
             "converting {db}.{name}: it holds {now} distinct rows, the old table {db}.{backup} {kept}; \
-             copy the missing ones with INSERT INTO `{db}`.`{name}` ({list}) SELECT {list} FROM `{db}`.`{backup}` \
-             (duplicates merge away)"
+             run migrate again (it copies the rows {db}.{name} lacks)"
         ));
     }
-    let rows: u64 = client
-        .query(&format!("SELECT count() FROM `{db}`.`{backup}`"))
-        .fetch_one()
-        .await?;
-    report.kept.push((format!("{db}.{backup}"), rows));
+    // Reported after the conversion, and again whenever it had to be finished.
+    if passes > 1 || rows_after > rows_before || now < kept {
+        let rows: u64 = client
+            .query(&format!("SELECT count() FROM `{db}`.`{backup}`"))
+            .fetch_one()
+            .await?;
+        report.kept.push((format!("{db}.{backup}"), rows));
+    }
     Ok(())
 }

@@ -190,7 +190,9 @@ pub async fn redrive(
     let mut run = Redrive {
         c,
         dry_run,
-        registry: schema_registry::RegistryClient::connect(&c.registry)?,
+        // No patience for unknown ids: a letter whose schema the registry
+        // does not know now is reported as such, not waited for.
+        registry: schema_registry::RegistryClient::connect(&c.registry)?.with_unknown_id_patience(Duration::ZERO),
         validator: Validator::new(gateway.limits.clone(), gateway.max_future, gateway.max_age),
         producer: c
             .kafka

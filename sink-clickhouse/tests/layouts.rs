@@ -379,3 +379,99 @@ async fn dead_letters_retried_twice_are_listed_once() {
     assert_eq!(listed(after), want);
     execute(&format!("DROP DATABASE IF EXISTS `{db}`")).await;
 }
+
+/// A conversion a crash or a slow insert left unfinished is finished by the
+/// next run: rows that reached only the old table (the sink inserting while
+/// the swap ran, a run killed before its reconciliation) are copied over,
+/// a table missing after a rename cut in two (ClickHouse 18.16 renames one
+/// table after the other) is taken back from the checked copy, and a
+/// second migrate finds the first one's lock instead of racing it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_conversion_is_finished_and_a_concurrent_one_refused() {
+    let db = unique("ctx_resume");
+    execute(&format!("CREATE DATABASE `{db}`")).await;
+    for ddl in [OLD_ACTIVITY_TAGS, OLD_DEAD_LETTERS, OLD_ACTIVITY_LATEST] {
+        execute(&ddl.replace("{db}", &db)).await;
+    }
+    insert_tags(&db, &[tag("app-a", FEB_1_US, FEB_1_US + 1_000_000, "walking")]).await;
+    migrate(&db).await;
+    assert_eq!(count(&format!("SELECT count() FROM `{db}`.activity_tags")).await, 1);
+
+    // A tag that reached only the old table after the swap.
+    let late = tag("app-late", FEB_1_US, FEB_1_US + 5_000_000, "sitting");
+    let mut insert = clickhouse_writer()
+        .with_database(&db)
+        .insert::<ActivityRow>("activity_tags_before_2")
+        .await
+        .unwrap();
+    insert.write(&late).await.unwrap();
+    insert.end().await.unwrap();
+    let finished = migrate(&db).await;
+    assert_eq!(
+        count(&format!("SELECT count() FROM `{db}`.activity_tags WHERE app_id = 'app-late'")).await,
+        1,
+        "{:?}",
+        finished.applied
+    );
+    assert_eq!(finished.kept.len(), 1, "the old table is reported again: {:?}", finished.kept);
+    // Nothing more to copy the next time.
+    let again = migrate(&db).await;
+    assert!(again.applied.is_empty(), "{:?}", again.applied);
+    assert_eq!(count(&format!("SELECT count() FROM `{db}`.activity_tags")).await, 2);
+
+    // A rename cut in two: the checked copy under its staging name, no table.
+    execute(&format!(
+        "RENAME TABLE `{db}`.activity_tags TO `{db}`.activity_tags_migrating_2"
+    ))
+    .await;
+    let taken_back = migrate(&db).await;
+    assert!(
+        taken_back.applied.iter().any(|s| s.contains("activity_tags_migrating_2")),
+        "{:?}",
+        taken_back.applied
+    );
+    assert_eq!(count(&format!("SELECT count() FROM `{db}`.activity_tags")).await, 2);
+
+    // A second migrate while one converts: a fresh lock stops it, a stale
+    // one (its run gone for minutes) is taken over.
+    execute(&format!("DROP TABLE `{db}`.dead_letters")).await;
+    execute(&format!("DROP TABLE `{db}`.dead_letters_before_2")).await;
+    execute(&OLD_DEAD_LETTERS.replace("{db}", &db)).await;
+    insert_letters(&db, &[kafka_letter(3, FEB_1_US)]).await;
+    execute(&format!(
+        "CREATE TABLE `{db}`.dead_letters_migrate_lock (taken DateTime) ENGINE = Log"
+    ))
+    .await;
+    execute(&format!("INSERT INTO `{db}`.dead_letters_migrate_lock SELECT now()")).await;
+    let refused = sink_clickhouse::migrate::migrate(&clickhouse_reader(), &db).await.unwrap();
+    assert!(
+        refused.conflicts.iter().any(|c| c.contains("another migrate")),
+        "{:?}",
+        refused.conflicts
+    );
+    let (engine, _, _) = layout(&db, "dead_letters").await;
+    assert_eq!(engine, "MergeTree", "nothing converted under another run's lock");
+    execute(&format!("TRUNCATE TABLE `{db}`.dead_letters_migrate_lock")).await;
+    execute(&format!(
+        "INSERT INTO `{db}`.dead_letters_migrate_lock SELECT now() - 600"
+    ))
+    .await;
+    let converted = migrate(&db).await;
+    assert!(
+        converted.applied.iter().any(|s| s.contains("a lock left")),
+        "{:?}",
+        converted.applied
+    );
+    let (engine, _, _) = layout(&db, "dead_letters").await;
+    assert_eq!(engine, "ReplacingMergeTree");
+    assert_eq!(count(&format!("SELECT count() FROM `{db}`.dead_letters")).await, 1);
+    assert_eq!(
+        count(&format!(
+            "SELECT count() FROM system.tables WHERE database = '{db}' AND name = 'dead_letters_migrate_lock'"
+        ))
+        .await,
+        0
+    );
+
+    execute(&format!("DROP DATABASE IF EXISTS `{db}`")).await;
+}

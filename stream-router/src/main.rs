@@ -11,7 +11,11 @@ use stream_router::Config;
 /// file: the whole event or a projection of it (MotionWindow for the activity
 /// tagger), to several targets at once, with deterministic sampling by
 /// install, drops with a counted reason, and a default route. What cannot be
-/// decoded or projected goes to context.deadletter.v1 with its original bytes.
+/// decoded or projected goes to context.deadletter.v1 with its original bytes,
+/// and so does an output Kafka refuses for good (larger than its topic's
+/// max.message.bytes or max_record_bytes, a policy, an ACL): reason
+/// refused_by_kafka, its target in dl.target_topic; one that does not fit
+/// the dead-letter topic either is kept as a stub of its first bytes.
 ///
 /// Each batch's outputs and its input offsets are committed in one Kafka
 /// transaction: consumers reading with isolation.level=read_committed see each

@@ -100,25 +100,25 @@ impl SchemaLog {
 
     /// Waits until everything in the log right now is applied.
     pub async fn catch_up(&self) -> Result<(), RegistryError> {
-        let (producer, topic, timeout) = (self.producer.clone(), self.topic.clone(), self.timeout);
-        let end = tokio::task::spawn_blocking(move || producer.client().fetch_watermarks(&topic, 0, timeout))
-            .await
-            .map_err(|e| RegistryError::Store(format!("watermark task failed: {e}")))?
-            .map_err(RegistryError::kafka("reading the end of the schemas topic"))?
-            .1;
+        let end = self.end_offset(self.timeout).await?;
         self.wait_applied(end).await
     }
 
-    /// How many records of the log's current end the reader has not applied
-    /// after waiting up to `patience` for it (0: caught up).
-    pub async fn behind(&self, patience: Duration) -> Result<i64, RegistryError> {
+    /// The log's current end offset, read from the broker within `timeout`.
+    async fn end_offset(&self, timeout: Duration) -> Result<i64, RegistryError> {
         let (producer, topic) = (self.producer.clone(), self.topic.clone());
-        let timeout = patience.max(Duration::from_millis(500));
-        let end = tokio::task::spawn_blocking(move || producer.client().fetch_watermarks(&topic, 0, timeout))
+        Ok(tokio::task::spawn_blocking(move || producer.client().fetch_watermarks(&topic, 0, timeout))
             .await
             .map_err(|e| RegistryError::Store(format!("watermark task failed: {e}")))?
             .map_err(RegistryError::kafka("reading the end of the schemas topic"))?
-            .1;
+            .1)
+    }
+
+    /// How many records of the log's current end the reader has not applied
+    /// after waiting up to `patience` for it (0: caught up). Reading the end
+    /// takes at most `patience` too (at least 500 ms).
+    pub async fn behind(&self, patience: Duration) -> Result<i64, RegistryError> {
+        let end = self.end_offset(patience.max(Duration::from_millis(500))).await?;
         let mut rx = self.applied.clone();
         let _ = tokio::time::timeout(patience, rx.wait_for(|&applied| applied >= end)).await;
         let applied = *self.applied.borrow();

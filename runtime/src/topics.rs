@@ -7,7 +7,9 @@
 //! For each declared topic, what the broker describes is compared with the
 //! declaration ([`plan`], pure, so the decisions are unit-tested):
 //! - missing: it is created with its partitions, replication and configs;
-//! - a declared config that differs is set. Kafka's AlterConfigs (the one
+//! - a declared config that differs is set, except a retention or record
+//!   size limit raised above the declaration, which is kept (reported);
+//!   Kafka's AlterConfigs (the one
 //!   librdkafka offers here) replaces a topic's whole dynamic config, so the
 //!   topic's other dynamic configs are sent along unchanged;
 //! - fewer partitions than declared is refused: adding partitions moves keys
@@ -423,6 +425,28 @@ fn same(key: &str, current: &str, declared: &str) -> bool {
     }
 }
 
+/// Configs whose higher value keeps more (retention) or refuses less (record
+/// size): a current value above the declared one is an operator's choice,
+/// and putting the declared one back could delete unread records or refuse
+/// ones the producers were told fit. `-1` is "no limit", the highest.
+const KEPT_WHEN_RAISED: [&str; 3] = ["retention.ms", "retention.bytes", "max.message.bytes"];
+
+/// Whether `current` is a raise of `declared` that [`plan`] keeps.
+fn raised(key: &str, current: &str, declared: &str) -> bool {
+    if !KEPT_WHEN_RAISED.contains(&key) {
+        return false;
+    }
+    let (Ok(c), Ok(d)) = (current.trim().parse::<i64>(), declared.trim().parse::<i64>()) else {
+        return false;
+    };
+    let unlimited = |v: i64| v < 0 && key != "max.message.bytes";
+    match (unlimited(c), unlimited(d)) {
+        (true, false) => true,
+        (_, true) => false,
+        (false, false) => c > d,
+    }
+}
+
 /// What to do so that the topic the broker `described` (`None`: it does not
 /// exist) is `spec`; `add_partitions` allows adding partitions.
 pub fn plan(spec: &TopicSpec, described: Option<&Described>, add_partitions: bool) -> Plan {
@@ -489,6 +513,15 @@ pub fn plan(spec: &TopicSpec, described: Option<&Described>, add_partitions: boo
             continue;
         }
         let current = d.configs.get(key).and_then(|c| c.value.clone());
+        if let Some(c) = current.as_deref().filter(|c| raised(key, c, &declared.0)) {
+            // An operator's raise (a longer retention through an outage, a
+            // larger record limit) is kept: lowering it deletes records or
+            // refuses them.
+            p.notes
+                .push(format!("{key} {c}, more than the {} declared: kept", declared.0));
+            keep_current.insert(key.as_str());
+            continue;
+        }
         if !current.as_deref().is_some_and(|c| same(key, c, &declared.0)) {
             p.changes.push((key.clone(), current, declared.0.clone()));
         }
@@ -1000,6 +1033,48 @@ mod tests {
     }
 
     #[test]
+    fn a_raised_retention_or_record_limit_is_kept_and_a_lowered_one_put_back() {
+        let mut limited = EVENTS.to_vec();
+        limited.push(("max.message.bytes", "1048588"));
+        let s = spec("e", 12, 3, &limited);
+        let d = described(
+            12,
+            3,
+            &[
+                ("cleanup.policy", "delete", false),
+                ("min.insync.replicas", "2", true),
+                ("retention.ms", "-1", true),
+                ("max.message.bytes", "8388608", true),
+            ],
+        );
+        let p = plan(&s, Some(&d), false);
+        assert!(p.changes.is_empty() && p.drift.is_empty(), "{p:?}");
+        assert!(p.up_to_date(), "{}", p.line(true));
+        assert!(p.line(true).contains("retention.ms -1, more than the 604800000 declared: kept"));
+        assert!(p.line(true).contains("max.message.bytes 8388608"));
+
+        let d = described(
+            12,
+            3,
+            &[
+                ("cleanup.policy", "delete", false),
+                ("min.insync.replicas", "2", true),
+                ("retention.ms", "1209600000", true),
+                ("max.message.bytes", "1000", true),
+            ],
+        );
+        let p = plan(&s, Some(&d), false);
+        assert_eq!(
+            p.changes,
+            vec![("max.message.bytes".into(), Some("1000".into()), "1048588".into())]
+        );
+        // The raise stays in what is sent.
+        assert_eq!(p.alter.get("retention.ms").map(String::as_str), Some("1209600000"));
+        assert!(!raised("min.insync.replicas", "3", "2"));
+        assert!(!raised("retention.ms", "1000", "-1"));
+    }
+
+    #[test]
     fn fewer_partitions_are_refused_unless_adding_them_is_allowed() {
         let s = spec("e", 12, 3, EVENTS);
         let d = described(
@@ -1093,8 +1168,8 @@ mod tests {
 
     #[test]
     fn hidden_dynamic_configs_stop_a_change_that_would_reset_them() {
-        let s = spec("e", 1, 1, &[("retention.ms", "1000")]);
-        let mut d = described(1, 1, &[("retention.ms", "2000", true)]);
+        let s = spec("e", 1, 1, &[("retention.ms", "2000")]);
+        let mut d = described(1, 1, &[("retention.ms", "1000", true)]);
         d.configs.insert(
             "sasl.secret.thing".into(),
             Current {

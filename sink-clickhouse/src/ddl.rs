@@ -207,6 +207,12 @@ pub fn tables() -> Vec<Table> {
                 ("failed_time", "DateTime"),
                 ("payload", "String"),
                 ("envelope", "String DEFAULT ''"),
+                // `dl.truncated`: the original length of a letter kept as a
+                // stub of its first bytes (0: whole); never sent again.
+                ("truncated", "UInt64 DEFAULT 0"),
+                // `dl.target_topic`: where an output Kafka refused was going
+                // (redrive sends it there); empty otherwise.
+                ("target_topic", "String DEFAULT ''"),
             ]),
             // Version 1: MergeTree PARTITION BY toYYYYMM(failed_time) ORDER BY
             // (failed_time, reason): every retry of a letter was another row.

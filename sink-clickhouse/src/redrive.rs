@@ -111,6 +111,8 @@ struct Letter {
     failed_at_us: i64,
     payload: Bytes,
     envelope: String,
+    truncated: u64,
+    target_topic: String,
 }
 
 /// What a record of the contract says about itself: the key of
@@ -134,6 +136,8 @@ pub struct Outcome {
     /// Cannot be rebuilt: a gateway reject without its envelope (older than
     /// envelopes in dead letters), or another without a source topic.
     pub not_rebuildable: usize,
+    /// Stubs (`dl.truncated`): only the first bytes were kept.
+    pub truncated: usize,
 }
 
 impl Outcome {
@@ -142,7 +146,7 @@ impl Outcome {
         let sent: Vec<String> = self.sent.iter().map(|(t, n)| format!("{n} to {t}")).collect();
         let still: Vec<String> = self.still_rejected.iter().map(|(r, n)| format!("{n} {r}")).collect();
         format!(
-            "{verb}: {}; already stored: {}; still rejected: {}; not rebuildable: {}",
+            "{verb}: {}; already stored: {}; still rejected: {}; not rebuildable: {}; truncated: {}",
             if sent.is_empty() {
                 "none".into()
             } else {
@@ -154,7 +158,8 @@ impl Outcome {
             } else {
                 still.join(", ")
             },
-            self.not_rebuildable
+            self.not_rebuildable,
+            self.truncated
         )
     }
 }
@@ -179,7 +184,7 @@ pub async fn redrive(
     // The first copy of each letter (retries are copies until they merge).
     let mut cursor = reader
         .query(&format!(
-            "SELECT source, source_topic, app_id, event_id, failed_at_us, payload, envelope \
+            "SELECT source, source_topic, app_id, event_id, failed_at_us, payload, envelope, truncated, target_topic \
              FROM `{}`.dead_letters WHERE {} ORDER BY failed_at_us LIMIT 1 BY {} LIMIT {}",
             c.database,
             sel.filter(),
@@ -406,6 +411,10 @@ impl Redrive<'_> {
                 self.outcome.already_stored += 1;
                 continue;
             }
+            if l.truncated > 0 {
+                self.outcome.truncated += 1;
+                continue;
+            }
             let (topic, key, value) = if l.source == "ingest-gateway" {
                 if l.envelope.is_empty() {
                     self.outcome.not_rebuildable += 1;
@@ -419,7 +428,10 @@ impl Redrive<'_> {
                     }
                 }
             } else {
-                match &l.source_topic {
+                // An output Kafka refused goes where it was going; any other
+                // record back to the topic it was read from.
+                let target = Some(&l.target_topic).filter(|t| !t.is_empty()).or(l.source_topic.as_ref());
+                match target {
                     Some(t) if !t.is_empty() => (t.clone(), letter_key, l.payload.0.clone()),
                     _ => {
                         self.outcome.not_rebuildable += 1;

@@ -118,6 +118,7 @@ impl InMemory for DeadLetterRow {
             + opt(&self.event_id)
             + self.payload.0.capacity()
             + self.envelope.capacity()
+            + self.target_topic.capacity()
     }
 }
 
@@ -228,6 +229,10 @@ pub struct DeadLetterRow {
     pub payload: Bytes,
     /// A gateway reject's batch envelope (JSON, `dl.envelope`); empty otherwise.
     pub envelope: String,
+    /// `dl.truncated`: the original length of a stub; 0 for a whole letter.
+    pub truncated: u64,
+    /// `dl.target_topic`: the topic an output Kafka refused was going to.
+    pub target_topic: String,
 }
 
 impl Partitioned for DeadLetterRow {
@@ -241,6 +246,13 @@ impl Partitioned for DeadLetterRow {
 impl DeadLetterRow {
     pub fn with_envelope(mut self, envelope: String) -> Self {
         self.envelope = envelope;
+        self
+    }
+
+    /// The letter's `dl.truncated` (original length) and `dl.target_topic`.
+    pub fn with_stub_and_target(mut self, truncated: u64, target_topic: String) -> Self {
+        self.truncated = truncated;
+        self.target_topic = target_topic;
         self
     }
 
@@ -258,6 +270,8 @@ impl DeadLetterRow {
             failed_at_us: d.failed_at,
             payload: Bytes(d.payload),
             envelope: String::new(),
+            truncated: 0,
+            target_topic: String::new(),
         }
     }
 }

@@ -170,6 +170,10 @@ fn dead_letter_topic_row(msg: &OwnedMessage) -> DeadLetterRow {
         payload: msg.payload().unwrap_or_default().to_vec(),
     })
     .with_envelope(envelope)
+    .with_stub_and_target(
+        header(msg, dl::TRUNCATED).and_then(|n| n.parse().ok()).unwrap_or(0),
+        header(msg, dl::TARGET_TOPIC).unwrap_or_default(),
+    )
 }
 
 /// RFC 3339 (as the gateway writes `dl.time`) to µs since the epoch.

@@ -10,7 +10,9 @@ use sink_clickhouse::redrive::Selection;
 use sink_clickhouse::rows::{ActivityRow, DeadLetterRow};
 
 /// The DDL of layout 1 (before duplicates of other attempts merged), as
-/// `sink-clickhouse migrate` created it until then.
+/// `sink-clickhouse migrate` created it until then (with the columns added
+/// since, `truncated` and `target_topic`, so that this build's rows can be
+/// written into it).
 const OLD_ACTIVITY_TAGS: &str = "CREATE TABLE `{db}`.`activity_tags` (
     `event_id` UUID,
     `model_version` String,
@@ -40,7 +42,9 @@ const OLD_DEAD_LETTERS: &str = "CREATE TABLE `{db}`.`dead_letters` (
     `failed_at_us` Int64,
     `failed_time` DateTime,
     `payload` String,
-    `envelope` String DEFAULT ''
+    `envelope` String DEFAULT '',
+    `truncated` UInt64 DEFAULT 0,
+    `target_topic` String DEFAULT ''
 ) ENGINE = MergeTree PARTITION BY toYYYYMM(failed_time) ORDER BY (failed_time, reason)";
 
 const OLD_ACTIVITY_LATEST: &str = "CREATE VIEW `{db}`.`activity_latest` AS SELECT * FROM `{db}`.`activity_tags` \

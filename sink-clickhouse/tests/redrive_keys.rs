@@ -1,6 +1,8 @@
 //! A redrive skips an event only when the same app's event of that id is
 //! stored, and sends every record with the key of the normal path (the
-//! install id), so that an install's records stay in one partition.
+//! install id), so that an install's records stay in one partition; an
+//! output Kafka refused goes to the topic it was going to, and a stub (only
+//! its first bytes kept) is never sent.
 
 mod common;
 
@@ -52,6 +54,9 @@ async fn redrive_matches_app_and_event_and_keeps_the_install_key() {
     let mut routed = sample::event(95_001, &SampleOptions::default());
     routed.install_id = uuid::Uuid::new_v4();
     let garbage = b"not a record of the contract".to_vec();
+    let mut refused = sample::event(95_002, &SampleOptions::default());
+    refused.install_id = uuid::Uuid::new_v4();
+    let refused_bytes = refused.to_wire(id).unwrap();
     let (stored_bytes, other_bytes, routed_bytes) = (
         stored.to_wire(id).unwrap(),
         other_app.to_wire(id).unwrap(),
@@ -69,6 +74,13 @@ async fn redrive_matches_app_and_event_and_keeps_the_install_key() {
             routed_bytes.clone(),
         ),
         letter("stream-router", &s.events_topic, 4, None, garbage.clone()),
+        // The router's output the events topic refused (here: the topic
+        // named), read by the sink from the dead-letter topic.
+        letter("stream-router", &s.deadletter_topic, 5, None, refused_bytes.clone())
+            .with_stub_and_target(0, s.events_topic.clone()),
+        // A stub: the first bytes of a record too large for the dead letters.
+        letter("stream-router", &s.events_topic, 6, None, refused_bytes[..20].to_vec())
+            .with_stub_and_target(refused_bytes.len() as u64, s.events_topic.clone()),
     ];
     let mut insert = clickhouse_writer()
         .with_database(&s.database)
@@ -88,11 +100,13 @@ async fn redrive_matches_app_and_event_and_keeps_the_install_key() {
         .await
         .unwrap();
     assert_eq!(outcome.already_stored, 1, "{outcome:?}");
-    assert_eq!(outcome.sent.get(&s.events_topic), Some(&3), "{outcome:?}");
+    assert_eq!(outcome.sent.get(&s.events_topic), Some(&4), "{outcome:?}");
+    assert_eq!(outcome.sent.get(&s.deadletter_topic), None, "{outcome:?}");
+    assert_eq!(outcome.truncated, 1, "{outcome:?}");
 
     let c = consumer(&unique("it_redrive_keys")).unwrap();
     c.subscribe(&[s.events_topic.as_str()]).unwrap();
-    let received = consume_n(&c, 3, Duration::from_secs(60)).await.unwrap();
+    let received = consume_n(&c, 4, Duration::from_secs(60)).await.unwrap();
     let key_of = |payload: &[u8]| {
         received
             .iter()
@@ -106,6 +120,7 @@ async fn redrive_matches_app_and_event_and_keeps_the_install_key() {
         "keyed by its install"
     );
     assert_eq!(key_of(&routed_bytes), Some(routed.install_id.to_string().into_bytes()));
+    assert_eq!(key_of(&refused_bytes), Some(refused.install_id.to_string().into_bytes()));
     assert_eq!(
         key_of(&garbage),
         None,

@@ -100,9 +100,11 @@ pub struct Config {
     /// read (charged from the declared `Content-Length` before a byte is
     /// read, then chunk by chunk) and as they inflate; over it, 503.
     pub max_in_flight_bytes: usize,
-    /// How long a request's body may take to arrive, from its first byte
-    /// read to its last; a slower body is answered 503 with `Retry-After`
-    /// (its share of `max_in_flight_bytes` is held meanwhile).
+    /// The longest a request's body may pause (no byte arriving); the whole
+    /// body must arrive within 4 times this, from the request's head on.
+    /// Either exceeded: 503 with `Retry-After` (its share of
+    /// `max_in_flight_bytes` is held meanwhile). The default (30 s, 2 min for
+    /// the whole) takes the 4 MiB `limits.max_body_bytes` at 35 KB/s.
     #[serde(with = "context_runtime::config::duration")]
     pub body_read_timeout: Duration,
     /// Sustained decompressed bytes per second each app may send, beside its

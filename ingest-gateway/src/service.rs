@@ -403,15 +403,20 @@ async fn post_batch(
     let Some(mut charge) = Charge::take(&gw.in_flight, u32::try_from(declared).unwrap_or(u32::MAX)) else {
         return Err(ApiError::Busy);
     };
-    let timeout = gw.settings.body_read_timeout;
-    let body = match tokio::time::timeout(timeout, read_body(&mut payload, &mut charge, declared, max_body)).await {
+    // The body may pause for at most `body_read_timeout`, and must arrive
+    // whole within BODY_DEADLINE_FACTOR times that: a slow network, or a
+    // client holding its share of the budget by trickling.
+    let idle = gw.settings.body_read_timeout;
+    let whole = idle.saturating_mul(BODY_DEADLINE_FACTOR);
+    let body = match tokio::time::timeout(whole, read_body(&mut payload, &mut charge, declared, max_body, idle)).await {
         Ok(read) => read?,
         Err(_elapsed) => {
-            // A slow network (or a client holding the budget): the batch
-            // itself may be fine, so the phone retries it.
+            // The batch itself may be fine, so the phone retries it.
             metrics::counter!("gateway_dropped_total", "reason" => "body_read_timeout").increment(1);
             return Err(ApiError::Unavailable {
-                reason: format!("the body did not arrive within {timeout:?} (body_read_timeout)"),
+                reason: format!(
+                    "the body did not arrive within {whole:?} ({BODY_DEADLINE_FACTOR} x body_read_timeout)"
+                ),
                 retry_after: 1,
             });
         }
@@ -560,15 +565,31 @@ async fn post_batch(
 /// to `charge` before it is kept (`declared`, the `Content-Length`, is
 /// charged already and reserved): 413 over the limit, 503 when the budget
 /// has no more or the body is cut off on the way.
+/// A whole body gets this many times `body_read_timeout` (the longest
+/// pause) to arrive.
+pub const BODY_DEADLINE_FACTOR: u32 = 4;
+
 async fn read_body(
     payload: &mut web::Payload,
     charge: &mut Charge,
     declared: usize,
     max_body: usize,
+    idle: std::time::Duration,
 ) -> Result<web::Bytes, ApiError> {
     let too_large = || ApiError::from(BatchError::TooLarge(format!("the body is over {max_body} bytes")));
     let mut body = web::BytesMut::with_capacity(declared);
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(idle, payload.next()).await else {
+            metrics::counter!("gateway_dropped_total", "reason" => "body_read_timeout").increment(1);
+            return Err(ApiError::Unavailable {
+                reason: format!(
+                    "the body paused for more than {idle:?} after {} bytes (body_read_timeout)",
+                    body.len()
+                ),
+                retry_after: 1,
+            });
+        };
+        let Some(chunk) = next else { break };
         // A body cut off or garbled on the way (a dropped connection, an
         // HTTP/2 reset) says nothing about the batch: retry, never 400.
         let chunk = chunk.map_err(|e| match e {

@@ -1,8 +1,8 @@
 //! What one key holder can make the gateway hold or claim, against the real
 //! broker and schema registry: echoed input is clipped, a `batch_id` reused
 //! for another body is answered 409 (never with the first body's counts),
-//! a body is charged to the in-flight budget before it is read and must
-//! arrive within `body_read_timeout`, an app is limited in bytes as well as
+//! a body is charged to the in-flight budget before it is read, may pause
+//! for at most `body_read_timeout` and must arrive within 4 times that, an app is limited in bytes as well as
 //! events, and a dead letter larger than its topic takes is stored as a
 //! stub instead of failing its batch for ever.
 
@@ -189,6 +189,47 @@ async fn a_body_slower_than_body_read_timeout_is_answered_retry() {
     // The same batch, sent at once, is taken.
     let (status, _, answer) = h.post(Some(&h.key), body(&session(1201, 3)), &[]).await;
     assert_eq!(status, 200, "{answer}");
+}
+
+/// A phone on a slow link sends its body in parts with pauses shorter than
+/// `body_read_timeout`: it is taken, however long the whole takes within
+/// the deadline (4 x the timeout). One that keeps trickling past that
+/// deadline, never pausing long enough to trip the pause, is answered 503.
+/// Before, `body_read_timeout` bounded the whole body: a slow link that
+/// needed longer than it got 503 on every attempt and never delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_steady_body_is_taken_and_an_endless_trickle_is_not() {
+    let h = start(|c| c.body_read_timeout = Duration::from_secs(2)).await;
+    let send = |json: Vec<u8>, pause: Duration, parts: usize| {
+        let (addr, key) = (h.gateway.addr, h.key.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            let head = head(&key, json.len()).replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
+            stream.write_all(head.as_bytes()).unwrap();
+            let size = json.len().div_ceil(parts);
+            for part in json.chunks(size) {
+                std::thread::sleep(pause);
+                if stream.write_all(part).is_err() {
+                    break;
+                }
+            }
+            answer_of(stream)
+        })
+    };
+    // 4 parts 1.2 s apart: 4.8 s in all, more than the 2 s pause allowed.
+    let text = send(body(&session(1301, 3)), Duration::from_millis(1200), 4)
+        .await
+        .unwrap();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    // 12 parts 1 s apart: never a 2 s pause, but past the 8 s deadline.
+    let text = send(body(&session(1302, 3)), Duration::from_millis(1000), 12)
+        .await
+        .unwrap();
+    assert!(text.starts_with("http/1.1 503"), "{text}");
+    assert!(text.contains("retry-after: 1"), "{text}");
+    assert!(text.contains("body_read_timeout"), "{text}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(&h.events_topic), 3, "only the steady body's events");
 }
 
 /// Before, a body was read whole into memory and only then charged to

@@ -1050,7 +1050,9 @@ mod tests {
         let p = plan(&s, Some(&d), false);
         assert!(p.changes.is_empty() && p.drift.is_empty(), "{p:?}");
         assert!(p.up_to_date(), "{}", p.line(true));
-        assert!(p.line(true).contains("retention.ms -1, more than the 604800000 declared: kept"));
+        assert!(p
+            .line(true)
+            .contains("retention.ms -1, more than the 604800000 declared: kept"));
         assert!(p.line(true).contains("max.message.bytes 8388608"));
 
         let d = described(

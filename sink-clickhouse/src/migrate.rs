@@ -341,9 +341,13 @@ async fn take_lock(
         }
         let sql = format!("DROP TABLE IF EXISTS `{db}`.`{lock}`");
         client.query(&sql).execute().await?;
-        report.applied.push(format!("{sql} (a lock left {age} s ago by a migrate that stopped)"));
+        report
+            .applied
+            .push(format!("{sql} (a lock left {age} s ago by a migrate that stopped)"));
     }
-    report.conflicts.push(format!("{db}.{lock} is taken again each time it is dropped: another migrate runs"));
+    report.conflicts.push(format!(
+        "{db}.{lock} is taken again each time it is dropped: another migrate runs"
+    ));
     Ok(false)
 }
 

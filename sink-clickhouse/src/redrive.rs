@@ -430,7 +430,9 @@ impl Redrive<'_> {
             } else {
                 // An output Kafka refused goes where it was going; any other
                 // record back to the topic it was read from.
-                let target = Some(&l.target_topic).filter(|t| !t.is_empty()).or(l.source_topic.as_ref());
+                let target = Some(&l.target_topic)
+                    .filter(|t| !t.is_empty())
+                    .or(l.source_topic.as_ref());
                 match target {
                     Some(t) if !t.is_empty() => (t.clone(), letter_key, l.payload.0.clone()),
                     _ => {

@@ -412,12 +412,20 @@ async fn an_interrupted_conversion_is_finished_and_a_concurrent_one_refused() {
     insert.end().await.unwrap();
     let finished = migrate(&db).await;
     assert_eq!(
-        count(&format!("SELECT count() FROM `{db}`.activity_tags WHERE app_id = 'app-late'")).await,
+        count(&format!(
+            "SELECT count() FROM `{db}`.activity_tags WHERE app_id = 'app-late'"
+        ))
+        .await,
         1,
         "{:?}",
         finished.applied
     );
-    assert_eq!(finished.kept.len(), 1, "the old table is reported again: {:?}", finished.kept);
+    assert_eq!(
+        finished.kept.len(),
+        1,
+        "the old table is reported again: {:?}",
+        finished.kept
+    );
     // Nothing more to copy the next time.
     let again = migrate(&db).await;
     assert!(again.applied.is_empty(), "{:?}", again.applied);
@@ -430,7 +438,10 @@ async fn an_interrupted_conversion_is_finished_and_a_concurrent_one_refused() {
     .await;
     let taken_back = migrate(&db).await;
     assert!(
-        taken_back.applied.iter().any(|s| s.contains("activity_tags_migrating_2")),
+        taken_back
+            .applied
+            .iter()
+            .any(|s| s.contains("activity_tags_migrating_2")),
         "{:?}",
         taken_back.applied
     );
@@ -447,7 +458,9 @@ async fn an_interrupted_conversion_is_finished_and_a_concurrent_one_refused() {
     ))
     .await;
     execute(&format!("INSERT INTO `{db}`.dead_letters_migrate_lock SELECT now()")).await;
-    let refused = sink_clickhouse::migrate::migrate(&clickhouse_reader(), &db).await.unwrap();
+    let refused = sink_clickhouse::migrate::migrate(&clickhouse_reader(), &db)
+        .await
+        .unwrap();
     assert!(
         refused.conflicts.iter().any(|c| c.contains("another migrate")),
         "{:?}",

@@ -120,7 +120,10 @@ async fn redrive_matches_app_and_event_and_keeps_the_install_key() {
         "keyed by its install"
     );
     assert_eq!(key_of(&routed_bytes), Some(routed.install_id.to_string().into_bytes()));
-    assert_eq!(key_of(&refused_bytes), Some(refused.install_id.to_string().into_bytes()));
+    assert_eq!(
+        key_of(&refused_bytes),
+        Some(refused.install_id.to_string().into_bytes())
+    );
     assert_eq!(
         key_of(&garbage),
         None,

@@ -107,11 +107,13 @@ impl SchemaLog {
     /// The log's current end offset, read from the broker within `timeout`.
     async fn end_offset(&self, timeout: Duration) -> Result<i64, RegistryError> {
         let (producer, topic) = (self.producer.clone(), self.topic.clone());
-        Ok(tokio::task::spawn_blocking(move || producer.client().fetch_watermarks(&topic, 0, timeout))
-            .await
-            .map_err(|e| RegistryError::Store(format!("watermark task failed: {e}")))?
-            .map_err(RegistryError::kafka("reading the end of the schemas topic"))?
-            .1)
+        Ok(
+            tokio::task::spawn_blocking(move || producer.client().fetch_watermarks(&topic, 0, timeout))
+                .await
+                .map_err(|e| RegistryError::Store(format!("watermark task failed: {e}")))?
+                .map_err(RegistryError::kafka("reading the end of the schemas topic"))?
+                .1,
+        )
     }
 
     /// How many records of the log's current end the reader has not applied

@@ -38,6 +38,11 @@ pub enum ApiError {
     Busy,
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// A consumer group that must keep up with the events topic is so far
+    /// behind that unread records could expire (`[backpressure]`): the
+    /// client keeps its batch and sends it again after `retry_after`.
+    #[error("the platform is behind ({reason}); nothing of this batch was stored: keep it and send it again after Retry-After")]
+    Backpressure { reason: String, retry_after: u64 },
     #[error("{reason}; nothing is lost by retrying this batch")]
     Unavailable { reason: String, retry_after: u64 },
     /// Kafka refuses the records for good (size limit of the topic, no
@@ -71,6 +76,7 @@ impl ApiError {
             ApiError::BatchIdReused { .. } => "batch_id_reused",
             ApiError::Busy | ApiError::Batch(BatchError::OverBudget) => "busy",
             ApiError::ShuttingDown => "shutting_down",
+            ApiError::Backpressure { .. } => "backpressure",
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::KafkaRefused(_) => "kafka_refused",
             ApiError::Internal(_) => "internal",
@@ -83,7 +89,8 @@ impl ApiError {
             ApiError::RateLimited { retry_after, .. }
             | ApiError::BytesRateLimited { retry_after, .. }
             | ApiError::BatchIdReused { retry_after, .. }
-            | ApiError::Unavailable { retry_after, .. } => Some(*retry_after),
+            | ApiError::Unavailable { retry_after, .. }
+            | ApiError::Backpressure { retry_after, .. } => Some(*retry_after),
             ApiError::Busy | ApiError::ShuttingDown | ApiError::Batch(BatchError::OverBudget) => Some(1),
             ApiError::KafkaRefused(_) => Some(KAFKA_REFUSED_RETRY_AFTER),
             _ => None,
@@ -106,6 +113,7 @@ impl ResponseError for ApiError {
             ApiError::Busy
             | ApiError::ShuttingDown
             | ApiError::Unavailable { .. }
+            | ApiError::Backpressure { .. }
             | ApiError::Batch(BatchError::OverBudget) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) | ApiError::KafkaRefused(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

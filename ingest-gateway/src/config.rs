@@ -44,6 +44,83 @@ impl Default for Limits {
     }
 }
 
+/// Lag-aware backpressure (`[backpressure]`; `INGEST_BACKPRESSURE_MAX_LAG`
+/// and the like): the gateway answers 503 `backpressure` with `Retry-After`
+/// while a consumer group that must keep up with the events topic is so far
+/// behind that records it has not read could expire, so that phones keep
+/// their copy instead of Kafka deleting the other one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Backpressure {
+    /// Whether the gateway watches the groups at all.
+    pub enabled: bool,
+    /// The consumer groups that must keep up with the events topic: the
+    /// sink's (`<group_prefix>-events`) and the router's (`group_id`) by
+    /// default. A group that does not exist (yet) is warned about, never a
+    /// reason to refuse.
+    pub groups: Vec<String>,
+    /// Refuse when a partition's oldest unconsumed record is older than
+    /// this share of the topic's `retention.ms`, or its unconsumed bytes
+    /// (estimated) pass this share of `retention.bytes` (where set).
+    pub retention_share: f64,
+    /// An absolute bound on the oldest unconsumed record's age as well
+    /// (0: none, the default; `30s` keeps the chain within 30 s).
+    #[serde(with = "context_runtime::config::duration")]
+    pub max_lag: Duration,
+    /// Accept again once every measure is below this share of its bound
+    /// (hysteresis: no flapping at the bound).
+    pub resume_share: f64,
+    /// How often the groups' lag is read (in the background: requests only
+    /// read the answer).
+    #[serde(with = "context_runtime::config::duration")]
+    pub check_interval: Duration,
+    /// `Retry-After` of a refused batch.
+    #[serde(with = "context_runtime::config::duration")]
+    pub retry_after: Duration,
+}
+
+impl Default for Backpressure {
+    fn default() -> Self {
+        Backpressure {
+            enabled: true,
+            groups: vec!["sink-clickhouse-events".into(), "stream-router".into()],
+            retention_share: 0.5,
+            max_lag: Duration::ZERO,
+            resume_share: 0.8,
+            check_interval: Duration::from_secs(10),
+            retry_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Backpressure {
+    fn check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !(self.retention_share > 0.0 && self.retention_share <= 1.0) {
+            problems.push(format!(
+                "backpressure.retention_share {} is not in (0, 1]",
+                self.retention_share
+            ));
+        }
+        if !(self.resume_share > 0.0 && self.resume_share < 1.0) {
+            problems.push(format!(
+                "backpressure.resume_share {} is not in (0, 1)",
+                self.resume_share
+            ));
+        }
+        if self.check_interval < Duration::from_millis(100) {
+            problems.push("backpressure.check_interval must be at least 100ms".into());
+        }
+        if self.retry_after < Duration::from_secs(1) {
+            problems.push("backpressure.retry_after must be at least 1s".into());
+        }
+        if self.enabled && self.groups.iter().any(|g| g.trim().is_empty()) {
+            problems.push("backpressure.groups holds an empty name".into());
+        }
+        problems
+    }
+}
+
 /// The producer settings that do not depend on the configuration: every
 /// record waits for all in-sync replicas, the producer's own retries never
 /// duplicate or reorder (idempotence), zstd batches after 5 ms. The load
@@ -135,6 +212,8 @@ pub struct Config {
     pub dedup_capacity_bytes: usize,
     /// HTTP worker threads.
     pub workers: usize,
+    /// Lag-aware backpressure (`[backpressure]`).
+    pub backpressure: Backpressure,
 }
 
 impl Default for Config {
@@ -162,6 +241,7 @@ impl Default for Config {
             dedup_capacity: 100_000,
             dedup_capacity_bytes: 32 << 20,
             workers: 2,
+            backpressure: Backpressure::default(),
         }
     }
 }
@@ -203,6 +283,7 @@ impl ServiceConfig for Config {
         if self.workers == 0 {
             problems.push("workers must be above 0".into());
         }
+        problems.extend(self.backpressure.check());
         if self.body_read_timeout.is_zero() {
             problems.push("body_read_timeout must be above 0 (30s by default)".into());
         }

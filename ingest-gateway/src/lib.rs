@@ -28,6 +28,8 @@ pub mod api_error;
 #[cfg(feature = "server")]
 pub mod keys;
 #[cfg(feature = "server")]
+pub mod lag;
+#[cfg(feature = "server")]
 pub mod produce;
 #[cfg(feature = "server")]
 pub mod service;

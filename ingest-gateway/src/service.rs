@@ -238,6 +238,8 @@ pub struct Gateway {
     /// Per app, in decompressed bytes (`rate_limit_bytes_per_s`).
     byte_limits: Mutex<RateLimits>,
     draining: AtomicBool,
+    /// Lag-aware backpressure: the answer of the background check.
+    backpressure: Arc<crate::lag::Flag>,
 }
 
 use context_runtime::clock::now_micros;
@@ -256,6 +258,11 @@ struct Prepared {
 }
 
 impl Gateway {
+    /// Why batches are answered 503 `backpressure` now, if they are.
+    pub fn backpressure(&self) -> Option<String> {
+        self.backpressure.refusing()
+    }
+
     /// Bytes of requests charged to `max_in_flight_bytes` now (bodies being
     /// read, inflating or waiting for Kafka): what `gateway_in_flight_bytes`
     /// shows.
@@ -389,6 +396,14 @@ async fn post_batch(
         Auth::Disabled(k) => return Err(ApiError::DisabledKey(k.app_id.clone())),
         Auth::Allowed(k) => k.clone(),
     };
+    // The consumers are too far behind: refused before the body is read.
+    if let Some(reason) = gw.backpressure.refusing() {
+        metrics::counter!("gateway_dropped_total", "reason" => "backpressure").increment(1);
+        return Err(ApiError::Backpressure {
+            reason,
+            retry_after: gw.settings.backpressure.retry_after.as_secs().max(1),
+        });
+    }
 
     // The body, with its size limit (no more than the limit is ever
     // buffered), its deadline, and its share of the in-flight budget charged
@@ -678,6 +693,10 @@ async fn readyz(gw: web::Data<Arc<Gateway>>) -> HttpResponse {
         HttpResponse::ServiceUnavailable()
             .insert_header(("Retry-After", gw.kafka.health.retry_after().to_string()))
             .body("the broker did not acknowledge the last batch")
+    } else if let Some(reason) = gw.backpressure.refusing() {
+        // Still ready: the phones must get the 503 with Retry-After, which a
+        // pod taken out of its Service could not give them.
+        HttpResponse::Ok().body(format!("ready (backpressure on, batches answered 503: {reason})"))
     } else {
         HttpResponse::Ok().body("ready")
     }
@@ -773,7 +792,10 @@ pub async fn start(
         read_from_the_broker = limit_read,
         "dead-letter limit"
     );
+    let (backpressure, watcher) =
+        crate::lag::watch(&settings.kafka, &settings.events_topic, &settings.backpressure)?;
     let gateway = Arc::new(Gateway {
+        backpressure,
         validator: Validator::new(settings.limits.clone(), settings.max_future, settings.max_age),
         events_topic: settings.events_topic.as_str().into(),
         deadletter_topic: settings.deadletter_topic.as_str().into(),
@@ -791,11 +813,12 @@ pub async fn start(
         kafka: kafka.clone(),
         settings: settings.clone(),
     });
-    let background = vec![
+    let mut background = vec![
         keys.watch(settings.keys_file.clone(), Duration::from_secs(2)),
         kafka.probe(),
         kafka.watch_deadletter_limit(),
     ];
+    background.extend(watcher);
     let data = web::Data::new(gateway.clone());
     let metrics = web::Data::new(metrics);
     let max_body = settings.limits.max_body_bytes;

@@ -15,8 +15,8 @@ import (
 
 // The configuration keys each service reads, with their TOML kind:
 // "string", "duration" (a string like 10s), "int", "float" (an integer is
-// accepted too), "bool", "table", or "map" (a table of free names, such as
-// [kafka.properties]). Taken from the service's Rust `Config` struct in
+// accepted too), "bool", "list" (an array of strings), "table", or "map" (a
+// table of free names, such as [kafka.properties]). Taken from the service's Rust `Config` struct in
 // `rustFile` and the structs its fields name (the [kafka] table's
 // KafkaSettings and the flattened RegistrySettings in runtime/src, the
 // registry's AuthSettings); every struct has deny_unknown_fields, so a key
@@ -102,6 +102,10 @@ var services = []serviceKeys{
 			"dedup_window": "duration", "dedup_capacity": "int", "workers": "int",
 			"body_read_timeout": "duration", "rate_limit_bytes_per_s": "int", "rate_limit_burst_bytes": "int",
 			"dedup_capacity_bytes": "int",
+			"backpressure": "table", "backpressure.enabled": "bool", "backpressure.groups": "list",
+			"backpressure.retention_share": "float", "backpressure.max_lag": "duration",
+			"backpressure.resume_share": "float", "backpressure.check_interval": "duration",
+			"backpressure.retry_after": "duration",
 		}, kafkaKeys, registryClientKeys),
 		wired:      wiredWith([]string{"listen", "events_topic", "deadletter_topic", "keys_file", "tls_cert", "tls_key"}, kafkaWired, registryClientWired),
 		deprecated: []string{"kafka_bootstrap"},
@@ -248,6 +252,16 @@ func kindMismatch(kind string, v any) string {
 		if _, ok := v.(bool); !ok {
 			return fmt.Sprintf("want true or false, got %T", v)
 		}
+	case "list":
+		items, ok := v.([]any)
+		if !ok {
+			return fmt.Sprintf("want a list of strings, got %T", v)
+		}
+		for _, item := range items {
+			if _, ok := item.(string); !ok {
+				return fmt.Sprintf("want a list of strings, got an item of %T", item)
+			}
+		}
 	case "table", "map":
 		if _, ok := v.(map[string]any); !ok {
 			return fmt.Sprintf("want a table, got %T", v)
@@ -369,6 +383,8 @@ func (rs rustSources) rustKind(ty string) (kind, structName string) {
 		return "int", ""
 	case regexp.MustCompile(`^(std::collections::)?(BTreeMap|HashMap)<`).MatchString(ty):
 		return "map", ""
+	case ty == "Vec<String>":
+		return "list", ""
 	case rs.isEnum(ty):
 		return "string", ""
 	}

@@ -316,14 +316,14 @@ impl Clients {
                     None => {
                         // Nothing at or after o (only transaction markers).
                         let (_, high) = self.peek.fetch_watermarks(&self.topic, p, CALL_TIMEOUT)?;
-                        let position = self
-                            .peek
-                            .position()?
-                            .find_partition(&self.topic, p)
-                            .and_then(|e| match e.offset() {
-                                Offset::Offset(x) => Some(x),
-                                _ => None,
-                            });
+                        let position =
+                            self.peek
+                                .position()?
+                                .find_partition(&self.topic, p)
+                                .and_then(|e| match e.offset() {
+                                    Offset::Offset(x) => Some(x),
+                                    _ => None,
+                                });
                         if position.is_some_and(|x| x >= high) {
                             break;
                         }
@@ -337,7 +337,11 @@ impl Clients {
 }
 
 /// Starts the watcher of `s.groups` on `topic`; the flag it keeps.
-pub fn watch(kafka: &KafkaSettings, topic: &str, s: &Settings) -> anyhow::Result<(Arc<Flag>, Option<tokio::task::JoinHandle<()>>)> {
+pub fn watch(
+    kafka: &KafkaSettings,
+    topic: &str,
+    s: &Settings,
+) -> anyhow::Result<(Arc<Flag>, Option<tokio::task::JoinHandle<()>>)> {
     let flag = Arc::new(Flag::default());
     flag.set(false, String::new());
     if !s.enabled || s.groups.is_empty() {
@@ -383,7 +387,8 @@ pub fn watch(kafka: &KafkaSettings, topic: &str, s: &Settings) -> anyhow::Result
                     warned_missing = missing.clone();
                 }
                 for (group, lag) in &lags {
-                    metrics::gauge!("gateway_consumer_lag_seconds", "group" => group.clone()).set(lag.age.as_secs_f64());
+                    metrics::gauge!("gateway_consumer_lag_seconds", "group" => group.clone())
+                        .set(lag.age.as_secs_f64());
                     metrics::gauge!("gateway_consumer_lag_bytes", "group" => group.clone()).set(lag.bytes as f64);
                 }
                 let (retention_ms, retention_bytes) = retention.as_ref().map(|r| r.1).unwrap_or((None, None));
@@ -433,7 +438,10 @@ mod tests {
         assert_eq!(b.age, Some((Duration::from_secs(30), "backpressure.max_lag")));
         assert_eq!(b.bytes, Some(1 << 29));
         // retention.ms -1 (forever) and no max_lag: no age bound.
-        assert_eq!(Bounds::of(&settings(0), Some(-1), Some(-1)), Bounds { age: None, bytes: None });
+        assert_eq!(
+            Bounds::of(&settings(0), Some(-1), Some(-1)),
+            Bounds { age: None, bytes: None }
+        );
     }
 
     #[test]
@@ -455,7 +463,10 @@ mod tests {
             },
         );
         let (ratio, why) = worst(&r, &Bounds { age: None, bytes: None });
-        assert!(ratio.is_infinite() && why.contains("retention already deleted"), "{why}");
+        assert!(
+            ratio.is_infinite() && why.contains("retention already deleted"),
+            "{why}"
+        );
         let mut r = Reading::default();
         r.groups.insert(
             "g".into(),

@@ -116,7 +116,7 @@ pub fn document(limits: &Limits) -> Value {
                 "409": error_response("error `batch_id_reused`: this batch_id was answered within the gateway's dedup_window for a different body (an SDK reusing batch ids). Nothing of this body was stored and none of its events may be deleted: send them again under a new batch_id, or this body again after Retry-After (seconds until the first answer is forgotten).", true),
                 "415": error_response("Unsupported Content-Type (send application/json) or Content-Encoding.", false),
                 "429": error_response("The app is over its rate limit: events per second (its key's), or decompressed bytes per second (the gateway's rate_limit_bytes_per_s).", true),
-                "503": error_response("Kafka cannot take the batch now (down, slow, queue full), too many bytes in flight (checked while the body is read, from its Content-Length), the body paused longer than body_read_timeout (or took 4 times it in all) or was cut off, or the gateway is shutting down.", true),
+                "503": error_response("Kafka cannot take the batch now (down, slow, queue full), too many bytes in flight (checked while the body is read, from its Content-Length), the body paused longer than body_read_timeout (or took 4 times it in all) or was cut off, the consumers are too far behind (error \"backpressure\": unread records could expire before they are read), or the gateway is shutting down.", true),
             }
         }}},
         "components": {

@@ -792,8 +792,7 @@ pub async fn start(
         read_from_the_broker = limit_read,
         "dead-letter limit"
     );
-    let (backpressure, watcher) =
-        crate::lag::watch(&settings.kafka, &settings.events_topic, &settings.backpressure)?;
+    let (backpressure, watcher) = crate::lag::watch(&settings.kafka, &settings.events_topic, &settings.backpressure)?;
     let gateway = Arc::new(Gateway {
         backpressure,
         validator: Validator::new(settings.limits.clone(), settings.max_future, settings.max_age),

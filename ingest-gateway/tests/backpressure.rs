@@ -66,7 +66,10 @@ async fn a_group_behind_max_lag_turns_batches_to_503_until_it_catches_up() {
     assert_eq!(answer["error"], "backpressure", "{answer}");
     assert_eq!(retry_after.as_deref(), Some("7"));
     let message = answer["message"].as_str().unwrap();
-    assert!(message.contains(&group) && message.contains("backpressure.max_lag"), "{message}");
+    assert!(
+        message.contains(&group) && message.contains("backpressure.max_lag"),
+        "{message}"
+    );
     let (ready, text) = h.get("/readyz").await;
     assert_eq!(ready, 200, "still ready: the phones need the 503 with Retry-After");
     assert!(text.contains("backpressure on"), "{text}");
@@ -92,7 +95,9 @@ async fn the_bound_follows_the_topics_retention() {
     // retention.ms 20 s, refusal at half of it: before the oldest unread
     // record could expire.
     let topic = unique("it_bp_retention");
-    create_topic_with(&topic, 1, &[("retention.ms", "20000")]).await.unwrap();
+    create_topic_with(&topic, 1, &[("retention.ms", "20000")])
+        .await
+        .unwrap();
     let group = unique("it_bp_router");
     let h = start(|c| {
         c.events_topic = topic.clone();

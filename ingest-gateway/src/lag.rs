@@ -167,6 +167,9 @@ pub fn decide(was: bool, ratio: f64, resume_share: f64) -> bool {
     }
 }
 
+/// A topic's `retention.ms` and `retention.bytes` (unset: `None`).
+type Retention = (Option<i64>, Option<i64>);
+
 /// The broker clients of the checks.
 struct Clients {
     topic: String,
@@ -203,7 +206,7 @@ impl Clients {
     }
 
     /// `retention.ms` and `retention.bytes` of the topic.
-    async fn retention(&self) -> anyhow::Result<(Option<i64>, Option<i64>)> {
+    async fn retention(&self) -> anyhow::Result<Retention> {
         let opts = AdminOptions::new().request_timeout(Some(CALL_TIMEOUT));
         let results = self
             .admin
@@ -352,7 +355,7 @@ pub fn watch(
     let task = {
         let flag = flag.clone();
         tokio::spawn(async move {
-            let mut retention: Option<(Instant, (Option<i64>, Option<i64>))> = None;
+            let mut retention: Option<(Instant, Retention)> = None;
             let mut warned_missing: Vec<String> = Vec::new();
             let mut ticker = tokio::time::interval(settings.check_interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

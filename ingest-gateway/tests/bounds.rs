@@ -20,7 +20,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use serde_json::json;
 
@@ -403,19 +403,7 @@ async fn a_dead_letter_the_broker_refuses_for_its_size_is_stored_as_a_stub() {
             .await
             .expect("no dead letter from the gateway")
             .unwrap();
-        let headers: Vec<(String, String)> = msg
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|x| {
-                        (
-                            x.key.to_owned(),
-                            String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = common::headers_of(&msg);
         if header(&headers, "dl.source") == Some("ingest-gateway") {
             break (msg.payload().unwrap_or_default().to_vec(), headers);
         }

@@ -182,19 +182,7 @@ pub async fn read_raw(topic: &str, n: usize) -> Vec<(Vec<u8>, Vec<u8>, Vec<(Stri
             .await
             .unwrap_or_else(|_| panic!("only {} of {n} records on {topic}", out.len()))
             .unwrap();
-        let headers = msg
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|x| {
-                        (
-                            x.key.to_owned(),
-                            String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = headers_of(&msg);
         out.push((
             msg.key().unwrap_or_default().to_vec(),
             msg.payload().unwrap_or_default().to_vec(),
@@ -216,4 +204,20 @@ pub fn count(topic: &str) -> i64 {
             hi - lo
         })
         .sum()
+}
+
+/// A record's headers as (key, text) pairs.
+pub fn headers_of(msg: &impl Message) -> Vec<(String, String)> {
+    msg.headers()
+        .map(|h| {
+            h.iter()
+                .map(|x| {
+                    (
+                        x.key.to_owned(),
+                        String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

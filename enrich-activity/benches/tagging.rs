@@ -35,7 +35,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             windows
                 .iter()
-                .map(|w| tag(&model, &spec, w, 0.0).confidence)
+                .map(|w| tag(&model, &spec, w, Some(0.0)).confidence)
                 .sum::<f32>()
         })
     });

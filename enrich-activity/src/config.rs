@@ -53,8 +53,10 @@ pub struct Config {
     /// good is set aside in `deadletter_topic`, cut to a stub if need be.
     pub max_record_bytes: usize,
     /// Below this probability (0–1) a window is tagged `unknown` instead of
-    /// its most likely class.
-    pub min_confidence: f32,
+    /// its most likely class. Unset (the default): the model's own
+    /// threshold (`gate.min_confidence` of the artifact, part of its
+    /// version), the same in `serve` and `replay`.
+    pub min_confidence: Option<f32>,
 }
 
 impl Default for Config {
@@ -73,7 +75,7 @@ impl Default for Config {
             delivery: Delivery::ExactlyOnce,
             transactional_id: String::new(),
             max_record_bytes: context_runtime::pipeline::DEFAULT_MAX_RECORD_BYTES,
-            min_confidence: crate::serve::DEFAULT_MIN_CONFIDENCE,
+            min_confidence: None,
         }
     }
 }
@@ -121,8 +123,8 @@ impl ServiceConfig for Config {
                 self.max_record_bytes
             ));
         }
-        if !(0.0..=1.0).contains(&self.min_confidence) {
-            problems.push(format!("min_confidence {} is not between 0 and 1", self.min_confidence));
+        if let Some(m) = self.min_confidence.filter(|m| !(0.0..=1.0).contains(m)) {
+            problems.push(format!("min_confidence {m} is not between 0 and 1"));
         }
         problems
     }

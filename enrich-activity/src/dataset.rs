@@ -15,6 +15,11 @@ pub struct LabelledWindow {
     pub rate_hz: f64,
     pub accelerometer: Axes3,
     pub gyroscope: Axes3,
+    /// Who recorded it (a subject of a recordings folder): cross-validation
+    /// keeps each group's windows in one fold. `None` for formats without.
+    pub group: Option<String>,
+    /// An id for `eval --json` (the JSONL `id`, or file and position).
+    pub id: String,
 }
 
 #[derive(Debug, Error, PartialEq)]
@@ -79,6 +84,8 @@ pub fn parse_ts(text: &str, rate_hz: f64) -> Result<Vec<LabelledWindow>, Dataset
         let mut s = series.into_iter();
         let mut next = || s.next().expect("six series");
         out.push(LabelledWindow {
+            id: format!("ts-{}", out.len()),
+            group: None,
             label,
             rate_hz,
             accelerometer: Axes3 {
@@ -169,6 +176,8 @@ pub fn parse_csv(text: &str) -> Result<Vec<LabelledWindow>, DatasetError> {
             out.push((
                 cells[0].to_owned(),
                 LabelledWindow {
+                    id: cells[0].to_owned(),
+                    group: None,
                     label: cells[1].to_owned(),
                     rate_hz: nums[0],
                     accelerometer: Axes3::default(),
@@ -196,15 +205,317 @@ pub fn parse_csv(text: &str) -> Result<Vec<LabelledWindow>, DatasetError> {
     Ok(out.into_iter().map(|(_, w)| w).collect())
 }
 
-/// Reads a data file by its extension: `.ts` (at `ts_rate_hz`) or `.csv`.
-pub fn read(path: &std::path::Path, ts_rate_hz: f64) -> Result<Vec<LabelledWindow>, String> {
+/// Reads labelled data: a recordings folder ([`read_recordings`], cut as
+/// `cut` says), or a file by its extension: `.ts` (at `ts_rate_hz`), `.csv`
+/// ([`parse_csv`]) or `.jsonl` ([`parse_jsonl`]).
+pub fn read_with(path: &std::path::Path, ts_rate_hz: f64, cut: &Cut) -> Result<Vec<LabelledWindow>, String> {
+    if path.is_dir() {
+        return read_recordings(path, cut);
+    }
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let parsed = match path.extension().and_then(|e| e.to_str()) {
         Some("ts") => parse_ts(&text, ts_rate_hz),
         Some("csv") => parse_csv(&text),
-        _ => return Err(format!("{}: expected a .ts or .csv file", path.display())),
+        Some("jsonl") => parse_jsonl(&text),
+        _ => {
+            return Err(format!(
+                "{}: expected a recordings folder, or a .ts, .csv or .jsonl file",
+                path.display()
+            ))
+        }
     };
     parsed.map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// [`read_with`] with the SDK's windows ([`Cut::default`]).
+pub fn read(path: &std::path::Path, ts_rate_hz: f64) -> Result<Vec<LabelledWindow>, String> {
+    read_with(path, ts_rate_hz, &Cut::default())
+}
+
+/// The activities a model is trained for and evaluated on, and the
+/// spellings read as each (any case): `walking_upstairs` is walking.
+pub const SYNONYMS: &[(&str, &[&str])] = &[
+    (
+        "walking",
+        &[
+            "walking",
+            "walk",
+            "walking_upstairs",
+            "walking_downstairs",
+            "upstairs",
+            "downstairs",
+        ],
+    ),
+    ("sitting", &["sitting", "sit", "seated"]),
+    ("standing", &["standing", "stand"]),
+    ("lying", &["lying", "laying", "lie", "lying_down", "laying_down"]),
+    ("running", &["running", "run", "jogging"]),
+];
+
+/// A label in its canonical spelling: lower case, synonyms folded
+/// ([`SYNONYMS`]); other labels only lower-cased.
+pub fn canonical_label(label: &str) -> String {
+    let lower = label.trim().to_ascii_lowercase();
+    SYNONYMS
+        .iter()
+        .find(|(_, spellings)| spellings.contains(&lower.as_str()))
+        .map_or(lower, |(canonical, _)| (*canonical).to_owned())
+}
+
+/// How a recording is cut into windows, the way the SDK sends them: every
+/// length of `seconds`, each stepping by `hop_seconds`, within one run of
+/// a single label (a window never spans two activities).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cut {
+    pub seconds: Vec<f64>,
+    pub hop_seconds: f64,
+    /// Keep the postural transitions (`stand_to_sit`, ...) as windows
+    /// labelled `transition` (for testing the unknown gate); dropped by
+    /// default.
+    pub transitions: bool,
+}
+
+impl Default for Cut {
+    fn default() -> Self {
+        Cut {
+            seconds: vec![2.5, 5.0, 10.0],
+            hop_seconds: 2.5,
+            transitions: false,
+        }
+    }
+}
+
+/// The label of a transition window when [`Cut::transitions`] keeps them.
+pub const TRANSITION: &str = "transition";
+
+/// Reads a folder of recordings (`*.csv` or `*.csv.gz`, as
+/// `data/hapt/train/`): each file a `#` comment line naming
+/// `subject=`, `recording=` and `sample_rate_hz=`, the header
+/// `ax,ay,az,gx,gy,gz,label`, then one sample a line (acceleration in g with
+/// gravity, Core Motion's sign; rotation rate in rad/s). Labels are
+/// canonicalized ([`canonical_label`]); unlabelled samples are skipped, and
+/// the transitions between postures too unless `cut` keeps them. Each
+/// window's group is its subject.
+pub fn read_recordings(dir: &std::path::Path, cut: &Cut) -> Result<Vec<LabelledWindow>, String> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read the folder {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.ends_with(".csv") || name.ends_with(".csv.gz")
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("{}: no recordings (*.csv, *.csv.gz) in it", dir.display()));
+    }
+    let mut out = Vec::new();
+    for f in &files {
+        let text = read_text(f)?;
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("recording");
+        out.extend(parse_recording(&text, name, cut).map_err(|e| format!("{}: {e}", f.display()))?);
+    }
+    if out.is_empty() {
+        return Err(format!("{}: no labelled windows in its recordings", dir.display()));
+    }
+    Ok(out)
+}
+
+fn read_text(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if path.extension().and_then(|e| e.to_str()) == Some("gz") {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(bytes.as_slice())
+            .read_to_string(&mut text)
+            .map_err(|e| format!("{}: not gzip text: {e}", path.display()))?;
+        Ok(text)
+    } else {
+        String::from_utf8(bytes).map_err(|e| format!("{}: not UTF-8: {e}", path.display()))
+    }
+}
+
+/// One recording's windows ([`read_recordings`]); `name` is for the ids.
+pub fn parse_recording(text: &str, name: &str, cut: &Cut) -> Result<Vec<LabelledWindow>, DatasetError> {
+    let mut lines = text.lines().enumerate();
+    let (_, comment) = lines.next().ok_or(DatasetError::Empty)?;
+    let field = |key: &str| {
+        comment
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key).map(str::to_owned))
+    };
+    let bad_head = |problem: &str| DatasetError::Line {
+        line: 1,
+        problem: problem.to_owned(),
+    };
+    if !comment.starts_with('#') {
+        return Err(bad_head(
+            "the first line must be a # comment with subject= and sample_rate_hz=",
+        ));
+    }
+    let subject = field("subject=").ok_or_else(|| bad_head("the comment names no subject="))?;
+    let rate: f64 = field("sample_rate_hz=")
+        .and_then(|r| r.parse().ok())
+        .filter(|r: &f64| *r > 0.0)
+        .ok_or_else(|| bad_head("the comment names no sample_rate_hz="))?;
+    match lines.next() {
+        Some((_, h)) if h.trim() == "ax,ay,az,gx,gy,gz,label" => {}
+        _ => {
+            return Err(DatasetError::Line {
+                line: 2,
+                problem: "the header must be ax,ay,az,gx,gy,gz,label".into(),
+            })
+        }
+    }
+    // Runs of one label: (label, samples).
+    let mut runs: Vec<(String, Vec<[f32; 6]>)> = Vec::new();
+    for (i, line) in lines {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |problem: String| DatasetError::Line { line: i + 1, problem };
+        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+        if cells.len() != 7 {
+            return Err(bad(format!("expected 7 cells, found {}", cells.len())));
+        }
+        let mut v = [0f32; 6];
+        for (slot, c) in v.iter_mut().zip(&cells[..6]) {
+            *slot = c.parse().map_err(|e| bad(format!("not a number: {e}")))?;
+        }
+        let raw = cells[6];
+        let label = if raw.is_empty() {
+            String::new()
+        } else if raw.contains("_to_") {
+            TRANSITION.to_owned()
+        } else {
+            canonical_label(raw)
+        };
+        match runs.last_mut() {
+            Some((l, samples)) if *l == label => samples.push(v),
+            _ => runs.push((label, vec![v])),
+        }
+    }
+    let mut out = Vec::new();
+    let hop = ((cut.hop_seconds * rate).round() as usize).max(1);
+    for (r, (label, samples)) in runs.iter().enumerate() {
+        if label.is_empty() || (label == TRANSITION && !cut.transitions) {
+            continue;
+        }
+        for &seconds in &cut.seconds {
+            let n = (seconds * rate).round() as usize;
+            if n == 0 || samples.len() < n {
+                // A transition is shorter than most windows: kept whole.
+                if label == TRANSITION && samples.len() >= (rate as usize) {
+                    out.push(window(name, &subject, r, 0, label, rate, samples));
+                }
+                continue;
+            }
+            let mut start = 0;
+            while start + n <= samples.len() {
+                out.push(window(
+                    name,
+                    &subject,
+                    r,
+                    start,
+                    label,
+                    rate,
+                    &samples[start..start + n],
+                ));
+                start += hop;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn window(
+    name: &str,
+    subject: &str,
+    run: usize,
+    start: usize,
+    label: &str,
+    rate: f64,
+    s: &[[f32; 6]],
+) -> LabelledWindow {
+    let axis = |k: usize| s.iter().map(|v| v[k]).collect::<Vec<f32>>();
+    LabelledWindow {
+        id: format!("{name}:{run}:{start}:{}", s.len()),
+        group: Some(format!("subject{subject}")),
+        label: label.to_owned(),
+        rate_hz: rate,
+        accelerometer: Axes3 {
+            x: axis(0),
+            y: axis(1),
+            z: axis(2),
+        },
+        gyroscope: Axes3 {
+            x: axis(3),
+            y: axis(4),
+            z: axis(5),
+        },
+    }
+}
+
+/// One window a line, the ingest API's motion object with an id and a
+/// label: `{"id", "label", "sample_rate_hz", "accelerometer": [[x,y,z],…],
+/// "gyroscope": [[x,y,z],…]}` (an optional `"group"` names its subject).
+pub fn parse_jsonl(text: &str) -> Result<Vec<LabelledWindow>, DatasetError> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        id: serde_json::Value,
+        label: String,
+        sample_rate_hz: f64,
+        accelerometer: Vec<[f32; 3]>,
+        #[serde(default)]
+        gyroscope: Vec<[f32; 3]>,
+        #[serde(default)]
+        group: Option<String>,
+    }
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let l: Line = serde_json::from_str(line).map_err(|e| DatasetError::Line {
+            line: i + 1,
+            problem: format!("not a window object: {e}"),
+        })?;
+        let axes = |s: &[[f32; 3]]| Axes3 {
+            x: s.iter().map(|v| v[0]).collect(),
+            y: s.iter().map(|v| v[1]).collect(),
+            z: s.iter().map(|v| v[2]).collect(),
+        };
+        out.push(LabelledWindow {
+            id: match l.id {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            },
+            group: l.group,
+            label: l.label,
+            rate_hz: l.sample_rate_hz,
+            accelerometer: axes(&l.accelerometer),
+            gyroscope: axes(&l.gyroscope),
+        });
+    }
+    if out.is_empty() {
+        return Err(DatasetError::Empty);
+    }
+    Ok(out)
+}
+
+/// A window as one line of [`parse_jsonl`].
+pub fn jsonl_line(w: &LabelledWindow) -> String {
+    let triples =
+        |a: &Axes3| -> Vec<[f32; 3]> { a.x.iter().zip(&a.y).zip(&a.z).map(|((x, y), z)| [*x, *y, *z]).collect() };
+    serde_json::json!({
+        "id": w.id,
+        "label": w.label,
+        "group": w.group,
+        "sample_rate_hz": w.rate_hz,
+        "accelerometer": triples(&w.accelerometer),
+        "gyroscope": triples(&w.gyroscope),
+    })
+    .to_string()
 }
 
 #[cfg(test)]

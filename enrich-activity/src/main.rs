@@ -7,14 +7,19 @@ use clap::{Parser, Subcommand};
 use enrich_activity::config::Config;
 use enrich_activity::dataset;
 use enrich_activity::features::FeatureSpec;
-use enrich_activity::model::{confusion_text, train, Model};
+use enrich_activity::model::{confusion_table, confusion_text, train_with, Model, TrainOptions, TrainingRecord};
 
 /// Activity tagging of motion windows (standing, walking, running…).
 ///
 /// `train` fits a model on labelled windows and writes a versioned artifact;
-/// `eval` measures a model on labelled windows. Data files are UEA/sktime
+/// `eval` measures a model on labelled windows. Data: a folder of phone
+/// recordings (like data/hapt/train: one CSV a recording, cut into windows
+/// the way the SDK sends them, each subject its own cross-validation group),
+/// JSON lines (one window a line: {"id", "label", "sample_rate_hz",
+/// "accelerometer": [[x,y,z],...], "gyroscope": [[x,y,z],...]}), UEA/sktime
 /// `.ts` files (like data/BasicMotions_TRAIN.ts, 10 Hz) or CSV files with the
 /// header `window,label,rate_hz,acc_x,acc_y,acc_z,gyr_x,gyr_y,gyr_z`.
+/// Acceleration in g with gravity, Core Motion's sign; rotation rate in rad/s.
 /// `serve` tags every window of context.motion.v1 into context.activity.v1;
 /// `replay` re-tags a range of history with another model through its own
 /// consumer group, resumable, with `--dry-run` to see the offset ranges first.
@@ -31,10 +36,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train on labelled windows: prints k-fold accuracy per candidate and the
-    /// confusion matrix, writes the chosen model.
+    /// Train on labelled windows: prints the cross-validated scores of every
+    /// candidate (by subject when the data names subjects) and the confusion
+    /// matrix, writes the chosen model.
+    ///
+    /// Example: enrich-activity train --data enrich-activity/data/hapt/train --out model.json
     Train {
-        /// Labelled data files (.ts or .csv).
+        /// Labelled data: recordings folders, .jsonl, .ts or .csv files.
         #[arg(long, required = true, num_args = 1..)]
         data: Vec<PathBuf>,
         /// Where to write the model artifact (JSON).
@@ -49,6 +57,19 @@ enum Command {
         /// Sample rate of the series in .ts files.
         #[arg(long, default_value_t = 10.0)]
         ts_rate_hz: f64,
+        /// Window lengths cut from recordings (seconds, comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "2.5,5,10")]
+        window_seconds: Vec<f64>,
+        /// Step between the windows cut from recordings (seconds).
+        #[arg(long, default_value_t = 2.5)]
+        hop_seconds: f64,
+        /// Below this probability a window is unknown (stored in the model;
+        /// `serve` and `replay` use it).
+        #[arg(long, default_value_t = enrich_activity::serve::DEFAULT_MIN_CONFIDENCE)]
+        min_confidence: f32,
+        /// Do not add turned copies of the moving windows of recordings.
+        #[arg(long)]
+        no_rotation: bool,
     },
     /// Tag the motion windows of Kafka with the model, until SIGTERM; a changed
     /// model file is picked up without a restart.
@@ -85,13 +106,20 @@ enum Command {
         #[arg(long)]
         group_id: Option<String>,
     },
-    /// Evaluate a model: accuracy, per-class precision and recall, confusion matrix.
+    /// Evaluate a model: accuracy, macro-F1, per-class precision, recall and
+    /// F1, the unknown share, calibration, accuracy per subject and the
+    /// confusion matrix. Labels are compared in any case and by synonym
+    /// (walking_upstairs is walking, laying is lying).
+    ///
+    /// Example: enrich-activity eval --data held-out.jsonl --model model.json --json
     Eval {
+        /// Labelled data: .jsonl, recordings folders, .ts or .csv files.
         #[arg(long, required = true, num_args = 1..)]
         data: Vec<PathBuf>,
         #[arg(long)]
         model: PathBuf,
-        /// Print JSON instead of text.
+        /// Print one JSON object instead of text, with every window's
+        /// {id, label, predicted, confidence} in `windows`.
         #[arg(long)]
         json: bool,
         #[arg(long, default_value_t = 10.0)]
@@ -99,10 +127,10 @@ enum Command {
     },
 }
 
-fn load(paths: &[PathBuf], rate: f64) -> Result<Vec<dataset::LabelledWindow>, String> {
+fn load(paths: &[PathBuf], rate: f64, cut: &dataset::Cut) -> Result<Vec<dataset::LabelledWindow>, String> {
     let mut all = Vec::new();
     for p in paths {
-        all.extend(dataset::read(p, rate)?);
+        all.extend(dataset::read_with(p, rate, cut)?);
     }
     Ok(all)
 }
@@ -131,24 +159,85 @@ fn run(command: Command) -> Result<(), String> {
             seed,
             folds,
             ts_rate_hz,
+            window_seconds,
+            hop_seconds,
+            min_confidence,
+            no_rotation,
         } => {
-            let windows = load(&data, ts_rate_hz)?;
-            eprintln!(
-                "training on {} windows, {} x stratified {folds}-fold cross-validation, seed {seed}",
-                windows.len(),
-                enrich_activity::model::CV_REPEATS
-            );
-            let (model, report) = train(&windows, &spec, seed, folds)?;
-            println!(
-                "{:<52} {:>9} {:>9} {:>14}",
-                "candidate", "accuracy", "log-loss", "µs per window"
-            );
-            for (name, acc, loss, us) in &report.candidates {
-                println!("{name:<52} {acc:>9.3} {loss:>9.4} {us:>14.1}");
+            if window_seconds.iter().any(|s| *s < spec.min_seconds) || hop_seconds <= 0.0 {
+                return Err(format!(
+                    "--window-seconds must be at least {} (the shortest window tagged) and --hop-seconds above 0",
+                    spec.min_seconds
+                ));
             }
+            let cut = dataset::Cut {
+                seconds: window_seconds.clone(),
+                hop_seconds,
+                transitions: false,
+            };
+            let windows = load(&data, ts_rate_hz, &cut)?;
+            let mut groups: Vec<&str> = windows.iter().filter_map(|w| w.group.as_deref()).collect();
+            groups.sort();
+            groups.dedup();
+            eprintln!(
+                "training on {} windows{}, seed {seed}",
+                windows.len(),
+                if groups.is_empty() {
+                    format!(
+                        ", {} x stratified {folds}-fold cross-validation",
+                        enrich_activity::model::CV_REPEATS
+                    )
+                } else {
+                    format!(
+                        " of {} subjects, {folds}-fold cross-validation by subject",
+                        groups.len()
+                    )
+                }
+            );
+            let options = TrainOptions {
+                seed,
+                folds,
+                rotate_moving: !no_rotation,
+                min_confidence,
+                training: TrainingRecord {
+                    data: data.iter().map(|p| p.display().to_string()).collect(),
+                    window_seconds,
+                    hop_seconds,
+                    ..TrainingRecord::default()
+                },
+            };
+            let (model, report) = train_with(&windows, &spec, &options)?;
             println!(
-                "\nchosen: {} (cross-validated accuracy {:.3}, log-loss {:.4}; ties go to the lower log-loss)\n",
-                model.description, model.cv_accuracy, model.cv_log_loss
+                "{:<66} {:>8} {:>8} {:>6} {:>8} {:>7}",
+                "candidate", "accuracy", "macro-F1", "ECE", "log-loss", "µs/win"
+            );
+            for c in &report.candidates {
+                println!(
+                    "{:<66} {:>8.3} {:>8.3} {:>6.3} {:>8.4} {:>7.1}",
+                    c.name, c.accuracy, c.macro_f1, c.ece, c.log_loss, c.micros
+                );
+            }
+            let cv = &model.cv;
+            println!(
+                "\nchosen: {} (cross-validated by {}, {} folds: accuracy {:.3}, macro-F1 {:.3}, ECE {:.3}, log-loss {:.4}{}; \
+                 the best of {} candidates by macro-F1, then calibration)",
+                model.description,
+                cv.folds_by,
+                cv.folds,
+                cv.accuracy,
+                cv.macro_f1,
+                cv.ece,
+                cv.log_loss,
+                cv.worst_group_accuracy
+                    .map(|a| format!(", worst subject {a:.3}"))
+                    .unwrap_or_default(),
+                cv.candidates
+            );
+            println!(
+                "unknown gate: min_confidence {}, distance factor {} (held-out windows made unknown: {:.1} %)\n",
+                model.gate.min_confidence,
+                model.gate.factor,
+                100.0 * cv.unknown_share
             );
             print!("{}", confusion_text(&model.labels, &report.confusion));
             std::fs::write(&out, model.to_json()).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
@@ -212,20 +301,38 @@ fn run(command: Command) -> Result<(), String> {
         } => {
             let text = std::fs::read_to_string(&model).map_err(|e| format!("cannot read {}: {e}", model.display()))?;
             let model = Model::from_json(&text, &spec).map_err(|e| format!("{}: {e}", model.display()))?;
-            let eval = model.evaluate(&load(&data, ts_rate_hz)?, &spec);
+            let eval = model.evaluate(&load(&data, ts_rate_hz, &dataset::Cut::default())?, &spec);
             if json {
-                println!("{}", serde_json::to_string_pretty(&eval).expect("serializes"));
+                println!("{}", serde_json::to_string(&eval).expect("serializes"));
             } else {
                 println!(
-                    "model {} ({}) on {} windows: accuracy {:.3}\n",
-                    eval.model_version, eval.family, eval.windows, eval.accuracy
+                    "model {} ({}) on {} windows: accuracy {:.3}, macro-F1 {:.3}, unknown {:.1} %, ECE {:.3}\n",
+                    eval.model_version,
+                    eval.family,
+                    eval.count,
+                    eval.accuracy,
+                    eval.macro_f1,
+                    100.0 * eval.unknown_share,
+                    eval.ece
                 );
-                println!("{:<12} {:>9} {:>7}", "label", "precision", "recall");
-                for (label, p, r) in &eval.per_class {
-                    println!("{label:<12} {p:>9.3} {r:>7.3}");
+                println!(
+                    "{:<12} {:>9} {:>7} {:>7} {:>8}",
+                    "label", "precision", "recall", "F1", "windows"
+                );
+                for c in &eval.per_class {
+                    println!(
+                        "{:<12} {:>9.3} {:>7.3} {:>7.3} {:>8}",
+                        c.label, c.precision, c.recall, c.f1, c.support
+                    );
+                }
+                if !eval.per_group.is_empty() {
+                    println!();
+                    for (g, a) in &eval.per_group {
+                        println!("{g:<12} accuracy {a:.3}");
+                    }
                 }
                 println!();
-                print!("{}", confusion_text(&eval.labels, &eval.confusion));
+                print!("{}", confusion_table(&eval.rows, &eval.columns, &eval.confusion));
             }
         }
     }

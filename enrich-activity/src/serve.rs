@@ -37,8 +37,8 @@ fn modified(path: &Path) -> Option<SystemTime> {
 /// The activity of a window the model cannot vouch for.
 pub const UNKNOWN: &str = "unknown";
 
-/// Below this probability a window is tagged [`UNKNOWN`] unless configured
-/// otherwise (`min_confidence`).
+/// Below this probability a window is tagged [`UNKNOWN`] (the threshold
+/// `train` stores in a model unless told otherwise).
 pub const DEFAULT_MIN_CONFIDENCE: f32 = 0.5;
 
 /// Sample rates a window may have (Hz); outside, it is not featurized.
@@ -49,15 +49,27 @@ pub const MIN_SAMPLES: usize = 4;
 /// the memory a single window can take, whatever its rate and length claim.
 pub const MAX_RESAMPLED: f64 = 864_000.0;
 
-/// Why `w` cannot be turned into features, if it cannot: a rate outside
-/// [`SAMPLE_RATE_HZ`], axes of different lengths, fewer than [`MIN_SAMPLES`]
-/// samples, no gyroscope (devices without one), non-finite values, or a
-/// resampled length over [`MAX_RESAMPLED`]. Such windows are tagged `unknown`.
+/// Why `w` cannot be turned into features, if it cannot: [`unfit`].
 pub fn unfeaturizable(w: &MotionWindow, spec: &FeatureSpec) -> Option<&'static str> {
-    if !(w.sample_rate_hz.is_finite() && SAMPLE_RATE_HZ.contains(&w.sample_rate_hz)) {
+    unfit(&w.accelerometer, &w.gyroscope, w.sample_rate_hz, spec)
+}
+
+/// Why a window cannot be turned into features, if it cannot: a rate
+/// outside [`SAMPLE_RATE_HZ`], axes of different lengths, fewer than
+/// [`MIN_SAMPLES`] samples, no gyroscope (devices without one), shorter than
+/// the model's `min_seconds` (too little of a gait cycle to tell),
+/// non-finite values, or a resampled length over [`MAX_RESAMPLED`]. Such
+/// windows are tagged `unknown`.
+pub fn unfit(
+    accelerometer: &context_schemas::Axes3,
+    gyroscope: &context_schemas::Axes3,
+    rate_hz: f64,
+    spec: &FeatureSpec,
+) -> Option<&'static str> {
+    if !(rate_hz.is_finite() && SAMPLE_RATE_HZ.contains(&rate_hz)) {
         return Some("sample_rate_out_of_range");
     }
-    let (Some(a), Some(g)) = (w.accelerometer.len(), w.gyroscope.len()) else {
+    let (Some(a), Some(g)) = (accelerometer.len(), gyroscope.len()) else {
         return Some("axes_of_different_lengths");
     };
     if g == 0 {
@@ -66,11 +78,15 @@ pub fn unfeaturizable(w: &MotionWindow, spec: &FeatureSpec) -> Option<&'static s
     if a.min(g) < MIN_SAMPLES {
         return Some("too_few_samples");
     }
-    if (a.max(g) - 1) as f64 / w.sample_rate_hz * spec.rate_hz > MAX_RESAMPLED {
+    // A window's length is its samples over its rate: 100 samples at 50 Hz
+    // are the SDK's 2 s window.
+    if a.min(g) as f64 / rate_hz < spec.min_seconds {
+        return Some("too_short");
+    }
+    if (a.max(g) - 1) as f64 / rate_hz * spec.rate_hz > MAX_RESAMPLED {
         return Some("window_too_long");
     }
-    let axes = [&w.accelerometer, &w.gyroscope];
-    if axes
+    if [accelerometer, gyroscope]
         .iter()
         .flat_map(|a| [&a.x, &a.y, &a.z])
         .any(|v| v.iter().any(|x| !x.is_finite()))
@@ -81,38 +97,29 @@ pub fn unfeaturizable(w: &MotionWindow, spec: &FeatureSpec) -> Option<&'static s
 }
 
 /// The tag of one window. A window that cannot be featurized
-/// ([`unfeaturizable`]) or whose probabilities are not a valid
-/// distribution (non-finite features, or a model overflowing on a window far
-/// from its training data) or whose best class is below `min_confidence` is
-/// tagged [`UNKNOWN`]: never a NaN, never a fabricated class.
-pub fn tag(model: &Model, spec: &FeatureSpec, w: &MotionWindow, min_confidence: f32) -> ActivityTag {
-    let unfeaturizable = unfeaturizable(w, spec);
-    let mut p = match unfeaturizable {
-        None => model.probabilities(&spec.extract(&w.accelerometer, &w.gyroscope, w.sample_rate_hz)),
+/// ([`unfeaturizable`]), whose probabilities are not a valid distribution,
+/// whose features are unlike the model's training windows (its gate), or
+/// whose best class is below `min_confidence` (the model's own when
+/// `None`) is tagged [`UNKNOWN`] with the reason: never a NaN, never a
+/// fabricated class.
+pub fn tag(model: &Model, spec: &FeatureSpec, w: &MotionWindow, min_confidence: Option<f32>) -> ActivityTag {
+    let verdict = match unfeaturizable(w, spec) {
+        None => model.verdict(
+            &spec.extract(&w.accelerometer, &w.gyroscope, w.sample_rate_hz),
+            min_confidence,
+        ),
         Some(why) => {
             metrics::counter!("enrich_windows_unfeaturizable_total", "why" => why).increment(1);
             tracing::debug!(event_id = %w.event_id, why, "window cannot be featurized: unknown");
-            vec![f32::NAN; model.labels.len()]
+            crate::model::Verdict {
+                class: None,
+                confidence: 0.0,
+                reason: Some(why),
+                probabilities: vec![0.0; model.labels.len()],
+            }
         }
     };
-    let sum: f32 = p.iter().sum();
-    let valid = p.iter().all(|v| v.is_finite() && *v >= 0.0) && (sum - 1.0).abs() < 1e-3;
-    let (activity, confidence, reason) = if valid {
-        let (label, confidence) = model.predict_from(&p);
-        if confidence >= min_confidence {
-            (label.to_owned(), confidence, None)
-        } else {
-            (UNKNOWN.to_owned(), confidence, Some("low_confidence"))
-        }
-    } else {
-        p.iter_mut().for_each(|v| *v = 0.0);
-        (
-            UNKNOWN.to_owned(),
-            0.0,
-            Some(unfeaturizable.unwrap_or("invalid_probabilities")),
-        )
-    };
-    if let Some(why) = reason {
+    if let Some(why) = verdict.reason {
         metrics::counter!("enrich_windows_unknown_total", "why" => why).increment(1);
     }
     ActivityTag {
@@ -122,19 +129,21 @@ pub fn tag(model: &Model, spec: &FeatureSpec, w: &MotionWindow, min_confidence: 
         install_id: w.install_id,
         timestamp: w.timestamp,
         model_version: model.model_version.clone(),
-        activity,
-        confidence,
+        activity: verdict
+            .class
+            .map_or_else(|| UNKNOWN.to_owned(), |c| model.labels[c].clone()),
+        confidence: verdict.confidence,
         probabilities: model
             .labels
             .iter()
-            .zip(p)
+            .zip(verdict.probabilities)
             .map(|(label, probability)| ClassProbability {
                 label: label.clone(),
                 probability,
             })
             .collect(),
         tagged_at: now_micros(),
-        reason: reason.map(str::to_owned),
+        reason: verdict.reason.map(str::to_owned),
     }
 }
 
@@ -196,8 +205,8 @@ pub struct Tagger {
     producer: FutureProducer,
     tag_schema_id: u32,
     activity_topic: String,
-    /// Below it a window is tagged `unknown`.
-    pub min_confidence: f32,
+    /// Below it a window is tagged `unknown`; `None`: the model's own.
+    pub min_confidence: Option<f32>,
 }
 
 /// Why a batch could not be tagged.
@@ -241,7 +250,7 @@ impl Tagger {
             producer,
             tag_schema_id,
             activity_topic: activity_topic.to_owned(),
-            min_confidence: DEFAULT_MIN_CONFIDENCE,
+            min_confidence: None,
         })
     }
 

@@ -84,7 +84,7 @@ async fn a_registry_outage_delays_tagging_and_skips_nothing() {
             deadletter_topic: dead.clone(),
             delivery: context_runtime::pipeline::Delivery::ExactlyOnce,
             transactional_id: unique("it_ro_txn"),
-            min_confidence: 0.0,
+            min_confidence: Some(0.0),
             ..Default::default()
         },
         None,

@@ -71,7 +71,7 @@ async fn serve_tags_every_window_once() {
             deadletter_topic: context_schemas::contract::topics::DEAD_LETTER.into(),
             delivery: context_runtime::pipeline::Delivery::ExactlyOnce,
             transactional_id: unique("it_enrich_txn"),
-            min_confidence: 0.0,
+            min_confidence: Some(0.0),
             ..Default::default()
         },
         context_runtime::install_metrics(),
@@ -141,7 +141,7 @@ fn out_of_distribution_windows_are_unknown_never_nan() {
             gyroscope: accelerometer,
             ..base.clone()
         };
-        let t = tag(&model, &spec, &w, DEFAULT_MIN_CONFIDENCE);
+        let t = tag(&model, &spec, &w, Some(DEFAULT_MIN_CONFIDENCE));
         assert!(
             t.confidence.is_finite() && (0.0..=1.0).contains(&t.confidence),
             "{what}: {t:?}"
@@ -200,14 +200,14 @@ fn out_of_distribution_windows_are_unknown_never_nan() {
         ),
     ];
     for (what, w) in cases {
-        let t = tag(&model, &spec, &w, 0.0);
+        let t = tag(&model, &spec, &w, Some(0.0));
         assert_eq!(t.activity, UNKNOWN, "{what}");
         assert_eq!(t.confidence, 0.0, "{what}");
         assert!(t.reason.is_some(), "{what}: an unknown tag says why");
     }
     // The random sample windows the tests and the demo send are noise: with
     // the threshold at 1.0 everything short of certainty is unknown.
-    let t = tag(&model, &spec, &base, 1.0);
+    let t = tag(&model, &spec, &base, Some(1.0));
     assert!(t.activity == UNKNOWN || t.confidence >= 1.0);
 }
 
@@ -250,7 +250,7 @@ async fn a_model_swapped_under_load_tags_every_window_exactly_once() {
             deadletter_topic: context_schemas::contract::topics::DEAD_LETTER.into(),
             delivery: context_runtime::pipeline::Delivery::ExactlyOnce,
             transactional_id: unique("it_swap_txn"),
-            min_confidence: 0.0,
+            min_confidence: Some(0.0),
             ..Default::default()
         },
         None,

@@ -76,7 +76,7 @@ async fn posted_motion_comes_out_as_activity_tags_in_clickhouse() {
             deadletter_topic: s.deadletter_topic.clone(),
             delivery: Delivery::ExactlyOnce,
             transactional_id: unique("it_live_enrich_txn"),
-            min_confidence: enrich_activity::serve::DEFAULT_MIN_CONFIDENCE,
+            min_confidence: Some(enrich_activity::serve::DEFAULT_MIN_CONFIDENCE),
             ..Default::default()
         },
         None,

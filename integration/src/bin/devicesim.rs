@@ -76,8 +76,11 @@ struct RunArgs {
     /// Share of events carrying a motion recording (0 to 1).
     #[arg(long, default_value_t = 0.3)]
     motion_share: f64,
-    /// Labelled recordings for the motion windows (.ts at 10 Hz or .csv).
-    #[arg(long, default_value = "enrich-activity/data/BasicMotions_TRAIN.ts")]
+    /// Labelled recordings for the motion windows: a folder of phone
+    /// recordings (the default: UCI HAPT's, 50 Hz, cut into 10 s windows;
+    /// the model's training data, so agreement is a smoke check), or a .ts
+    /// (10 Hz), .csv or .jsonl file.
+    #[arg(long, default_value = "enrich-activity/data/hapt/train")]
     recordings: PathBuf,
     /// Compress bodies with gzip.
     #[arg(long)]

@@ -42,10 +42,17 @@ pub struct Recording {
     pub gyroscope: Axes3,
 }
 
-/// Reads the labelled recordings (`.ts` or `.csv`, as `enrich-activity
-/// train` does; `.ts` series at 10 Hz).
+/// Reads the labelled recordings as `enrich-activity train` does: a folder
+/// of phone recordings (`enrich-activity/data/hapt/train`, cut into 10 s
+/// windows, one every 10 s), or a `.ts`, `.csv` or `.jsonl` file (`.ts`
+/// series at 10 Hz).
 pub fn recordings(path: &std::path::Path) -> anyhow::Result<Vec<Recording>> {
-    let windows = enrich_activity::dataset::read(path, 10.0).map_err(anyhow::Error::msg)?;
+    let cut = enrich_activity::dataset::Cut {
+        seconds: vec![10.0],
+        hop_seconds: 10.0,
+        transitions: false,
+    };
+    let windows = enrich_activity::dataset::read_with(path, 10.0, &cut).map_err(anyhow::Error::msg)?;
     Ok(windows
         .into_iter()
         .map(|w| Recording {

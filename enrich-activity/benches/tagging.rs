@@ -1,5 +1,5 @@
-//! Features and inference per motion window (2 s at 50 Hz, resampled to the
-//! model's 10 Hz), reported as windows per second on one core.
+//! Features and inference per motion window (2 s at 50 Hz, low-passed and
+//! resampled to the model's 25 Hz), reported as windows per second on one core.
 
 use context_schemas::sample::{self, SampleOptions};
 use context_schemas::MotionWindow;

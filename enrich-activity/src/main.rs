@@ -9,7 +9,7 @@ use enrich_activity::dataset;
 use enrich_activity::features::FeatureSpec;
 use enrich_activity::model::{confusion_table, confusion_text, train_with, Model, TrainOptions, TrainingRecord};
 
-/// Activity tagging of motion windows (standing, walking, running…).
+/// Activity tagging of motion windows (walking, sitting, standing, lying, unknown).
 ///
 /// `train` fits a model on labelled windows and writes a versioned artifact;
 /// `eval` measures a model on labelled windows. Data: a folder of phone
@@ -274,6 +274,7 @@ fn run(command: Command) -> Result<(), String> {
                 group_id,
                 max_batch: c.max_batch,
                 progress: true,
+                min_confidence: c.min_confidence,
             };
             let plan = replay::plan(&settings, &version).map_err(|e| format!("{e:#}"))?;
             eprintln!("{}", plan.describe());

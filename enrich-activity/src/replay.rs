@@ -70,6 +70,9 @@ pub struct ReplaySettings {
     pub max_batch: usize,
     /// Print progress to stderr about every second.
     pub progress: bool,
+    /// The configured `min_confidence`, as `serve` uses it; `None`: the
+    /// model's own threshold.
+    pub min_confidence: Option<f32>,
 }
 
 /// The offsets a replay covers: per partition `[start, end)`.
@@ -208,7 +211,8 @@ pub async fn run(s: ReplaySettings, mut shutdown: Shutdown) -> anyhow::Result<Co
     if total == 0 {
         return Ok(Counts::default());
     }
-    let tagger = Tagger::new(&s.kafka, &s.registry, &s.activity_topic).await?;
+    let mut tagger = Tagger::new(&s.kafka, &s.registry, &s.activity_topic).await?;
+    tagger.min_confidence = s.min_confidence;
     let consumer: StreamConsumer = s
         .kafka
         .client()

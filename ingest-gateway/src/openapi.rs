@@ -28,6 +28,10 @@ pub const REJECTION_REASONS: &[(&str, &str)] = &[
         "invalid_motion",
         "motion samples are malformed, non-finite, too many, or the rate is out of range",
     ),
+    (
+        "implausible_motion",
+        "motion is not in the API's units: the accelerometer's median magnitude is outside 0.2–4 g (m/s², milli-g, or no gravity) or the gyroscope's over 35 rad/s (degrees per second)",
+    ),
 ];
 
 fn signal_schemas() -> Value {
@@ -88,6 +92,14 @@ pub fn document(limits: &Limits) -> Value {
             "description": format!("What was wrong; input it quotes is cut to {MAX_QUOTED_BYTES} bytes, ending in …")}}});
     let sample = json!({"type": "array", "items": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
         "maxItems": limits.max_samples});
+    let mut accelerometer = sample.clone();
+    accelerometer["description"] = json!(
+        "[x, y, z] in g, gravity included, with Core Motion's sign (CMAccelerometerData: a phone lying face up reads about [0, 0, -1]; Android's m/s² are divided by 9.80665 and negated). A window whose median magnitude is outside 0.2–4 g is refused as implausible_motion."
+    );
+    let mut gyroscope = sample;
+    gyroscope["description"] = json!(
+        "[x, y, z] rotation rate in rad/s (CMGyroData). A window whose median magnitude is over 35 rad/s (degrees per second sent as radians) is refused as implausible_motion. An empty list: a device without a gyroscope."
+    );
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -138,7 +150,7 @@ pub fn document(limits: &Limits) -> Value {
                     "signals": {"$ref": "#/components/schemas/Signals"},
                     "motion": {"type": "object", "required": ["sample_rate_hz"], "properties": {
                         "sample_rate_hz": {"type": "number", "minimum": 1, "maximum": 800},
-                        "accelerometer": sample.clone(), "gyroscope": sample}},
+                        "accelerometer": accelerometer, "gyroscope": gyroscope}},
                 }},
                 "Signals": signal_schemas(),
                 "Accepted": {"type": "object", "required": ["accepted", "rejected"], "properties": {

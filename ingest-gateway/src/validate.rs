@@ -572,6 +572,70 @@ impl<'de: 'a, 'a> Deserialize<'de> for BorrowedText<'a> {
 /// 1 Hz a sample is no motion window. Anything else is refused.
 pub const MOTION_RATE_HZ: std::ops::RangeInclusive<f64> = 1.0..=800.0;
 
+/// The units and convention the API takes motion in, Core Motion's: the
+/// accelerometer in g *with* gravity (`CMAccelerometerData`: a phone at rest
+/// reads |a| ≈ 1 g; Android's m/s² are divided by 9.80665 and negated), the
+/// gyroscope in rad/s (`CMGyroData`). The sign cannot be told from a window
+/// (a turned phone looks the same), so it is documented, not checked, and the
+/// activity model does not depend on it.
+///
+/// The units are checked on the median magnitude of a window's samples, which
+/// a gait's peaks do not move: a median accelerometer outside
+/// [`ACCEL_MEDIAN_G`] is m/s² (9.8 at rest), milli-g, or acceleration without
+/// gravity (`CMDeviceMotion.userAcceleration`, or a sensor that reads
+/// nothing); a median gyroscope over [`GYRO_MEDIAN_MAX_RAD_S`] (about 2000 °/s,
+/// an iPhone gyroscope's full range) is degrees per second. Such an event is
+/// refused as `implausible_motion` (dead-lettered with its bytes, like every
+/// reject): stored, it would be tagged with activities it does not show.
+pub const ACCEL_MEDIAN_G: std::ops::RangeInclusive<f32> = 0.2..=4.0;
+/// See [`ACCEL_MEDIAN_G`].
+pub const GYRO_MEDIAN_MAX_RAD_S: f32 = 35.0;
+
+/// The median of the samples' magnitudes; `None` without samples.
+fn median_magnitude(a: &context_schemas::Axes3) -> Option<f32> {
+    let n = a.x.len().min(a.y.len()).min(a.z.len());
+    if n == 0 {
+        return None;
+    }
+    let mut m: Vec<f32> = (0..n)
+        .map(|i| (a.x[i] * a.x[i] + a.y[i] * a.y[i] + a.z[i] * a.z[i]).sqrt())
+        .collect();
+    let (_, mid, _) = m.select_nth_unstable_by(n / 2, f32::total_cmp);
+    Some(*mid)
+}
+
+/// Refuses motion whose units are not the API's ([`ACCEL_MEDIAN_G`]).
+fn plausible_units(
+    accelerometer: &context_schemas::Axes3,
+    gyroscope: &context_schemas::Axes3,
+) -> Result<(), Rejection> {
+    let implausible = |detail: String| Rejection::new("implausible_motion", detail);
+    if let Some(m) = median_magnitude(accelerometer) {
+        if m > *ACCEL_MEDIAN_G.end() {
+            return Err(implausible(format!(
+                "accelerometer: median |a| is {m:.3}, over {} g: send g, not m/s² (divide by 9.80665)",
+                ACCEL_MEDIAN_G.end()
+            )));
+        }
+        if m < *ACCEL_MEDIAN_G.start() {
+            return Err(implausible(format!(
+                "accelerometer: median |a| is {m:.3}, under {} g: send acceleration in g with gravity \
+                 (CMAccelerometerData, or CMDeviceMotion's gravity + userAcceleration), not linear acceleration \
+                 or milli-g; a sensor that reads nothing reads 0",
+                ACCEL_MEDIAN_G.start()
+            )));
+        }
+    }
+    if let Some(m) = median_magnitude(gyroscope) {
+        if m > GYRO_MEDIAN_MAX_RAD_S {
+            return Err(implausible(format!(
+                "gyroscope: median |ω| is {m:.1}, over {GYRO_MEDIAN_MAX_RAD_S} rad/s: send rad/s, not degrees per second"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Checks events against the catalogue and the limits.
 #[derive(Debug, Clone)]
 pub struct Validator {
@@ -687,6 +751,7 @@ impl Validator {
             ));
         }
         let (accelerometer, gyroscope) = m.axes(self.limits.max_samples)?;
+        plausible_units(&accelerometer, &gyroscope)?;
         Ok(Motion {
             sample_rate_hz,
             accelerometer,
@@ -908,6 +973,59 @@ mod tests {
             assert_eq!(err.reason, "invalid_motion", "{rate}");
             assert!(err.detail.contains("1–800 Hz"), "{}", err.detail);
         }
+    }
+
+    /// Motion in other units than the API's is refused with what to send
+    /// instead; a walk's peaks, a phone turned any way or Android's sign are
+    /// not.
+    #[test]
+    fn motion_in_other_units_is_refused_and_says_which() {
+        let v = Validator::new(
+            Limits::default(),
+            Duration::from_secs(86_400),
+            Duration::from_secs(86_400 * 30),
+        );
+        let env = envelope();
+        let motion = |acc: &str, gyr: &str| {
+            RawValue::from_string(format!(
+                r#"{{"event_id":"3f2504e0-4f89-41d3-9a0c-0305e82c3301","timestamp":"2025-10-09T08:54:30Z","motion":{{"sample_rate_hz":50,"accelerometer":{acc},"gyroscope":{gyr}}}}}"#
+            ))
+            .unwrap()
+        };
+        let repeat = |sample: &str, n: usize| format!("[{}]", vec![sample; n].join(","));
+        let still = repeat("[0.01,-0.99,0.05]", 50);
+        let gyr = repeat("[0.1,-0.2,0.05]", 50);
+        // A walk: peaks of 3 g in a third of the samples; turned, negated (Android's sign).
+        let walk = format!(
+            "[{},{}]",
+            vec!["[0.2,-3.1,0.4]"; 17].join(","),
+            vec!["[0.1,-0.8,0.3]"; 33].join(",")
+        );
+        for (acc, gyr) in [
+            (&still, &gyr),
+            (&walk, &gyr),
+            (&repeat("[0.7,0,-0.7]", 50), &gyr),
+            (&repeat("[0,0.99,0]", 50), &repeat("[-3,2,1]", 50)),
+        ] {
+            v.event(&env, &motion(acc, gyr)).expect("plausible motion is taken");
+        }
+        let refused = |acc: &str, gyr: &str| v.event(&env, &motion(acc, gyr)).unwrap_err();
+        let e = refused(&repeat("[0.1,-9.79,0.4]", 50), &gyr);
+        assert_eq!(e.reason, "implausible_motion");
+        assert!(e.detail.contains("not m/s²"), "{}", e.detail);
+        let e = refused(&repeat("[0.01,0.02,-0.03]", 50), &gyr);
+        assert_eq!(e.reason, "implausible_motion");
+        assert!(e.detail.contains("with gravity"), "{}", e.detail);
+        assert_eq!(
+            refused(&repeat("[0,0,0]", 50), &gyr).reason,
+            "implausible_motion",
+            "a sensor that reads nothing"
+        );
+        let e = refused(&still, &repeat("[40,-60,10]", 50));
+        assert_eq!(e.reason, "implausible_motion");
+        assert!(e.detail.contains("degrees per second"), "{}", e.detail);
+        // Without samples (a device without a gyroscope) nothing is judged.
+        v.event(&env, &motion(&still, "[]")).expect("no gyroscope samples");
     }
 
     #[test]

@@ -187,6 +187,7 @@ async fn posted_motion_comes_out_as_activity_tags_in_clickhouse() {
             group_id: Some(unique("it_live_replay")),
             max_batch: 16,
             progress: true,
+            min_confidence: Some(enrich_activity::serve::DEFAULT_MIN_CONFIDENCE),
         },
         not_stopped,
     );

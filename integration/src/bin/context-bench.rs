@@ -234,7 +234,7 @@ async fn main() -> Result<()> {
     }
     pids.insert("broker", read_pid(&cli.stack_dir.join("kafka/pid"))?);
     pids.insert("clickhouse", read_pid(&cli.stack_dir.join("clickhouse/pid"))?);
-    let recordings = life::recordings(Path::new("enrich-activity/data/BasicMotions_TRAIN.ts"))?;
+    let recordings = life::recordings(Path::new("enrich-activity/data/hapt/train"))?;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(300)).build()?;
     let scratch = PathBuf::from(".stack/bench").join(&run_id);
     let date = time::OffsetDateTime::now_utc().date().to_string();

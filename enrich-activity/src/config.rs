@@ -57,6 +57,15 @@ pub struct Config {
     /// threshold (`gate.min_confidence` of the artifact, part of its
     /// version), the same in `serve` and `replay`.
     pub min_confidence: Option<f32>,
+    /// Work (records to fetch, or received and not committed) without
+    /// progress for this long turns `/readyz` 503 with what is stuck; zero
+    /// turns the watch off. Longer than any retry backoff.
+    #[serde(with = "context_runtime::config::duration")]
+    pub stall_after: Duration,
+    /// A stall that lasts this much longer makes `/healthz` fail, so the
+    /// liveness probe restarts the process.
+    #[serde(with = "context_runtime::config::duration")]
+    pub stall_grace: Duration,
 }
 
 impl Default for Config {
@@ -76,6 +85,8 @@ impl Default for Config {
             transactional_id: String::new(),
             max_record_bytes: context_runtime::pipeline::DEFAULT_MAX_RECORD_BYTES,
             min_confidence: None,
+            stall_after: context_runtime::stall::DEFAULT_STALL_AFTER,
+            stall_grace: context_runtime::stall::DEFAULT_STALL_GRACE,
         }
     }
 }
@@ -102,6 +113,7 @@ impl ServiceConfig for Config {
             .kafka
             .check_owning("kafka", context_runtime::pipeline::DERIVED_SETTINGS);
         problems.extend(self.registry.check());
+        problems.extend(self.stall().check());
         if self.model.is_none() {
             problems.push("no model: give --model, ENRICH_MODEL or `model` in the file".into());
         }
@@ -146,6 +158,16 @@ impl Config {
     /// The model artifact (present once loaded: `check` requires it).
     pub fn model_path(&self) -> &Path {
         self.model.as_deref().unwrap_or(Path::new("model.json"))
+    }
+}
+
+impl Config {
+    /// `stall_after` and `stall_grace` ([`context_runtime::stall`]).
+    pub fn stall(&self) -> context_runtime::stall::StallSettings {
+        context_runtime::stall::StallSettings {
+            after: self.stall_after,
+            grace: self.stall_grace,
+        }
     }
 }
 

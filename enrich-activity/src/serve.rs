@@ -410,15 +410,22 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = ready.clone();
-    let admin = context_runtime::start_admin(s.admin_listen, metrics, move || {
-        if flag.load(std::sync::atomic::Ordering::Relaxed) {
-            Ok(())
-        } else {
-            Err("starting, or the last batch failed".into())
-        }
-    })?;
+    let stall = context_runtime::stall::Watch::new(&s.group_id, s.stall());
+    let (ready_stall, healthy_stall) = (stall.clone(), stall.clone());
+    let admin = context_runtime::start_admin_checked(
+        s.admin_listen,
+        metrics,
+        move || {
+            if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                ready_stall.ready()
+            } else {
+                Err("starting, or the last batch failed".into())
+            }
+        },
+        move || healthy_stall.healthy(),
+    )?;
     tracing::info!(admin = %admin.addr, "admin endpoints");
-    let result = serve_loop(s, &ready, shutdown).await;
+    let result = serve_loop(s, &ready, stall, shutdown).await;
     admin.stop().await;
     result
 }
@@ -469,7 +476,12 @@ impl Stage for Serving<'_> {
     }
 }
 
-async fn serve_loop(s: Config, ready: &std::sync::atomic::AtomicBool, shutdown: Shutdown) -> anyhow::Result<()> {
+async fn serve_loop(
+    s: Config,
+    ready: &std::sync::atomic::AtomicBool,
+    stall: Arc<context_runtime::stall::Watch>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let model = Arc::new(load_model(s.model_path())?);
     let model_mtime = modified(s.model_path());
     tracing::info!(model_version = %model.model_version, "serving");
@@ -491,6 +503,9 @@ async fn serve_loop(s: Config, ready: &std::sync::atomic::AtomicBool, shutdown: 
         max_record_bytes: s.max_record_bytes,
     })
     .map_err(anyhow::Error::msg)?;
+    let _stall_watch = pipeline
+        .watch_stalls(stall, &s.kafka, shutdown.clone())
+        .map_err(anyhow::Error::msg)?;
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut stage = Serving {
         s: &s,

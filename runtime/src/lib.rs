@@ -24,6 +24,7 @@ pub mod kafka;
 pub mod pipeline;
 pub mod registry;
 pub mod shutdown;
+pub mod stall;
 pub mod topics;
 pub mod watched;
 
@@ -67,6 +68,8 @@ impl Admin {
 }
 
 type Readiness = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// A distinct type, so that actix tells it from [`Readiness`].
+struct Health(Readiness);
 
 /// Serves `/healthz` (always 200), `/readyz` (200, or 503 with the reason
 /// `ready` gives) and `/metrics` (Prometheus text) on `addr`.
@@ -75,14 +78,36 @@ pub fn start_admin(
     metrics: Option<PrometheusHandle>,
     ready: impl Fn() -> Result<(), String> + Send + Sync + 'static,
 ) -> std::io::Result<Admin> {
+    start_admin_checked(addr, metrics, ready, || Ok(()))
+}
+
+/// [`start_admin`] with a `/healthz` that fails (503 with the reason) while
+/// `healthy` says so: a consumer stalled for too long ([`stall`]), which
+/// Kubernetes' liveness probe then restarts.
+pub fn start_admin_checked(
+    addr: std::net::SocketAddr,
+    metrics: Option<PrometheusHandle>,
+    ready: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    healthy: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+) -> std::io::Result<Admin> {
     use actix_web::{web, App, HttpResponse, HttpServer};
     let ready: Readiness = std::sync::Arc::new(ready);
+    let healthy = web::Data::new(Health(std::sync::Arc::new(healthy)));
     let (ready, metrics) = (web::Data::new(ready), web::Data::new(metrics));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(ready.clone())
+            .app_data(healthy.clone())
             .app_data(metrics.clone())
-            .route("/healthz", web::get().to(|| async { HttpResponse::Ok().body("ok") }))
+            .route(
+                "/healthz",
+                web::get().to(|h: web::Data<Health>| async move {
+                    match (h.get_ref().0)() {
+                        Ok(()) => HttpResponse::Ok().body("ok"),
+                        Err(why) => HttpResponse::ServiceUnavailable().body(why),
+                    }
+                }),
+            )
             .route(
                 "/readyz",
                 web::get().to(|r: web::Data<Readiness>| async move {

@@ -160,7 +160,9 @@ impl ConsumerContext for PipelineContext {
 
 /// A consumer group and a producer that commit together.
 pub struct Pipeline {
-    consumer: StreamConsumer<PipelineContext>,
+    consumer: std::sync::Arc<StreamConsumer<PipelineContext>>,
+    /// What the stall watch reads ([`crate::stall`]).
+    progress: std::sync::Arc<crate::stall::Progress>,
     producer: FutureProducer,
     delivery: Delivery,
     timeout: Duration,
@@ -352,7 +354,8 @@ impl Pipeline {
             .map_err(|e| format!("subscribing to {topics:?}: {e}"))?;
         tracing::info!(%delivery, group = %s.group_id, ?topics, "pipeline started");
         Ok(Pipeline {
-            consumer,
+            consumer: std::sync::Arc::new(consumer),
+            progress: Default::default(),
             producer,
             delivery,
             timeout: s.timeout,
@@ -372,6 +375,24 @@ impl Pipeline {
     /// The mode in force (after any fallback).
     pub fn delivery(&self) -> Delivery {
         self.delivery
+    }
+
+    /// Starts the stall watch of this pipeline's group into `watch`
+    /// ([`crate::stall`]); nothing when its `after` is zero.
+    pub fn watch_stalls(
+        &self,
+        watch: std::sync::Arc<crate::stall::Watch>,
+        kafka: &KafkaSettings,
+        shutdown: crate::shutdown::Shutdown,
+    ) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
+        crate::stall::spawn(
+            watch,
+            kafka,
+            self.progress.clone(),
+            crate::stall::positions_of(self.consumer.clone()),
+            shutdown,
+        )
+        .map_err(|e| format!("starting the stall watch: {e:#}"))
     }
 
     /// How many rebalances this consumer has been through.
@@ -402,6 +423,7 @@ impl Pipeline {
                     if batch.is_empty() {
                         deadline = tokio::time::Instant::now() + linger;
                     }
+                    self.progress.delivered(msg.topic(), msg.partition(), msg.offset());
                     batch.push(msg.detach());
                 }
             }
@@ -1019,6 +1041,7 @@ pub async fn drive(
             }
             Err(PipelineError::Retry(e)) => {
                 ready.store(false, Ordering::Relaxed);
+                pipeline.progress.error(&e);
                 tracing::warn!(error = %e, retry_in = ?backoff.peek(), "batch not committed; it will be read again");
                 if !backoff.wait(&mut shutdown).await {
                     return Ok(());

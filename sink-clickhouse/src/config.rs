@@ -78,6 +78,15 @@ pub struct Config {
     /// would otherwise exceed and cost the sink its partitions.
     #[serde(with = "context_runtime::config::duration")]
     pub insert_timeout: Duration,
+    /// Work (records to fetch, or received and not committed) without
+    /// progress for this long turns `/readyz` 503 with what is stuck; zero
+    /// turns the watch off. Longer than `max_backoff` and `insert_timeout`.
+    #[serde(with = "context_runtime::config::duration")]
+    pub stall_after: Duration,
+    /// A stall that lasts this much longer makes `/healthz` fail, so the
+    /// liveness probe restarts the process.
+    #[serde(with = "context_runtime::config::duration")]
+    pub stall_grace: Duration,
 }
 
 impl Default for Config {
@@ -100,6 +109,8 @@ impl Default for Config {
             batch: BatchLimits::default(),
             max_backoff: Duration::from_secs(30),
             insert_timeout: Duration::from_secs(120),
+            stall_after: context_runtime::stall::DEFAULT_STALL_AFTER,
+            stall_grace: context_runtime::stall::DEFAULT_STALL_GRACE,
         }
     }
 }
@@ -111,6 +122,7 @@ impl ServiceConfig for Config {
     fn check(&self) -> Vec<String> {
         let mut problems = self.kafka.check_owning("kafka", DERIVED_SETTINGS);
         problems.extend(self.registry.check());
+        problems.extend(self.stall().check());
         let url = self.clickhouse_url.trim();
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             problems.push(format!("clickhouse_url {url:?} must start with http:// or https://"));
@@ -253,6 +265,16 @@ pub const DERIVED_SETTINGS: &[(&str, &str)] = &[
         "bounds the sink's memory with `batch.max_bytes` (docs/sink-clickhouse.md)",
     ),
 ];
+
+impl Config {
+    /// `stall_after` and `stall_grace` ([`context_runtime::stall`]).
+    pub fn stall(&self) -> context_runtime::stall::StallSettings {
+        context_runtime::stall::StallSettings {
+            after: self.stall_after,
+            grace: self.stall_grace,
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -64,16 +64,23 @@ pub async fn start(settings: Config, metrics: Option<PrometheusHandle>) -> anyho
     health.clickhouse_ok.store(ok, Ordering::Relaxed);
     let (stop, rx) = Shutdown::new();
     let sources = tokio::spawn(service::run_sources(settings.clone(), health.clone(), rx));
-    let ready = health.clone();
-    let admin = context_runtime::start_admin(settings.admin_listen, metrics, move || {
-        if !ready.clickhouse_ok.load(Ordering::Relaxed) {
-            Err("ClickHouse is not accepting inserts".into())
-        } else if ready.registry_failing.load(Ordering::Relaxed) {
-            Err("the schema registry is unavailable or refuses the sink's requests".into())
-        } else {
-            Ok(())
-        }
-    })?;
+    let (ready, healthy) = (health.clone(), health.clone());
+    let admin = context_runtime::start_admin_checked(
+        settings.admin_listen,
+        metrics,
+        move || {
+            // A stall says most (what is stuck and for how long).
+            context_runtime::stall::all_ready(&ready.stalls.lock().expect("stall list"))?;
+            if !ready.clickhouse_ok.load(Ordering::Relaxed) {
+                Err("ClickHouse is not accepting inserts".into())
+            } else if ready.registry_failing.load(Ordering::Relaxed) {
+                Err("the schema registry is unavailable or refuses the sink's requests".into())
+            } else {
+                Ok(())
+            }
+        },
+        move || context_runtime::stall::all_healthy(&healthy.stalls.lock().expect("stall list")),
+    )?;
     let admin_addr = admin.addr;
     tracing::info!(%admin_addr, database = %settings.database, "sink-clickhouse running");
     Ok(Running {

@@ -43,6 +43,8 @@ pub struct Health {
     /// wait, nothing is dead-lettered or committed.
     pub registry_failing: AtomicBool,
     pub inserted_rows: AtomicU64,
+    /// One stall watch per source's group ([`context_runtime::stall`]).
+    pub stalls: Mutex<Vec<Arc<context_runtime::stall::Watch>>>,
 }
 
 /// Remembers partitions revoked in a rebalance for the loop to drop, and
@@ -289,9 +291,11 @@ async fn insert_rows<R: RowOwned + RowWrite>(
 struct Loop<'a> {
     source: Source,
     settings: &'a Config,
-    consumer: Sink,
+    consumer: Arc<Sink>,
     writer: clickhouse::Client,
     health: Arc<Health>,
+    /// What this source's stall watch reads.
+    progress: Arc<context_runtime::stall::Progress>,
     /// Stops the waits of an outage (ClickHouse or the registry): the batch
     /// is dropped uncommitted, and the records are read again after a restart.
     shutdown: Shutdown,
@@ -336,6 +340,7 @@ impl Loop<'_> {
                 Err(e) => (classify(&e), e.to_string()),
             };
             self.health.clickhouse_ok.store(false, Ordering::Relaxed);
+            self.progress.error(format!("inserting into {table}: {}", problem.1));
             metrics::counter!("sink_insert_retries_total", "table" => table.to_owned()).increment(1);
             match problem {
                 (Failure::Transient, e) => {
@@ -600,6 +605,7 @@ where
                         let msg = Arc::new(msg.detach());
                         metrics::counter!("sink_records_received_total", "source" => l.source.name()).increment(1);
                         let (p, o, len) = (msg.partition(), msg.offset(), msg.payload().map_or(0, <[u8]>::len));
+                        l.progress.delivered(msg.topic(), p, o);
                         let Some(converted) = l.convert_patiently(&convert, &msg).await else {
                             // Shutdown while the registry was away: what is
                             // batched is still inserted and committed, up to
@@ -695,12 +701,24 @@ pub async fn run_sources(s: Config, health: Arc<Health>, shutdown: Shutdown) -> 
             sources_shutdown.clone(),
         );
         tasks.spawn(async move {
+            let consumer = Arc::new(consumer(&s, source, &topic)?);
+            let progress = Arc::new(context_runtime::stall::Progress::default());
+            let watch = context_runtime::stall::Watch::new(&format!("{}-{}", s.group_prefix, source.name()), s.stall());
+            health.stalls.lock().expect("stall list").push(watch.clone());
+            let _stall_watch = context_runtime::stall::spawn(
+                watch,
+                &s.kafka,
+                progress.clone(),
+                context_runtime::stall::positions_of(consumer.clone()),
+                shutdown.clone(),
+            )?;
             let l = Loop {
                 source,
                 settings: &s,
-                consumer: consumer(&s, source, &topic)?,
+                consumer,
                 writer,
                 health,
+                progress,
                 shutdown: shutdown.clone(),
             };
             match source {

@@ -144,3 +144,87 @@ async fn a_clickhouse_that_never_answers_times_the_insert_out_and_it_is_retried(
     a.shutdown().await.unwrap();
     s.drop_database().await;
 }
+
+/// `path` of the admin endpoints: status and body.
+fn admin_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", &format!("http://{addr}{path}")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// A sink whose ClickHouse hangs has work and makes no progress: after
+/// `stall_after` `/readyz` says it is stalled and what is stuck, after
+/// `stall_grace` more `/healthz` fails (the liveness probe would restart
+/// it); once ClickHouse answers, both turn back and every event is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sink_that_makes_no_progress_turns_unready_then_unhealthy_and_heals() {
+    if context_integration::clickhouse_url().starts_with("https://") {
+        return;
+    }
+    let s = setup().await;
+    let proxy = Proxy::start(clickhouse_addr(), Mode::Forward).await;
+    let mut config = through(&s, &proxy);
+    config.stall_after = Duration::from_secs(4);
+    config.stall_grace = Duration::from_secs(4);
+    config.insert_timeout = Duration::from_secs(3);
+    let a = sink_clickhouse::start(config.checked().unwrap(), None).await.unwrap();
+    s.produce_events(64, 100).await;
+    assert_eq!(s.wait_for_events(100, Duration::from_secs(60)).await, 100);
+    // Idle with nothing to do is no stall, however long.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(admin_get(a.admin_addr, "/readyz").0, 200, "an idle sink is ready");
+    assert_eq!(admin_get(a.admin_addr, "/healthz").0, 200);
+
+    // ClickHouse hangs (the pooled connections idle out first).
+    proxy.set(Mode::Blackhole);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.produce_events(65, 100).await;
+    let started = tokio::time::Instant::now();
+    let mut unready = String::new();
+    wait_until(
+        "/readyz says the sink is stalled",
+        Duration::from_secs(60),
+        async || {
+            let (code, body) = admin_get(a.admin_addr, "/readyz");
+            unready = body.clone();
+            code == 503 && body.contains("stalled")
+        },
+    )
+    .await;
+    assert!(
+        unready.contains("-events") && unready.contains("no progress for"),
+        "the reason names the group and what is stuck: {unready}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "a stall before stall_after: {unready}"
+    );
+    assert_eq!(
+        admin_get(a.admin_addr, "/healthz").0,
+        200,
+        "unhealthy before stall_grace"
+    );
+    wait_until(
+        "/healthz fails after stall_grace",
+        Duration::from_secs(60),
+        async || {
+            let (code, body) = admin_get(a.admin_addr, "/healthz");
+            code == 503 && body.contains("stalled for")
+        },
+    )
+    .await;
+
+    // ClickHouse answers again: the stall heals without a restart.
+    proxy.set(Mode::Forward);
+    assert_eq!(s.wait_for_events(200, Duration::from_secs(90)).await, 200);
+    wait_until("ready and healthy again", Duration::from_secs(60), async || {
+        admin_get(a.admin_addr, "/readyz").0 == 200 && admin_get(a.admin_addr, "/healthz").0 == 200
+    })
+    .await;
+    a.shutdown().await.unwrap();
+    s.drop_database().await;
+}

@@ -62,6 +62,15 @@ pub struct Config {
     /// How long a Kafka call may take.
     #[serde(with = "context_runtime::config::duration")]
     pub timeout: Duration,
+    /// Work (records to fetch, or received and not committed) without
+    /// progress for this long turns `/readyz` 503 with what is stuck; zero
+    /// turns the watch off. Longer than any retry backoff.
+    #[serde(with = "context_runtime::config::duration")]
+    pub stall_after: Duration,
+    /// A stall that lasts this much longer makes `/healthz` fail, so the
+    /// liveness probe restarts the process.
+    #[serde(with = "context_runtime::config::duration")]
+    pub stall_grace: Duration,
 }
 
 impl Default for Config {
@@ -86,6 +95,8 @@ impl Default for Config {
             linger: Duration::from_millis(50),
             session_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(30),
+            stall_after: context_runtime::stall::DEFAULT_STALL_AFTER,
+            stall_grace: context_runtime::stall::DEFAULT_STALL_GRACE,
         }
     }
 }
@@ -105,6 +116,7 @@ impl ServiceConfig for Config {
             .kafka
             .check_owning("kafka", context_runtime::pipeline::DERIVED_SETTINGS);
         problems.extend(self.registry.check());
+        problems.extend(self.stall().check());
         for (name, value) in [
             ("source_topic", &self.source_topic),
             ("deadletter_topic", &self.deadletter_topic),
@@ -143,6 +155,16 @@ impl Config {
     /// Reads the file (if any) and the environment.
     pub fn load(path: Option<&Path>) -> Result<Loaded<Config>, ConfigError> {
         context_runtime::config::load::<Config>(path)
+    }
+}
+
+impl Config {
+    /// `stall_after` and `stall_grace` ([`context_runtime::stall`]).
+    pub fn stall(&self) -> context_runtime::stall::StallSettings {
+        context_runtime::stall::StallSettings {
+            after: self.stall_after,
+            grace: self.stall_grace,
+        }
     }
 }
 

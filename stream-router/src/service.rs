@@ -49,13 +49,20 @@ pub async fn run(
 
     let ready = Arc::new(AtomicBool::new(false));
     let flag = ready.clone();
-    let admin_server = context_runtime::start_admin(s.admin_listen, metrics, move || {
-        if flag.load(Ordering::Relaxed) {
-            Ok(())
-        } else {
-            Err("starting, or the last batch could not be committed".into())
-        }
-    })?;
+    let stall = context_runtime::stall::Watch::new(&s.group_id, s.stall());
+    let (ready_stall, healthy_stall) = (stall.clone(), stall.clone());
+    let admin_server = context_runtime::start_admin_checked(
+        s.admin_listen,
+        metrics,
+        move || {
+            if flag.load(Ordering::Relaxed) {
+                ready_stall.ready()
+            } else {
+                Err("starting, or the last batch could not be committed".into())
+            }
+        },
+        move || healthy_stall.healthy(),
+    )?;
     tracing::info!(admin = %admin_server.addr, "admin endpoints");
 
     let pipeline = Pipeline::start(&PipelineSettings {
@@ -73,6 +80,9 @@ pub async fn run(
         max_record_bytes: s.max_record_bytes,
     })
     .map_err(anyhow::Error::msg)?;
+    let _stall_watch = pipeline
+        .watch_stalls(stall, &s.kafka, shutdown.clone())
+        .map_err(anyhow::Error::msg)?;
     ready.store(true, Ordering::Relaxed);
 
     let mut stage = Router {

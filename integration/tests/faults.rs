@@ -8,7 +8,8 @@
 //! keys file rewritten under load the way `cp` does it (emptied, half
 //! written, then whole with a second key: no answer is a 401); a registry
 //! restart; `kill -9` of the fleet itself, whose queued batches a second run
-//! sends. `CONTEXT_FAULTS=full` (`scripts/test --full`) adds the broker
+//! sends. Then `sink-clickhouse reconcile` finds no gap in the ledger of
+//! the events and activity topics. `CONTEXT_FAULTS=full` (`scripts/test --full`) adds the broker
 //! stopped 20 s, ClickHouse stopped 30 s with a second sink replica joining
 //! during the outage (a consumer-group change while the sink is paused) and
 //! leaving after it, and a second router replica joining and leaving.
@@ -225,6 +226,26 @@ fn the_fleet_loses_nothing_while_the_platform_fails_around_it() {
     assert!(drained.contains("still queued: 0"), "{drained}");
 
     verify(&state);
+    // Every offset the sink committed through all of it is in its ledger.
+    let sink_bin = PathBuf::from(env!("CARGO_BIN_EXE_devicesim")).with_file_name("sink-clickhouse");
+    for topic in ["context.events.v1", "context.activity.v1"] {
+        let out = Command::new(&sink_bin)
+            .args(["reconcile", "--config"])
+            .arg(repo_root().join(".stack/platform/sink.toml"))
+            .args(["--topic", topic])
+            .output()
+            .expect("sink-clickhouse reconcile");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("{text}");
+        assert!(
+            out.status.success() && text.contains("no gap"),
+            "reconcile found a gap after the faults:\n{text}"
+        );
+    }
     eprintln!("[faults] done in {:.0} s", started.elapsed().as_secs_f64());
     platform(&["down"]);
     let _ = std::fs::remove_dir_all(&state);

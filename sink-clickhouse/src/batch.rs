@@ -14,6 +14,8 @@ use tokio::time::Instant;
 pub struct Batch<R> {
     pub rows: Vec<(i32, R)>,
     pub offsets: BTreeMap<i32, i64>,
+    /// The first offset covered per partition (for the ledger).
+    pub first: BTreeMap<i32, i64>,
     pub bytes: usize,
     pub started: Option<Instant>,
 }
@@ -23,6 +25,7 @@ impl<R> Default for Batch<R> {
         Batch {
             rows: Vec::new(),
             offsets: BTreeMap::new(),
+            first: BTreeMap::new(),
             bytes: 0,
             started: None,
         }
@@ -34,6 +37,7 @@ impl<R> Batch<R> {
     pub fn covered(&mut self, partition: i32, offset: i64, bytes: usize) {
         self.started.get_or_insert_with(Instant::now);
         self.offsets.insert(partition, offset + 1);
+        self.first.entry(partition).or_insert(offset);
         self.bytes += bytes;
     }
 
@@ -60,6 +64,7 @@ impl<R> Batch<R> {
     pub fn drop_partitions(&mut self, revoked: &[i32]) {
         self.rows.retain(|(p, _)| !revoked.contains(p));
         self.offsets.retain(|p, _| !revoked.contains(p));
+        self.first.retain(|p, _| !revoked.contains(p));
         if self.offsets.is_empty() {
             *self = Batch::default();
         }

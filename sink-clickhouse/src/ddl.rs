@@ -224,6 +224,29 @@ pub fn tables() -> Vec<Table> {
                 sorting_key: DEAD_LETTER_IDENTITY.into(),
             },
         },
+        // What every flush covered: the offsets of one partition whose rows
+        // and dead letters are stored (`sink-clickhouse reconcile`). A range
+        // stored again after a crash before its commit merges away.
+        Table {
+            name: "sink_ledger",
+            columns: cols(&[
+                ("group_id", "String"),
+                ("topic", "String"),
+                ("partition", "Int32"),
+                ("first_offset", "Int64"),
+                ("next_offset", "Int64"),
+                ("rows_inserted", "UInt64"),
+                ("rows_dead_lettered", "UInt64"),
+                ("inserted_at_us", "Int64"),
+                ("inserted_time", "DateTime"),
+            ]),
+            layout: Layout {
+                version: 1,
+                engine: "ReplacingMergeTree(inserted_at_us)",
+                partition_key: "toYYYYMM(inserted_time)".into(),
+                sorting_key: "topic, partition, first_offset, next_offset".into(),
+            },
+        },
     ]
 }
 

@@ -11,6 +11,7 @@ pub mod batch;
 pub mod config;
 pub mod ddl;
 pub mod migrate;
+pub mod reconcile;
 pub mod redrive;
 pub mod rows;
 pub mod service;

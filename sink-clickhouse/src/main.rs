@@ -16,12 +16,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// inserts, and commit offsets only after ClickHouse confirmed.
 ///
 /// `migrate` creates the database `context` (tables events, activity_tags,
-/// dead_letters and the views events_latest, activity_latest) from the Avro
+/// dead_letters, sink_ledger and the views events_latest, activity_latest) from the Avro
 /// schemas, adds columns for new signals, and converts tables of an older
 /// layout (keeping the old table as `<name>_before_<version>`); run it
 /// before `run` and after every upgrade. `run` consumes context.events.v1,
 /// context.activity.v1 and context.deadletter.v1, each in its own consumer
 /// group, with /healthz, /readyz and /metrics on 127.0.0.1:9102.
+/// `reconcile` proves from the ledger that every committed offset is stored.
 /// Configuration: --config FILE (TOML) with SINK_* environment overrides.
 #[derive(Parser)]
 #[command(version, about, long_about)]
@@ -44,6 +45,33 @@ enum Command {
     Run {
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Prove that nothing was lost: read the ledger of what every insert
+    /// covered (`sink_ledger`) against the topic and the group's committed
+    /// offsets, and print per partition the offsets covered, the gaps
+    /// (committed past and never stored: a loss; or already deleted by
+    /// retention) and what is still pending. Exits 1 when a gap holds
+    /// records. `--repair` reads such gaps from Kafka and stores them
+    /// (idempotent by event id). See docs/runbooks/reconcile.md.
+    ///
+    /// Example: sink-clickhouse reconcile --config sink.toml --since 2026-12-01T00:00:00Z
+    Reconcile {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The topic (default: the events topic).
+        #[arg(long)]
+        topic: Option<String>,
+        /// The consumer group (default: the sink's group of that topic,
+        /// such as sink-clickhouse-events).
+        #[arg(long)]
+        group: Option<String>,
+        /// Only offsets from this time on (Kafka record time, RFC 3339);
+        /// default: from the first offset the ledger knows.
+        #[arg(long)]
+        since: Option<String>,
+        /// Store the records of gaps still in Kafka.
+        #[arg(long)]
+        repair: bool,
     },
     /// What was dead-lettered, and sending it again once the cause is fixed
     /// (docs/runbooks/dead-letters.md).
@@ -209,11 +237,52 @@ async fn main() -> ExitCode {
         return context_runtime::config::check_file::<Config>(&file);
     }
     let Some(command) = cli.command else {
-        eprintln!("sink-clickhouse: give a command (migrate, run) or --check-config FILE; see --help");
+        eprintln!("sink-clickhouse: give a command (migrate, run, reconcile, dead-letters) or --check-config FILE; see --help");
         return ExitCode::from(2);
     };
     match command {
         Command::DeadLetters { command } => dead_letters(command).await,
+        Command::Reconcile {
+            config,
+            topic,
+            group,
+            since,
+            repair,
+        } => {
+            let c = match settings(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let since_ms = match micros("since", &since) {
+                Ok(t) => t.map(|us| us / 1000),
+                Err(code) => return code,
+            };
+            let topic = topic.unwrap_or_else(|| c.events_topic.clone());
+            let Some(group) = group.or_else(|| sink_clickhouse::reconcile::default_group(&c, &topic)) else {
+                eprintln!("sink-clickhouse reconcile: {topic} is not one of the sink's topics; give --group");
+                return ExitCode::from(2);
+            };
+            let req = sink_clickhouse::reconcile::Request {
+                topic,
+                group,
+                since_ms,
+                repair,
+            };
+            match sink_clickhouse::reconcile::reconcile(&c, &req).await {
+                Ok(report) => {
+                    print!("{}", report.text());
+                    if report.losses() > 0 {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => {
+                    eprintln!("sink-clickhouse reconcile: {e:#}");
+                    ExitCode::from(3)
+                }
+            }
+        }
         Command::Migrate { config } => {
             let s = match settings(config) {
                 Ok(s) => s,

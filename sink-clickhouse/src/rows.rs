@@ -340,3 +340,20 @@ mod tests {
         assert_eq!(row.event_time as i64, e.timestamp / 1_000_000);
     }
 }
+
+/// One row of `context.sink_ledger`: the offsets `[first_offset,
+/// next_offset)` of one partition that one flush covered, written after
+/// its rows and dead letters were stored and before its offsets are
+/// committed. `sink-clickhouse reconcile` reads it against the topic.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct LedgerRow {
+    pub group_id: String,
+    pub topic: String,
+    pub partition: i32,
+    pub first_offset: i64,
+    pub next_offset: i64,
+    pub rows_inserted: u64,
+    pub rows_dead_lettered: u64,
+    pub inserted_at_us: i64,
+    pub inserted_time: u32,
+}

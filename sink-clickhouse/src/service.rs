@@ -16,6 +16,7 @@
 //! (their new owner reads them again) before any record received after it is
 //! added.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,7 +34,7 @@ use schema_registry::RegistryClient;
 
 use crate::batch::{insert_or_isolate, partition_chunks, Batch, MAX_PARTITIONS_PER_INSERT};
 use crate::config::Config;
-use crate::rows::{ActivityRow, DeadLetterRow, EventRow, InMemory, Partitioned};
+use crate::rows::{ActivityRow, DeadLetterRow, EventRow, InMemory, LedgerRow, Partitioned};
 
 /// What the service reports on /readyz.
 #[derive(Debug, Default)]
@@ -483,6 +484,14 @@ impl Loop<'_> {
         let months: Vec<u32> = keyed.iter().map(|(month, _)| *month).collect();
         let (rows, origins): (Vec<R>, Vec<Arc<OwnedMessage>>) = keyed.into_iter().map(|(_, pair)| pair).unzip();
         let n = rows.len();
+        // Per partition, for the ledger: rows stored and records dead-lettered.
+        let mut stored: BTreeMap<i32, (u64, u64)> = BTreeMap::new();
+        for m in &origins {
+            stored.entry(m.partition()).or_default().0 += 1;
+        }
+        for (p, _) in dead.iter() {
+            stored.entry(*p).or_default().1 += 1;
+        }
         let mut refused = Vec::new();
         for chunk in partition_chunks(&months, MAX_PARTITIONS_PER_INSERT) {
             let start = chunk.start;
@@ -499,6 +508,9 @@ impl Loop<'_> {
         for (index, error) in &refused {
             // The record as it came (its bytes carry the schema id), and where from.
             dead_rows.push(dead_row(&origins[*index], "refused_by_clickhouse", error.clone()));
+            let e = stored.entry(origins[*index].partition()).or_default();
+            e.0 -= 1;
+            e.1 += 1;
         }
         if !dead_rows.is_empty() {
             // A dead letter that cannot be stored blocks the commit like any row.
@@ -506,6 +518,31 @@ impl Loop<'_> {
                 *batch = Batch::default();
                 return;
             }
+        }
+        // The ledger, after what it vouches for and before the commit: a
+        // range in it is stored; one committed and not in it was lost.
+        let now = now_micros();
+        let ledger: Vec<LedgerRow> = batch
+            .offsets
+            .iter()
+            .map(|(p, next)| {
+                let (rows_inserted, rows_dead_lettered) = stored.get(p).copied().unwrap_or_default();
+                LedgerRow {
+                    group_id: self.group(),
+                    topic: self.topic().to_owned(),
+                    partition: *p,
+                    first_offset: batch.first.get(p).copied().unwrap_or(next - 1),
+                    next_offset: *next,
+                    rows_inserted,
+                    rows_dead_lettered,
+                    inserted_at_us: now,
+                    inserted_time: u32::try_from(now / 1_000_000).unwrap_or(0),
+                }
+            })
+            .collect();
+        if !ledger.is_empty() && self.insert_with_retry("sink_ledger", &ledger, true).await.is_none() {
+            *batch = Batch::default();
+            return;
         }
         let inserted = (n - refused.len()) as u64;
         self.health.inserted_rows.fetch_add(inserted, Ordering::Relaxed);
@@ -539,6 +576,11 @@ impl Loop<'_> {
             batch.drop_partitions(&revoked);
             dead.retain(|(p, _)| !revoked.contains(p));
         }
+    }
+
+    /// This source's consumer group.
+    fn group(&self) -> String {
+        format!("{}-{}", self.settings.group_prefix, self.source.name())
     }
 
     fn topic(&self) -> &str {
@@ -770,6 +812,74 @@ pub async fn run_sources(s: Config, health: Arc<Health>, shutdown: Shutdown) -> 
     match first_failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Stores records read again from Kafka as the sink's loops would (the same
+/// conversion, dead letters for what cannot be decoded), for
+/// `reconcile --repair`. Rows merge by their key, so storing twice is safe.
+pub struct Repairer {
+    source: Source,
+    registry: RegistryClient,
+    writer: clickhouse::Client,
+    timeout: Duration,
+}
+
+impl Repairer {
+    pub fn new(c: &Config, topic: &str) -> anyhow::Result<Repairer> {
+        let source = if topic == c.events_topic {
+            Source::Events
+        } else if topic == c.activity_topic {
+            Source::Activity
+        } else if topic == c.deadletter_topic {
+            Source::DeadLetters
+        } else {
+            anyhow::bail!("{topic} is none of the sink's topics (events_topic, activity_topic, deadletter_topic)");
+        };
+        Ok(Repairer {
+            source,
+            registry: RegistryClient::connect(&c.registry)?,
+            writer: c.clickhouse(true).with_database(&c.database),
+            timeout: c.insert_timeout,
+        })
+    }
+
+    /// Inserts `records`: (rows stored, records dead-lettered).
+    pub async fn store(&self, records: &[OwnedMessage]) -> anyhow::Result<(u64, u64)> {
+        let mut dead = Vec::new();
+        let rows = match self.source {
+            Source::Events => {
+                let mut rows = Vec::new();
+                for m in records {
+                    match convert_event(&self.registry, m).await? {
+                        Converted::Row(r) => rows.push(r),
+                        Converted::Dead(d) => dead.push(*d),
+                    }
+                }
+                insert_rows(&self.writer, "events", &rows, self.timeout).await?;
+                rows.len()
+            }
+            Source::Activity => {
+                let mut rows = Vec::new();
+                for m in records {
+                    match convert_tag(&self.registry, m).await? {
+                        Converted::Row(r) => rows.push(r),
+                        Converted::Dead(d) => dead.push(*d),
+                    }
+                }
+                insert_rows(&self.writer, "activity_tags", &rows, self.timeout).await?;
+                rows.len()
+            }
+            Source::DeadLetters => {
+                let rows: Vec<DeadLetterRow> = records.iter().map(dead_letter_topic_row).collect();
+                insert_rows(&self.writer, "dead_letters", &rows, self.timeout).await?;
+                rows.len()
+            }
+        };
+        if !dead.is_empty() {
+            insert_rows(&self.writer, "dead_letters", &dead, self.timeout).await?;
+        }
+        Ok((rows as u64, dead.len() as u64))
     }
 }
 

@@ -32,8 +32,10 @@ use context_runtime::kafka::KafkaSettings;
 
 use crate::config::Backpressure as Settings;
 
-/// How long the topic's retention settings are trusted before read again.
-pub const CONFIG_TTL: Duration = Duration::from_secs(300);
+/// How long the topic's retention settings are trusted before read again:
+/// an operator who lowers `retention.ms` (a disk filling up) moves the bound
+/// within this much.
+pub const CONFIG_TTL: Duration = Duration::from_secs(30);
 /// The longest one broker call of a check may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes counted per record beside its key and value (batch framing).
@@ -363,7 +365,22 @@ pub fn watch(
                 ticker.tick().await;
                 if retention.as_ref().is_none_or(|(at, _)| at.elapsed() > CONFIG_TTL) {
                     match clients.retention().await {
-                        Ok(r) => retention = Some((Instant::now(), r)),
+                        Ok(r) => {
+                            if retention.as_ref().is_none_or(|(_, was)| *was != r) {
+                                let b = Bounds::of(&settings, r.0, r.1);
+                                tracing::info!(
+                                    topic = %clients.topic,
+                                    retention_ms = ?r.0,
+                                    retention_bytes = ?r.1,
+                                    age_bound = ?b.age.map(|(d, source)| format!("{d:?} ({source})")),
+                                    bytes_bound = ?b.bytes,
+                                    "backpressure: the bounds"
+                                );
+                                metrics::gauge!("gateway_backpressure_bound_seconds")
+                                    .set(b.age.map_or(0.0, |(d, _)| d.as_secs_f64()));
+                            }
+                            retention = Some((Instant::now(), r));
+                        }
                         Err(e) => tracing::warn!(error = %e, "backpressure: reading the topic's retention failed"),
                     }
                 }

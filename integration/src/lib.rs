@@ -65,7 +65,15 @@ pub fn stack(args: &[&str]) -> Result<()> {
 /// (`PLATFORM_PROFILE=debug PLATFORM_NO_BUILD=1`) and returns its output;
 /// panics with that output when it fails.
 pub fn platform(args: &[&str]) -> String {
+    platform_with(args, &[])
+}
+
+/// [`platform`] with `env` set for the script and so for the services it
+/// starts (`INGEST_BACKPRESSURE_MAX_LAG=10s`: each service's variables
+/// override its configuration file).
+pub fn platform_with(args: &[&str], env: &[(&str, &str)]) -> String {
     let mut cmd = Command::new(repo_root().join("scripts/platform"));
+    cmd.envs(env.iter().copied());
     // The binaries this test run built: a test binary lives in
     // <target>/debug/deps, whatever CARGO_TARGET_DIR says.
     if let Some(target) = std::env::current_exe()

@@ -14,72 +14,14 @@
 //! during the outage (a consumer-group change while the sink is paused) and
 //! leaving after it, and a second router replica joining and leaving.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Instant;
+
+use common::{finish, fleet, interrupt, kill, pause, pid, still_running, verify};
 use context_integration::{platform, repo_root, stack};
-
-fn devicesim() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_devicesim"));
-    cmd.current_dir(repo_root());
-    cmd
-}
-
-fn fleet(state: &Path, extra: &[&str]) -> Child {
-    let key = std::fs::read_to_string(repo_root().join(".stack/platform/api-key")).expect("the platform's key");
-    devicesim()
-        .args(["run", "--key", key.trim(), "--state"])
-        .arg(state)
-        .args(["--devices", "4", "--events", "5-20", "--max-seconds", "600"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting devicesim")
-}
-
-fn finish(child: Child, what: &str) -> String {
-    let out = child.wait_with_output().expect("waiting for devicesim");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{what}: devicesim run failed:\n{text}");
-    text
-}
-
-/// Stops a fleet with SIGINT (as Ctrl-C): it sends nothing more and leaves
-/// what is unsent queued; its report.
-fn interrupt(mut child: Child) -> String {
-    kill("-INT", &child.id().to_string());
-    let _ = child.wait();
-    let mut out = String::new();
-    use std::io::Read;
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    out
-}
-
-/// Fails unless the fleet still runs: a fault without load proves nothing.
-fn still_running(child: &mut Child, before: &str) {
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the fleet stopped before {before}; the faults would not be under load"
-    );
-}
-
-fn pid(service: &str) -> String {
-    std::fs::read_to_string(repo_root().join(format!(".stack/platform/{service}.pid")))
-        .expect("a pid file")
-        .trim()
-        .to_owned()
-}
-
-fn kill(signal: &str, pid: &str) {
-    let status = Command::new("kill").args([signal, pid]).status().expect("kill");
-    assert!(status.success(), "kill {signal} {pid}");
-}
-
-fn pause(secs: u64) {
-    std::thread::sleep(Duration::from_secs(secs));
-}
 
 /// A second replica of `service` (sink or router) with the platform's
 /// config, its own admin port (and transactional id).
@@ -102,22 +44,6 @@ fn replica(service: &str) -> Child {
         .stderr(log)
         .spawn()
         .expect("starting a replica")
-}
-
-fn verify(state: &Path) {
-    let out = devicesim()
-        .args(["verify", "--wait", "300", "--state"])
-        .arg(state)
-        .output()
-        .expect("devicesim verify");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    assert!(out.status.success(), "devicesim verify found losses:\n{text}");
-    assert!(text.contains("verify: OK"), "{text}");
 }
 
 #[test]

@@ -58,4 +58,12 @@ async fn broker_down_means_503_then_200_again_without_a_restart() {
             e.event_id
         );
     }
+
+    // The schema registry lives on the same broker: a gateway started after
+    // the restart registers its own subject and is acknowledged (a registry
+    // whose reader stayed on a dead fetch answered 500 here).
+    let fresh = start(|c| c.produce_timeout = std::time::Duration::from_secs(3)).await;
+    let after = session(72, 5);
+    let (status, _, answer) = fresh.post(Some(&fresh.key), body(&after), &[]).await;
+    assert_eq!(status, 200, "{answer}");
 }

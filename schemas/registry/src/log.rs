@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use context_runtime::kafka::KafkaSettings;
 use rdkafka::client::ClientContext;
@@ -41,25 +41,30 @@ impl SchemaLog {
             .set("message.timeout.ms", timeout.as_millis().to_string())
             .create()
             .map_err(RegistryError::kafka("creating the producer"))?;
-        let consumer: BaseConsumer<QuietEof> = kafka
-            .client()
-            .set("group.id", "schema-registry-reader")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            // Writers wait for the reader: do not let an idle fetch sit at the broker.
-            .set("fetch.wait.max.ms", "10")
-            .create_with_context(QuietEof)
-            .map_err(RegistryError::kafka("creating the reader"))?;
+        let reader_client = kafka.client();
+        let open_reader = move |from: Offset, topic: &str| -> Result<BaseConsumer<QuietEof>, RegistryError> {
+            let consumer: BaseConsumer<QuietEof> = reader_client
+                .clone()
+                .set("group.id", "schema-registry-reader")
+                .set("enable.auto.commit", "false")
+                .set("enable.partition.eof", "true")
+                // Writers wait for the reader: do not let an idle fetch sit at the broker.
+                .set("fetch.wait.max.ms", "10")
+                .create_with_context(QuietEof)
+                .map_err(RegistryError::kafka("creating the reader"))?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, 0, from)
+                .map_err(RegistryError::kafka("assigning the schemas topic"))?;
+            consumer
+                .assign(&tpl)
+                .map_err(RegistryError::kafka("assigning the schemas topic"))?;
+            Ok(consumer)
+        };
         let (_, startup_end) = producer
             .client()
             .fetch_watermarks(topic, 0, timeout)
             .map_err(RegistryError::kafka("reading the end of the schemas topic"))?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, Offset::Beginning)
-            .map_err(RegistryError::kafka("assigning the schemas topic"))?;
-        consumer
-            .assign(&tpl)
-            .map_err(RegistryError::kafka("assigning the schemas topic"))?;
+        let consumer = open_reader(Offset::Beginning, topic)?;
 
         let store = Arc::new(RwLock::new(Store::default()));
         let (applied_tx, applied) = watch::channel(0i64);
@@ -68,7 +73,16 @@ impl SchemaLog {
             let (store, stop, topic) = (store.clone(), stop.clone(), topic.to_owned());
             std::thread::Builder::new()
                 .name("schemas-reader".into())
-                .spawn(move || read_loop(consumer, &topic, &store, &applied_tx, &stop))
+                .spawn(move || {
+                    let reader = Reader {
+                        topic: &topic,
+                        store: &store,
+                        applied: &applied_tx,
+                        stop: &stop,
+                        reopen: &open_reader,
+                    };
+                    reader.run(consumer)
+                })
                 .map_err(|e| RegistryError::Store(format!("cannot start the reader thread: {e}")))?
         };
         Ok(SchemaLog {
@@ -177,42 +191,90 @@ impl ClientContext for QuietEof {
 
 impl ConsumerContext for QuietEof {}
 
-fn read_loop(
-    consumer: BaseConsumer<QuietEof>,
-    topic: &str,
-    store: &RwLock<Store>,
-    applied: &watch::Sender<i64>,
-    stop: &AtomicBool,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Ok(msg)) => {
-                let outcome = match msg.key().map(serde_json::from_slice::<LogKey>) {
-                    Some(Ok(key)) => Some(store.write().expect("store lock").apply(&key, msg.payload())),
-                    // Records of other registries' key types are skipped, as Confluent does.
-                    _ => None,
-                };
-                tracing::debug!(offset = msg.offset(), ?outcome, "applied schemas record");
-                applied.send_replace(msg.offset() + 1);
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => {
-                // At the end: everything below the fetch position is applied.
-                if let Ok(position) = consumer.position() {
-                    for elem in position.elements_for_topic(topic) {
-                        if let Offset::Offset(o) = elem.offset() {
-                            applied.send_if_modified(|a| {
-                                let advance = o > *a;
-                                if advance {
-                                    *a = o;
-                                }
-                                advance
-                            });
+/// How often the reader, with nothing arriving, compares what it applied with
+/// the end of the log.
+const STALL_CHECK: Duration = Duration::from_secs(2);
+/// How long records may wait at the broker without the reader moving before it
+/// reconnects: after a broker restart a consumer can sit on a dead fetch
+/// session while writers time out waiting for it.
+const STALL_REOPEN: Duration = Duration::from_secs(6);
+
+type Reopen<'a> = &'a (dyn Fn(Offset, &str) -> Result<BaseConsumer<QuietEof>, RegistryError> + Send + Sync);
+
+struct Reader<'a> {
+    topic: &'a str,
+    store: &'a RwLock<Store>,
+    applied: &'a watch::Sender<i64>,
+    stop: &'a AtomicBool,
+    reopen: Reopen<'a>,
+}
+
+impl Reader<'_> {
+    fn run(&self, mut consumer: BaseConsumer<QuietEof>) {
+        let mut last_check = Instant::now();
+        // (applied offset, since when) while the log's end is beyond it.
+        let mut waiting: Option<(i64, Instant)> = None;
+        while !self.stop.load(Ordering::Relaxed) {
+            match consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(msg)) => {
+                    let outcome = match msg.key().map(serde_json::from_slice::<LogKey>) {
+                        Some(Ok(key)) => Some(self.store.write().expect("store lock").apply(&key, msg.payload())),
+                        // Records of other registries' key types are skipped, as Confluent does.
+                        _ => None,
+                    };
+                    tracing::debug!(offset = msg.offset(), ?outcome, "applied schemas record");
+                    self.applied.send_replace(msg.offset() + 1);
+                    continue;
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    // At the end: everything below the fetch position is applied.
+                    if let Ok(position) = consumer.position() {
+                        for elem in position.elements_for_topic(self.topic) {
+                            if let Offset::Offset(o) = elem.offset() {
+                                self.applied.send_if_modified(|a| {
+                                    let advance = o > *a;
+                                    if advance {
+                                        *a = o;
+                                    }
+                                    advance
+                                });
+                            }
                         }
                     }
                 }
+                Some(Err(e)) => tracing::warn!(error = %e, "reading the schemas topic"),
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "reading the schemas topic"),
+            if last_check.elapsed() < STALL_CHECK {
+                continue;
+            }
+            last_check = Instant::now();
+            let applied = *self.applied.borrow();
+            let end = match consumer.fetch_watermarks(self.topic, 0, Duration::from_secs(1)) {
+                Ok((_, end)) => end,
+                Err(_) => continue, // the broker is away; the client reconnects by itself
+            };
+            waiting = match waiting {
+                _ if end <= applied => None,
+                Some((at, since)) if at == applied => {
+                    if since.elapsed() >= STALL_REOPEN {
+                        tracing::warn!(
+                            applied,
+                            end,
+                            waited_ms = since.elapsed().as_millis() as u64,
+                            "the schemas reader made no progress while records waited; reconnecting"
+                        );
+                        match (self.reopen)(Offset::Offset(applied), self.topic) {
+                            Ok(fresh) => consumer = fresh,
+                            Err(e) => tracing::error!(error = %e, "reconnecting the schemas reader"),
+                        }
+                        Some((applied, Instant::now()))
+                    } else {
+                        Some((at, since))
+                    }
+                }
+                _ => Some((applied, Instant::now())),
+            };
         }
     }
 }

@@ -42,6 +42,9 @@ pub struct Config {
     pub session_timeout: Duration,
     /// Where windows that cannot be decoded go, with their bytes.
     pub deadletter_topic: String,
+    /// The forget ledger: windows of a forgotten install captured up to its
+    /// request are not tagged, by `serve` nor by `replay`. Empty turns that off.
+    pub forget_topic: String,
     /// `exactly-once` (tags and offsets in one Kafka transaction) or
     /// `at-least-once` (a broker without transactions).
     pub delivery: Delivery,
@@ -81,6 +84,7 @@ impl Default for Config {
             max_batch: 500,
             session_timeout: Duration::from_secs(10),
             deadletter_topic: topics::DEAD_LETTER.into(),
+            forget_topic: topics::FORGET.into(),
             delivery: Delivery::ExactlyOnce,
             transactional_id: String::new(),
             max_record_bytes: context_runtime::pipeline::DEFAULT_MAX_RECORD_BYTES,

@@ -275,6 +275,7 @@ fn run(command: Command) -> Result<(), String> {
                 max_batch: c.max_batch,
                 progress: true,
                 min_confidence: c.min_confidence,
+                forget_topic: c.forget_topic,
             };
             let plan = replay::plan(&settings, &version).map_err(|e| format!("{e:#}"))?;
             eprintln!("{}", plan.describe());

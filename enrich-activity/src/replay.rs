@@ -73,6 +73,9 @@ pub struct ReplaySettings {
     /// The configured `min_confidence`, as `serve` uses it; `None`: the
     /// model's own threshold.
     pub min_confidence: Option<f32>,
+    /// The forget ledger (`forget_topic`): windows of forgotten installs,
+    /// captured up to their request, are not tagged again. Empty: none.
+    pub forget_topic: String,
 }
 
 /// The offsets a replay covers: per partition `[start, end)`.
@@ -213,6 +216,7 @@ pub async fn run(s: ReplaySettings, mut shutdown: Shutdown) -> anyhow::Result<Co
     }
     let mut tagger = Tagger::new(&s.kafka, &s.registry, &s.activity_topic).await?;
     tagger.min_confidence = s.min_confidence;
+    tagger.forgotten = context_runtime::forget::follow_configured(&s.kafka, &s.forget_topic).await?;
     let consumer: StreamConsumer = s
         .kafka
         .client()

@@ -160,6 +160,8 @@ pub struct Counts {
     /// Windows that made feature extraction or the model fail (a panic):
     /// dead-lettered by `serve`, counted and skipped by `replay`.
     pub tagging_failed: usize,
+    /// Windows of forgotten installs, captured up to their request: not tagged.
+    pub forgotten: usize,
 }
 
 impl Counts {
@@ -172,6 +174,7 @@ impl Counts {
             *self.undecodable.entry(k.clone()).or_default() += v;
         }
         self.tagging_failed += other.tagging_failed;
+        self.forgotten += other.forgotten;
     }
 
     /// `tagged N windows (K unknown: reason n, ...); M undecodable (error n, ...)`.
@@ -194,6 +197,12 @@ impl Counts {
                 self.tagging_failed
             ));
         }
+        if self.forgotten > 0 {
+            out.push_str(&format!(
+                "; {} of forgotten installs dropped (the forget ledger)",
+                self.forgotten
+            ));
+        }
         out
     }
 }
@@ -207,6 +216,8 @@ pub struct Tagger {
     activity_topic: String,
     /// Below it a window is tagged `unknown`; `None`: the model's own.
     pub min_confidence: Option<f32>,
+    /// Windows of installs forgotten here, up to their request, are dropped.
+    pub forgotten: Arc<context_runtime::forget::Forgotten>,
 }
 
 /// Why a batch could not be tagged.
@@ -251,6 +262,7 @@ impl Tagger {
             tag_schema_id,
             activity_topic: activity_topic.to_owned(),
             min_confidence: None,
+            forgotten: context_runtime::forget::Forgotten::empty(),
         })
     }
 
@@ -271,6 +283,11 @@ impl Tagger {
         let mut outputs = Vec::with_capacity(batch.len());
         for msg in batch {
             match registry.decode::<MotionWindow>(msg.payload().unwrap_or_default()).await {
+                Ok((_, w)) if self.forgotten.drops(Some(&w.app_id), &w.install_id, Some(w.timestamp)) => {
+                    metrics::counter!("enrich_forgotten_dropped_total").increment(1);
+                    counts.forgotten += 1;
+                    windows.push(None);
+                }
                 Ok((_, w)) => windows.push(Some(w)),
                 Err(e) if e.is_retryable() => return Err(TagError::RegistryUnavailable(e.to_string())),
                 Err(e) if deadletter_topic.is_empty() => {
@@ -488,6 +505,7 @@ async fn serve_loop(
     context_runtime::kafka::verify_at_start(&s.kafka, Duration::from_secs(10)).await?;
     let mut tagger = Tagger::new(&s.kafka, &s.registry, &s.activity_topic).await?;
     tagger.min_confidence = s.min_confidence;
+    tagger.forgotten = context_runtime::forget::follow_configured(&s.kafka, &s.forget_topic).await?;
     let pipeline = Pipeline::start(&PipelineSettings {
         kafka: s.kafka.clone(),
         group_id: s.group_id.clone(),

@@ -83,6 +83,7 @@ async fn replay_a_time_range_with_a_new_model_and_resume_after_a_kill() {
         max_batch: 1,
         progress: false,
         min_confidence: None,
+        forget_topic: String::new(),
     };
     // --dry-run shows exactly the middle range.
     let planned = plan(&settings, &model.model_version).unwrap();
@@ -190,6 +191,7 @@ async fn a_replay_from_deleted_offsets_starts_at_the_earliest_left() {
         max_batch: 8,
         progress: false,
         min_confidence: None,
+        forget_topic: String::new(),
     };
     let planned = plan(&settings, &model.model_version).unwrap();
     assert_eq!(planned.below_log_start, vec![(0, 0, 20)]);
@@ -260,6 +262,7 @@ async fn windows_that_make_tagging_panic_are_counted_and_the_replay_goes_on() {
         max_batch: 5,
         progress: false,
         min_confidence: None,
+        forget_topic: String::new(),
     };
     let (_stop, rx) = context_runtime::shutdown::Shutdown::new();
     let counts = tokio::time::timeout(Duration::from_secs(120), run(settings.clone(), rx))

@@ -94,6 +94,7 @@ var services = []serviceKeys{
 		valuesKey: "ingestGateway",
 		keys: keysWith(map[string]string{
 			"listen": "string", "events_topic": "string", "deadletter_topic": "string", "keys_file": "string",
+			"forget_topic": "string", "max_forgotten_installs": "int",
 			"tls_cert": "string", "tls_key": "string", "limits": "table",
 			"limits.max_body_bytes": "int", "limits.max_decompressed_bytes": "int",
 			"limits.max_events": "int", "limits.max_samples": "int", "limits.max_record_bytes": "int",
@@ -107,7 +108,7 @@ var services = []serviceKeys{
 			"backpressure.resume_share": "float", "backpressure.check_interval": "duration",
 			"backpressure.retry_after": "duration",
 		}, kafkaKeys, registryClientKeys),
-		wired:      wiredWith([]string{"listen", "events_topic", "deadletter_topic", "keys_file", "tls_cert", "tls_key"}, kafkaWired, registryClientWired),
+		wired:      wiredWith([]string{"listen", "events_topic", "deadletter_topic", "forget_topic", "keys_file", "tls_cert", "tls_key"}, kafkaWired, registryClientWired),
 		deprecated: []string{"kafka_bootstrap"},
 	},
 	{
@@ -128,12 +129,13 @@ var services = []serviceKeys{
 		valuesKey: "streamRouter",
 		keys: keysWith(map[string]string{
 			"admin_listen": "string", "source_topic": "string", "deadletter_topic": "string", "group_id": "string",
+			"forget_topic": "string",
 			"rules_file": "string", "delivery": "string", "allow_fallback": "bool",
 			"transactional_id": "string", "create_topics": "bool", "new_topic_partitions": "int",
 			"max_batch": "int", "linger": "duration", "session_timeout": "duration", "timeout": "duration",
 			"max_record_bytes": "int", "stall_after": "duration", "stall_grace": "duration",
 		}, kafkaKeys, registryClientKeys),
-		wired:      wiredWith([]string{"admin_listen", "source_topic", "deadletter_topic", "rules_file", "transactional_id"}, kafkaWired, registryClientWired),
+		wired:      wiredWith([]string{"admin_listen", "source_topic", "deadletter_topic", "forget_topic", "rules_file", "transactional_id"}, kafkaWired, registryClientWired),
 		deprecated: []string{"kafka_bootstrap"},
 	},
 	{
@@ -144,13 +146,13 @@ var services = []serviceKeys{
 			"admin_listen": "string", "clickhouse_url": "string", "clickhouse_user": "string",
 			"clickhouse_password": "string", "clickhouse_ca_file": "string",
 			"database": "string", "events_topic": "string", "activity_topic": "string",
-			"deadletter_topic": "string", "group_prefix": "string", "session_timeout": "duration",
+			"deadletter_topic": "string", "forget_topic": "string", "group_prefix": "string", "session_timeout": "duration",
 			"max_poll_interval": "duration", "batch": "table", "batch.max_rows": "int",
 			"batch.max_bytes": "int", "batch.max_age": "duration", "max_backoff": "duration",
 			"insert_timeout": "duration", "stall_after": "duration", "stall_grace": "duration",
 		}, kafkaKeys, registryClientKeys),
 		wired: wiredWith([]string{"admin_listen", "clickhouse_url", "clickhouse_user", "clickhouse_password", "clickhouse_ca_file",
-			"events_topic", "activity_topic", "deadletter_topic"}, kafkaWired, registryClientWired),
+			"events_topic", "activity_topic", "deadletter_topic", "forget_topic"}, kafkaWired, registryClientWired),
 		deprecated: []string{"kafka_bootstrap"},
 	},
 	{
@@ -160,10 +162,10 @@ var services = []serviceKeys{
 		keys: keysWith(map[string]string{
 			"motion_topic": "string", "activity_topic": "string", "group_id": "string", "admin_listen": "string",
 			"model": "string", "max_batch": "int", "session_timeout": "duration", "session_timeout_ms": "int",
-			"deadletter_topic": "string", "delivery": "string", "transactional_id": "string",
+			"deadletter_topic": "string", "forget_topic": "string", "delivery": "string", "transactional_id": "string",
 			"min_confidence": "float", "max_record_bytes": "int", "stall_after": "duration", "stall_grace": "duration",
 		}, kafkaKeys, registryClientKeys),
-		wired:      wiredWith([]string{"admin_listen", "motion_topic", "activity_topic", "deadletter_topic", "model", "transactional_id"}, kafkaWired, registryClientWired),
+		wired:      wiredWith([]string{"admin_listen", "motion_topic", "activity_topic", "deadletter_topic", "forget_topic", "model", "transactional_id"}, kafkaWired, registryClientWired),
 		deprecated: []string{"session_timeout_ms", "kafka_bootstrap"},
 	},
 }

@@ -52,6 +52,9 @@ pub enum ApiError {
     /// may be being created or moved, and is answered 503.)
     #[error("Kafka refuses this batch until the gateway's topics or permissions are fixed: {0}; nothing of it was stored, keep it and send it again later")]
     KafkaRefused(String),
+    /// A `POST /v1/forget` body that is not `{"install_id": "<uuid>"}`.
+    #[error("{0}")]
+    BadForget(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -79,6 +82,7 @@ impl ApiError {
             ApiError::Backpressure { .. } => "backpressure",
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::KafkaRefused(_) => "kafka_refused",
+            ApiError::BadForget(_) => "bad_request",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -105,7 +109,9 @@ impl ResponseError for ApiError {
             ApiError::Batch(BatchError::UnsupportedEncoding(_) | BatchError::UnsupportedContentType(_)) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
-            ApiError::Batch(BatchError::BadCompression(_) | BatchError::NotABatch(_)) => StatusCode::BAD_REQUEST,
+            ApiError::Batch(BatchError::BadCompression(_) | BatchError::NotABatch(_)) | ApiError::BadForget(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::MissingKey | ApiError::UnknownKey => StatusCode::UNAUTHORIZED,
             ApiError::DisabledKey(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } | ApiError::BytesRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -158,6 +158,12 @@ pub struct Config {
     pub registry: RegistrySettings,
     pub events_topic: String,
     pub deadletter_topic: String,
+    /// The forget ledger `POST /v1/forget` writes to (docs/privacy.md).
+    pub forget_topic: String,
+    /// `POST /v1/forget` answers 503 once the ledger holds this many
+    /// forgotten installs: each costs every stage that follows the ledger
+    /// up to 256 bytes of memory (raise it together with their memory).
+    pub max_forgotten_installs: usize,
     /// The API keys (hashes only), reloaded when it changes.
     pub keys_file: PathBuf,
     /// PEM files; TLS (HTTP/2 and HTTP/1.1) when both are set, plain HTTP
@@ -224,6 +230,8 @@ impl Default for Config {
             registry: RegistrySettings::default(),
             events_topic: topics::EVENTS.into(),
             deadletter_topic: topics::DEAD_LETTER.into(),
+            forget_topic: topics::FORGET.into(),
+            max_forgotten_installs: 1_000_000,
             keys_file: PathBuf::from("keys.toml"),
             tls_cert: None,
             tls_key: None,
@@ -256,6 +264,7 @@ impl ServiceConfig for Config {
         for (name, value) in [
             ("events_topic", &self.events_topic),
             ("deadletter_topic", &self.deadletter_topic),
+            ("forget_topic", &self.forget_topic),
         ] {
             if value.trim().is_empty() {
                 problems.push(format!("{name} is empty"));

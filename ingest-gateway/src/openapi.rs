@@ -100,7 +100,32 @@ pub fn document(limits: &Limits) -> Value {
     gyroscope["description"] = json!(
         "[x, y, z] rotation rate in rad/s (CMGyroData). A window whose median magnitude is over 35 rad/s (degrees per second sent as radians) is refused as implausible_motion. An empty list: a device without a gyroscope."
     );
-    json!({
+    let forget = json!({"post": {
+        "summary": "Erase this install's data (the app's \"delete my data\")",
+        "description": "Writes a request to the forget ledger (context.forget.v1, acks=all). Every stage then drops the install's events captured up to the request, also in replays, redrives and batches the phone sends late, and the sink deletes the rows already stored (events, activity tags, dead letters). What the install sends after the request is kept. Asking again is safe: it moves the request's time forward.",
+        "security": [{"apiKey": []}],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ForgetRequest"}}}},
+        "responses": {
+            "202": {"description": "The request is durably in the forget ledger; erasure follows.",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ForgetAccepted"}}}},
+            "400": error_response("error `bad_request`: the body is not {\"install_id\": \"<uuid>\"}.", false),
+            "401": error_response("Missing or unknown API key.", false),
+            "403": error_response("The key is revoked or the app disabled.", false),
+            "413": error_response("The body is over 4096 bytes.", false),
+            "415": error_response("Unsupported Content-Type (send application/json).", false),
+            "429": error_response("The app is over its rate limit (a request costs one event).", true),
+            "503": error_response("Kafka cannot take the request now, the ledger is full (max_forgotten_installs), or the gateway is shutting down: send it again after Retry-After.", true),
+        }
+    }});
+    let forget_schemas = json!({
+        "ForgetRequest": {"type": "object", "required": ["install_id"], "properties": {
+            "install_id": {"type": "string", "format": "uuid", "description": "The install whose data is erased, of the app the key belongs to."}}},
+        "ForgetAccepted": {"type": "object", "required": ["request_id", "install_id", "requested_at"], "properties": {
+            "request_id": {"type": "string", "format": "uuid", "description": "What `sink-clickhouse forget status` shows it under."},
+            "install_id": {"type": "string", "format": "uuid"},
+            "requested_at": {"type": "string", "format": "date-time", "description": "Records captured up to this time are erased."}}},
+    });
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "context-events ingest API",
@@ -161,7 +186,12 @@ pub fn document(limits: &Limits) -> Value {
                     "error": {"type": "string"}, "message": {"type": "string", "maxLength": MAX_MESSAGE_BYTES}}},
             }
         }
-    })
+    });
+    doc["paths"]["/v1/forget"] = forget;
+    if let (Some(schemas), Value::Object(more)) = (doc["components"]["schemas"].as_object_mut(), forget_schemas) {
+        schemas.extend(more);
+    }
+    doc
 }
 
 #[cfg(test)]
@@ -191,5 +221,12 @@ mod tests {
                 "{status}"
             );
         }
+        for status in ["202", "400", "401", "403", "413", "415", "429", "503"] {
+            assert!(
+                doc["paths"]["/v1/forget"]["post"]["responses"][status].is_object(),
+                "{status}"
+            );
+        }
+        assert!(doc["components"]["schemas"]["ForgetAccepted"].is_object());
     }
 }

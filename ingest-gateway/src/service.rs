@@ -240,6 +240,9 @@ pub struct Gateway {
     draining: AtomicBool,
     /// Lag-aware backpressure: the answer of the background check.
     backpressure: Arc<crate::lag::Flag>,
+    forget_topic: Arc<str>,
+    /// The forget ledger once read (for `max_forgotten_installs`).
+    forgotten: Arc<std::sync::OnceLock<Arc<context_runtime::forget::Forgotten>>>,
 }
 
 use context_runtime::clock::now_micros;
@@ -576,6 +579,107 @@ async fn post_batch(
     }
 }
 
+/// What `POST /v1/forget` takes.
+#[derive(serde::Deserialize)]
+struct ForgetBody {
+    install_id: String,
+}
+
+/// What `POST /v1/forget` answers (202).
+#[derive(Serialize)]
+struct ForgetAccepted {
+    request_id: Uuid,
+    install_id: Uuid,
+    requested_at: String,
+}
+
+/// The largest `POST /v1/forget` body.
+pub const MAX_FORGET_BODY: usize = 4096;
+
+/// `POST /v1/forget`: the device asks that its install's data be erased.
+/// Knowing the (random) install id and the app's key is the proof. Answered
+/// 202 only once the request is in the forget ledger on every in-sync
+/// replica; every other answer is safe to retry.
+async fn post_forget(
+    gw: web::Data<Arc<Gateway>>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    if gw.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::ShuttingDown);
+    }
+    let ring = gw.keys.current();
+    let app = match ring.check(header(&req, "authorization")) {
+        Auth::Missing => return Err(ApiError::MissingKey),
+        Auth::Unknown => return Err(ApiError::UnknownKey),
+        Auth::Disabled(k) => return Err(ApiError::DisabledKey(k.app_id.clone())),
+        Auth::Allowed(k) => k.clone(),
+    };
+    let content_type = header(&req, "content-type").unwrap_or("");
+    if !content_type.trim().to_ascii_lowercase().starts_with("application/json") {
+        return Err(BatchError::UnsupportedContentType(content_type.to_owned()).into());
+    }
+    let asked: ForgetBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadForget(format!("the body must be {{\"install_id\": \"<uuid>\"}}: {e}")))?;
+    let install_id = Uuid::parse_str(asked.install_id.trim())
+        .map_err(|e| ApiError::BadForget(format!("install_id `{}` is not a UUID: {e}", asked.install_id)))?;
+    // A request costs the app one event of its rate limit.
+    if let Err(wait) = gw
+        .limits
+        .lock()
+        .expect("rate lock")
+        .take(&app.app_id, 1.0, app.rate_limit_per_s, app.burst)
+    {
+        return Err(ApiError::RateLimited {
+            app: app.app_id.clone(),
+            rate: app.rate_limit_per_s,
+            retry_after: wait,
+        });
+    }
+    let max = gw.settings.max_forgotten_installs;
+    if gw.forgotten.get().is_some_and(|f| f.len() >= max) {
+        metrics::counter!("gateway_forget_refused_total", "reason" => "ledger_full").increment(1);
+        tracing::error!(
+            max,
+            "the forget ledger is full: raise max_forgotten_installs (and the memory of every stage)"
+        );
+        return Err(ApiError::Unavailable {
+            reason: format!("the forget ledger holds {max} installs (max_forgotten_installs)"),
+            retry_after: 3600,
+        });
+    }
+    let request = context_runtime::forget::Request::new(&app.app_id, install_id, "device");
+    let record = Outgoing {
+        topic: gw.forget_topic.clone(),
+        key: request.key(),
+        value: request.to_json(),
+        headers: Vec::new(),
+    };
+    match gw.kafka.send_all(vec![record]).await {
+        Ok(()) => {
+            metrics::counter!("gateway_forget_requests_total").increment(1);
+            metrics::counter!("gateway_requests_total", "status" => "202").increment(1);
+            tracing::info!(app_id = %app.app_id, %install_id, request_id = %request.request_id, "forget requested");
+            if let Some(f) = gw.forgotten.get() {
+                f.insert(request.clone());
+            }
+            Ok(HttpResponse::Accepted().json(ForgetAccepted {
+                request_id: request.request_id,
+                install_id,
+                requested_at: context_runtime::clock::rfc3339(request.requested_at_us),
+            }))
+        }
+        Err(e) if e.is_permanent() => {
+            tracing::error!(error = %e, topic = %gw.forget_topic, "Kafka refuses forget requests: check the topic exists and the gateway may write it");
+            Err(ApiError::KafkaRefused(e.to_string()))
+        }
+        Err(e) => Err(ApiError::Unavailable {
+            reason: e.to_string(),
+            retry_after: gw.kafka.health.retry_after(),
+        }),
+    }
+}
+
 /// Reads the body into memory, at most `max_body` bytes, each chunk charged
 /// to `charge` before it is kept (`declared`, the `Content-Length`, is
 /// charged already and reserved): 413 over the limit, 503 when the budget
@@ -798,6 +902,8 @@ pub async fn start(
         validator: Validator::new(settings.limits.clone(), settings.max_future, settings.max_age),
         events_topic: settings.events_topic.as_str().into(),
         deadletter_topic: settings.deadletter_topic.as_str().into(),
+        forget_topic: settings.forget_topic.as_str().into(),
+        forgotten: Arc::new(std::sync::OnceLock::new()),
         in_flight: Arc::new(Semaphore::new(settings.max_in_flight_bytes.min(u32::MAX as usize))),
         dedup: Mutex::new(Dedup::new(
             settings.dedup_window,
@@ -818,6 +924,22 @@ pub async fn start(
         kafka.watch_deadletter_limit(),
     ];
     background.extend(watcher);
+    {
+        // The ledger, for its size only: batches never wait for it.
+        let (kafka, topic, slot) = (
+            settings.kafka.clone(),
+            settings.forget_topic.clone(),
+            gateway.forgotten.clone(),
+        );
+        background.push(tokio::spawn(async move {
+            match context_runtime::forget::follow_configured(&kafka, &topic).await {
+                Ok(f) => {
+                    let _ = slot.set(f);
+                }
+                Err(e) => tracing::error!(error = %e, "the forget ledger cannot be read: max_forgotten_installs is not enforced"),
+            }
+        }));
+    }
     let data = web::Data::new(gateway.clone());
     let metrics = web::Data::new(metrics);
     let max_body = settings.limits.max_body_bytes;
@@ -827,6 +949,11 @@ pub async fn start(
             .app_data(metrics.clone())
             .app_data(web::PayloadConfig::new(max_body))
             .route("/v1/batch", web::post().to(post_batch))
+            .service(
+                web::resource("/v1/forget")
+                    .app_data(web::PayloadConfig::new(MAX_FORGET_BODY))
+                    .route(web::post().to(post_forget)),
+            )
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics_text))

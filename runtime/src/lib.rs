@@ -13,6 +13,9 @@
 //! [`deadletter`] headers, and [`pipeline`]: consume → transform → produce
 //! in Kafka transactions, with [`pipeline::drive`] as the loop.
 //!
+//! [`forget`] is the ledger of installs whose data is erased, which every
+//! stage that reads data follows.
+//!
 //! [`topics`] is the platform's topic declaration and the `context-topics`
 //! tool that applies it (`src/bin/context-topics.rs`).
 
@@ -20,6 +23,7 @@ pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod deadletter;
+pub mod forget;
 pub mod kafka;
 pub mod pipeline;
 pub mod registry;

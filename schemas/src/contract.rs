@@ -15,6 +15,8 @@ pub mod topics {
     pub const MOTION: &str = "context.motion.v1";
     pub const ACTIVITY: &str = "context.activity.v1";
     pub const DEAD_LETTER: &str = "context.deadletter.v1";
+    /// The forget ledger: requests to erase an install's data (compacted).
+    pub const FORGET: &str = "context.forget.v1";
     pub const SCHEMAS: &str = "_schemas";
 }
 

@@ -62,6 +62,10 @@ pub struct Config {
     pub events_topic: String,
     pub activity_topic: String,
     pub deadletter_topic: String,
+    /// The forget ledger (docs/privacy.md): rows of a forgotten install
+    /// captured up to its request are not inserted, and `run` erases the
+    /// rows already stored. Empty turns both off.
+    pub forget_topic: String,
     /// Consumer groups are `<prefix>-events`, `-activity`, `-deadletter`.
     pub group_prefix: String,
     #[serde(with = "context_runtime::config::duration")]
@@ -103,6 +107,7 @@ impl Default for Config {
             events_topic: topics::EVENTS.into(),
             activity_topic: topics::ACTIVITY.into(),
             deadletter_topic: topics::DEAD_LETTER.into(),
+            forget_topic: topics::FORGET.into(),
             group_prefix: "sink-clickhouse".into(),
             session_timeout: Duration::from_secs(10),
             max_poll_interval: Duration::from_secs(300),

@@ -213,6 +213,9 @@ pub fn tables() -> Vec<Table> {
                 // `dl.target_topic`: where an output Kafka refused was going
                 // (redrive sends it there); empty otherwise.
                 ("target_topic", "String DEFAULT ''"),
+                // The record's Kafka key: the install it belongs to, what
+                // `forget` erases by (empty for letters stored before it).
+                ("install_id", "String DEFAULT ''"),
             ]),
             // Version 1: MergeTree PARTITION BY toYYYYMM(failed_time) ORDER BY
             // (failed_time, reason): every retry of a letter was another row.
@@ -245,6 +248,30 @@ pub fn tables() -> Vec<Table> {
                 engine: "ReplacingMergeTree(inserted_at_us)",
                 partition_key: "toYYYYMM(inserted_time)".into(),
                 sorting_key: "topic, partition, first_offset, next_offset".into(),
+            },
+        },
+        // What `forget` erased: one row per request once its mutations were
+        // done (`sink-clickhouse forget status`). A request erased again
+        // (another sink replica, a restart) merges away.
+        Table {
+            name: "forget_log",
+            columns: cols(&[
+                ("request_id", "String"),
+                ("app_id", "String"),
+                ("install_id", "String"),
+                ("requested_at_us", "Int64"),
+                ("requested_by", "String"),
+                ("events_rows", "UInt64"),
+                ("activity_rows", "UInt64"),
+                ("dead_letter_rows", "UInt64"),
+                ("done_at_us", "Int64"),
+                ("done_time", "DateTime"),
+            ]),
+            layout: Layout {
+                version: 1,
+                engine: "ReplacingMergeTree(done_at_us)",
+                partition_key: String::new(),
+                sorting_key: "app_id, install_id, request_id".into(),
             },
         },
     ]

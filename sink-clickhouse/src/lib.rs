@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod config;
 pub mod ddl;
+pub mod forget;
 pub mod migrate;
 pub mod reconcile;
 pub mod redrive;

@@ -16,13 +16,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// inserts, and commit offsets only after ClickHouse confirmed.
 ///
 /// `migrate` creates the database `context` (tables events, activity_tags,
-/// dead_letters, sink_ledger and the views events_latest, activity_latest) from the Avro
+/// dead_letters, sink_ledger, forget_log and the views events_latest, activity_latest) from the Avro
 /// schemas, adds columns for new signals, and converts tables of an older
 /// layout (keeping the old table as `<name>_before_<version>`); run it
 /// before `run` and after every upgrade. `run` consumes context.events.v1,
 /// context.activity.v1 and context.deadletter.v1, each in its own consumer
 /// group, with /healthz, /readyz and /metrics on 127.0.0.1:9102.
 /// `reconcile` proves from the ledger that every committed offset is stored.
+/// `forget` erases an install's data and keeps it erased (docs/privacy.md).
 /// Configuration: --config FILE (TOML) with SINK_* environment overrides.
 #[derive(Parser)]
 #[command(version, about, long_about)]
@@ -79,6 +80,205 @@ enum Command {
         #[command(subcommand)]
         command: DeadLettersCommand,
     },
+    /// Erase installs' data (a person's request to delete it): writes one
+    /// request per install to the forget ledger (context.forget.v1, each
+    /// acknowledged by every in-sync replica) and prints its request id.
+    /// The running sink then deletes the install's rows from events,
+    /// activity_tags and dead_letters and records the rows per table;
+    /// every stage drops the install's records captured up to the request,
+    /// also in replays and redrives. `forget status` shows each request.
+    /// See docs/privacy.md.
+    ///
+    /// Examples:
+    ///   sink-clickhouse forget --config sink.toml --app demo --install-id 8d0c…
+    ///   sink-clickhouse forget --config sink.toml --app demo --file installs.txt --wait
+    ///   sink-clickhouse forget status --config sink.toml [INSTALL_OR_REQUEST_ID]
+    #[command(args_conflicts_with_subcommands = true, verbatim_doc_comment)]
+    Forget {
+        #[command(subcommand)]
+        command: Option<ForgetCommand>,
+        #[command(flatten)]
+        ask: ForgetArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ForgetArgs {
+    /// TOML configuration (Kafka, ClickHouse, forget_topic); SINK_*
+    /// variables override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The app whose installs are forgotten (the app_id of its API key).
+    #[arg(long)]
+    app: Option<String>,
+    /// An install id (a UUID); repeat for several.
+    #[arg(long = "install-id", value_name = "ID")]
+    install_ids: Vec<String>,
+    /// A file of installs: one per line, `INSTALL_ID` (of --app) or
+    /// `APP_ID INSTALL_ID`; blank lines and `#` comments are skipped.
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Who asks, recorded with the request (default: operator:$USER).
+    #[arg(long)]
+    by: Option<String>,
+    /// Wait until the running sink erased every request, printing its status.
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Subcommand)]
+enum ForgetCommand {
+    /// Every request of the ledger (or those of one install or request id):
+    /// requested, or done with the rows erased per table and when.
+    Status {
+        /// An install id or a request id.
+        id: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// One JSON object per request instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The (app, install) pairs of `forget`'s arguments, or what is wrong.
+fn forget_targets(a: &ForgetArgs) -> Result<Vec<(String, uuid::Uuid)>, String> {
+    let mut out = Vec::new();
+    let parse = |app: &str, id: &str, at: &str| {
+        uuid::Uuid::parse_str(id.trim())
+            .map(|u| (app.to_owned(), u))
+            .map_err(|e| format!("{at}: `{id}` is not an install id (a UUID): {e}"))
+    };
+    for id in &a.install_ids {
+        let app = a.app.as_deref().ok_or("--install-id needs --app")?;
+        out.push(parse(app, id, "--install-id")?);
+    }
+    if let Some(f) = &a.file {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
+                continue;
+            }
+            let at = format!("{}:{}", f.display(), n + 1);
+            let fields: Vec<&str> = line
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|s| !s.is_empty())
+                .collect();
+            match fields.as_slice() {
+                [id] => {
+                    let app = a
+                        .app
+                        .as_deref()
+                        .ok_or_else(|| format!("{at}: an install id alone needs --app"))?;
+                    out.push(parse(app, id, &at)?);
+                }
+                [app, id] => out.push(parse(app, id, &at)?),
+                _ => {
+                    return Err(format!(
+                        "{at}: expected `INSTALL_ID` or `APP_ID INSTALL_ID`, got `{line}`"
+                    ))
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err("name the installs: --app APP --install-id ID, or --file FILE (or `forget status`)".into());
+    }
+    Ok(out)
+}
+
+async fn forget(command: Option<ForgetCommand>, ask: ForgetArgs) -> ExitCode {
+    if let Some(ForgetCommand::Status { id, config, json }) = command {
+        let c = match settings(config) {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        return match sink_clickhouse::forget::status(&c, id.as_deref()).await {
+            Ok(list) if list.is_empty() && !json => {
+                println!(
+                    "no forget requests{}",
+                    id.map(|i| format!(" for {i}")).unwrap_or_default()
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(list) => {
+                for s in list {
+                    if json {
+                        println!("{}", serde_json::to_string(&s).unwrap_or_default());
+                    } else {
+                        println!("{}", s.line());
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sink-clickhouse forget status: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let targets = match forget_targets(&ask) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sink-clickhouse forget: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let c = match settings(ask.config.clone()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let by = ask.by.clone().unwrap_or_else(|| {
+        format!(
+            "operator:{}",
+            std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+        )
+    });
+    let mut ids = Vec::new();
+    for (app, install) in &targets {
+        match sink_clickhouse::forget::request(&c, app, &[*install], &by).await {
+            Ok(written) => {
+                for r in written {
+                    println!("requested {} app {} install {}", r.request_id, r.app_id, r.install_id);
+                    ids.push(r.request_id.to_string());
+                }
+            }
+            Err(e) => {
+                eprintln!("sink-clickhouse forget: {e:#} (requests before this one were written)");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if !ask.wait {
+        eprintln!("the running sink erases them; see `sink-clickhouse forget status`");
+        return ExitCode::SUCCESS;
+    }
+    let started = std::time::Instant::now();
+    loop {
+        match sink_clickhouse::forget::status(&c, None).await {
+            Ok(list) => {
+                let mine: Vec<_> = list
+                    .iter()
+                    .filter(|s| ids.contains(&s.request.request_id.to_string()))
+                    .collect();
+                let done = mine.iter().filter(|s| s.done.is_some()).count();
+                if done == ids.len() {
+                    for s in mine {
+                        println!("{}", s.line());
+                    }
+                    return ExitCode::SUCCESS;
+                }
+                eprintln!(
+                    "[forget] {done} of {} erased after {:.0} s",
+                    ids.len(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Err(e) => eprintln!("[forget] status: {e:#}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
 }
 
 /// Which dead letters: all filters are optional and combine.
@@ -237,11 +437,12 @@ async fn main() -> ExitCode {
         return context_runtime::config::check_file::<Config>(&file);
     }
     let Some(command) = cli.command else {
-        eprintln!("sink-clickhouse: give a command (migrate, run, reconcile, dead-letters) or --check-config FILE; see --help");
+        eprintln!("sink-clickhouse: give a command (migrate, run, reconcile, dead-letters, forget) or --check-config FILE; see --help");
         return ExitCode::from(2);
     };
     match command {
         Command::DeadLetters { command } => dead_letters(command).await,
+        Command::Forget { command, ask } => forget(command, ask).await,
         Command::Reconcile {
             config,
             topic,

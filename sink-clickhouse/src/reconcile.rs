@@ -439,7 +439,8 @@ async fn check_holes(
     // Per hole: rows stored and records dead-lettered by the repair.
     let mut stored: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
     if repair {
-        let store = crate::service::Repairer::new(c, &req.topic)?;
+        let mut store = crate::service::Repairer::new(c, &req.topic)?;
+        store.forgotten = context_runtime::forget::follow_configured(&c.kafka, &c.forget_topic).await?;
         while let Some(chunk) = rx.recv().await {
             let Some(first) = chunk.first().map(|m| m.offset()) else {
                 continue;

@@ -113,6 +113,8 @@ struct Letter {
     envelope: String,
     truncated: u64,
     target_topic: String,
+    /// The record's key when it was stored (empty before the column was).
+    install_id: String,
 }
 
 /// What a record of the contract says about itself: the key of
@@ -138,6 +140,8 @@ pub struct Outcome {
     pub not_rebuildable: usize,
     /// Stubs (`dl.truncated`): only the first bytes were kept.
     pub truncated: usize,
+    /// Of installs in the forget ledger: never sent again.
+    pub forgotten: usize,
 }
 
 impl Outcome {
@@ -146,7 +150,7 @@ impl Outcome {
         let sent: Vec<String> = self.sent.iter().map(|(t, n)| format!("{n} to {t}")).collect();
         let still: Vec<String> = self.still_rejected.iter().map(|(r, n)| format!("{n} {r}")).collect();
         format!(
-            "{verb}: {}; already stored: {}; still rejected: {}; not rebuildable: {}; truncated: {}",
+            "{verb}: {}; already stored: {}; still rejected: {}; not rebuildable: {}; truncated: {}; forgotten: {}",
             if sent.is_empty() {
                 "none".into()
             } else {
@@ -159,7 +163,8 @@ impl Outcome {
                 still.join(", ")
             },
             self.not_rebuildable,
-            self.truncated
+            self.truncated,
+            self.forgotten
         )
     }
 }
@@ -184,7 +189,7 @@ pub async fn redrive(
     // The first copy of each letter (retries are copies until they merge).
     let mut cursor = reader
         .query(&format!(
-            "SELECT source, source_topic, app_id, event_id, failed_at_us, payload, envelope, truncated, target_topic \
+            "SELECT source, source_topic, app_id, event_id, failed_at_us, payload, envelope, truncated, target_topic, install_id \
              FROM `{}`.dead_letters WHERE {} ORDER BY failed_at_us LIMIT 1 BY {} LIMIT {}",
             c.database,
             sel.filter(),
@@ -210,6 +215,7 @@ pub async fn redrive(
         schema_id: None,
         seen: HashSet::new(),
         outcome: Outcome::default(),
+        forgotten: context_runtime::forget::follow_configured(&c.kafka, &c.forget_topic).await?,
     };
     let mut chunk = Vec::with_capacity(CHUNK);
     let mut read = 0usize;
@@ -241,6 +247,8 @@ struct Redrive<'a> {
     /// and event id, or its bytes when it has no id.
     seen: HashSet<Vec<u8>>,
     outcome: Outcome,
+    /// The forget ledger: letters of forgotten installs stay where they are.
+    forgotten: std::sync::Arc<context_runtime::forget::Forgotten>,
 }
 
 /// `T` decoded from `payload`: `None` for bytes that are not a `T`; an
@@ -441,6 +449,15 @@ impl Redrive<'_> {
                     }
                 }
             };
+            // Whatever its capture time: a letter keeps none it can be trusted for.
+            let install = key
+                .clone()
+                .or_else(|| Some(l.install_id.clone().into_bytes()).filter(|k| !k.is_empty()));
+            if self.forgotten.drops_key(l.app_id.as_deref(), install.as_deref(), None) {
+                self.outcome.forgotten += 1;
+                metrics::counter!("sink_redrive_forgotten_total").increment(1);
+                continue;
+            }
             *self.outcome.sent.entry(topic.clone()).or_default() += 1;
             if self.dry_run {
                 continue;

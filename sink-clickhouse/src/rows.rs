@@ -233,6 +233,9 @@ pub struct DeadLetterRow {
     pub truncated: u64,
     /// `dl.target_topic`: the topic an output Kafka refused was going to.
     pub target_topic: String,
+    /// The install the letter's record belongs to: its Kafka key (every
+    /// record of the platform is keyed by install id); empty when unkeyed.
+    pub install_id: String,
 }
 
 impl Partitioned for DeadLetterRow {
@@ -272,7 +275,55 @@ impl DeadLetterRow {
             envelope: String::new(),
             truncated: 0,
             target_topic: String::new(),
+            install_id: String::new(),
         }
+    }
+
+    /// The install of the letter's record, from its Kafka key.
+    pub fn with_install(mut self, key: Option<&[u8]>) -> Self {
+        self.install_id = key
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .map(|k| k.trim().to_owned())
+            .unwrap_or_default();
+        self
+    }
+}
+
+/// Whose data a row is, for the forget ledger
+/// ([`context_runtime::forget::Forgotten::drops`]): its app (when known),
+/// its install, and its capture time (µs; none for a dead letter).
+pub trait Subject {
+    fn subject(&self) -> (Option<&str>, Option<uuid::Uuid>, Option<i64>);
+
+    fn forgotten(&self, ledger: &context_runtime::forget::Forgotten) -> bool {
+        match self.subject() {
+            (app, Some(install), at) => ledger.drops(app, &install, at),
+            _ => false,
+        }
+    }
+}
+
+impl Subject for EventRow {
+    fn subject(&self) -> (Option<&str>, Option<uuid::Uuid>, Option<i64>) {
+        (Some(&self.app_id), Some(self.install_id), Some(self.timestamp_us))
+    }
+}
+
+impl Subject for ActivityRow {
+    fn subject(&self) -> (Option<&str>, Option<uuid::Uuid>, Option<i64>) {
+        (Some(&self.app_id), Some(self.install_id), Some(self.timestamp_us))
+    }
+}
+
+impl Subject for DeadLetterRow {
+    /// A letter has no trustworthy capture time: every letter of a
+    /// forgotten install is dropped, also one given up on after the request.
+    fn subject(&self) -> (Option<&str>, Option<uuid::Uuid>, Option<i64>) {
+        (
+            self.app_id.as_deref(),
+            uuid::Uuid::parse_str(&self.install_id).ok(),
+            None,
+        )
     }
 }
 

@@ -34,7 +34,8 @@ use schema_registry::RegistryClient;
 
 use crate::batch::{insert_or_isolate, partition_chunks, Batch, MAX_PARTITIONS_PER_INSERT};
 use crate::config::Config;
-use crate::rows::{ActivityRow, DeadLetterRow, EventRow, InMemory, LedgerRow, Partitioned};
+use crate::rows::{ActivityRow, DeadLetterRow, EventRow, InMemory, LedgerRow, Partitioned, Subject};
+use context_runtime::forget::Forgotten;
 
 /// What the service reports on /readyz.
 #[derive(Debug, Default)]
@@ -151,6 +152,7 @@ pub(crate) fn dead_row(msg: &OwnedMessage, reason: &str, detail: String) -> Dead
         failed_at: now_micros(),
         payload: msg.payload().unwrap_or_default().to_vec(),
     })
+    .with_install(msg.key())
 }
 
 /// A record of the dead-letter topic as a row: the headers say why.
@@ -177,6 +179,7 @@ fn dead_letter_topic_row(msg: &OwnedMessage) -> DeadLetterRow {
         header(msg, dl::TRUNCATED).and_then(|n| n.parse().ok()).unwrap_or(0),
         header(msg, dl::TARGET_TOPIC).unwrap_or_default(),
     )
+    .with_install(msg.key())
 }
 
 /// RFC 3339 (as the gateway writes `dl.time`) to µs since the epoch.
@@ -220,6 +223,10 @@ pub enum SinkError {
     /// The brokers refused the credentials or the certificate.
     #[error(transparent)]
     Access(#[from] context_runtime::kafka::AccessError),
+    /// The forget ledger could not be read at start: without it, rows of
+    /// forgotten installs would be inserted again.
+    #[error(transparent)]
+    Forget(#[from] context_runtime::forget::LedgerError),
 }
 
 impl SinkError {
@@ -300,6 +307,12 @@ struct Loop<'a> {
     /// Stops the waits of an outage (ClickHouse or the registry): the batch
     /// is dropped uncommitted, and the records are read again after a restart.
     shutdown: Shutdown,
+    /// The forget ledger: rows of forgotten installs are dropped at flush.
+    forgotten: Arc<Forgotten>,
+    /// Held (shared) by every flush from its filter to its last insert; the
+    /// erasure takes it alone once, so no row filtered before a request is
+    /// inserted after the request's mutations began.
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Loop<'_> {
@@ -468,12 +481,23 @@ impl Loop<'_> {
 
     /// Inserts the batch and its dead letters, then commits. Shutdown during
     /// an outage drops the batch uncommitted.
-    async fn flush<R: RowOwned + RowWrite + Partitioned>(
+    async fn flush<R: RowOwned + RowWrite + Partitioned + Subject>(
         &self,
         table: &str,
         batch: &mut Batch<(R, Arc<OwnedMessage>)>,
         dead: &mut Vec<(i32, DeadLetterRow)>,
     ) {
+        let _gate = self.gate.read().await;
+        if !self.forgotten.is_empty() {
+            let before = batch.rows.len() + dead.len();
+            batch.rows.retain(|(_, (row, _))| !row.forgotten(&self.forgotten));
+            dead.retain(|(_, row)| !row.forgotten(&self.forgotten));
+            let dropped = before - batch.rows.len() - dead.len();
+            if dropped > 0 {
+                metrics::counter!("sink_forgotten_dropped_total", "table" => table.to_owned())
+                    .increment(dropped as u64);
+            }
+        }
         // Rows of one partition together, and no insert across more
         // partitions than ClickHouse takes at once.
         let mut keyed: Vec<(u32, (R, Arc<OwnedMessage>))> = std::mem::take(&mut batch.rows)
@@ -617,7 +641,7 @@ async fn convert_tag(registry: &RegistryClient, msg: &OwnedMessage) -> Result<Co
 /// Runs one source until `shutdown` turns true, then flushes and commits.
 async fn run_loop<R, F, Fut>(l: Loop<'_>, table: &str, convert: F, mut shutdown: Shutdown) -> Result<(), SinkError>
 where
-    R: RowOwned + RowWrite + Partitioned + InMemory,
+    R: RowOwned + RowWrite + Partitioned + InMemory + Subject,
     F: Fn(Arc<OwnedMessage>) -> Fut,
     Fut: std::future::Future<Output = Result<Converted<R>, DecodeError>>,
 {
@@ -726,6 +750,19 @@ pub async fn run_sources(s: Config, health: Arc<Health>, shutdown: Shutdown) -> 
             stop.fire();
         });
     }
+    // The forget ledger, read whole before the first record, and the
+    // erasure of what it names.
+    let forgotten = context_runtime::forget::follow_configured(&s.kafka, &s.forget_topic).await?;
+    let gate = Arc::new(tokio::sync::RwLock::new(()));
+    if !s.forget_topic.trim().is_empty() {
+        tokio::spawn(crate::forget::run_erasure(
+            s.clickhouse(false).with_database(&s.database),
+            s.database.clone(),
+            forgotten.clone(),
+            gate.clone(),
+            sources_shutdown.clone(),
+        ));
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for (source, topic) in [
         (Source::Events, s.events_topic.clone()),
@@ -742,6 +779,7 @@ pub async fn run_sources(s: Config, health: Arc<Health>, shutdown: Shutdown) -> 
             health.clone(),
             sources_shutdown.clone(),
         );
+        let (forgotten, gate) = (forgotten.clone(), gate.clone());
         tasks.spawn(async move {
             let consumer = Arc::new(consumer(&s, source, &topic)?);
             let progress = Arc::new(context_runtime::stall::Progress::default());
@@ -762,6 +800,8 @@ pub async fn run_sources(s: Config, health: Arc<Health>, shutdown: Shutdown) -> 
                 health,
                 progress,
                 shutdown: shutdown.clone(),
+                forgotten,
+                gate,
             };
             match source {
                 Source::Events => {
@@ -823,6 +863,8 @@ pub struct Repairer {
     registry: RegistryClient,
     writer: clickhouse::Client,
     timeout: Duration,
+    /// Rows of forgotten installs are not stored again.
+    pub forgotten: Arc<Forgotten>,
 }
 
 impl Repairer {
@@ -841,6 +883,7 @@ impl Repairer {
             registry: RegistryClient::connect(&c.registry)?,
             writer: c.clickhouse(true).with_database(&c.database),
             timeout: c.insert_timeout,
+            forgotten: Forgotten::empty(),
         })
     }
 
@@ -856,6 +899,7 @@ impl Repairer {
                         Converted::Dead(d) => dead.push(*d),
                     }
                 }
+                rows.retain(|r: &EventRow| !r.forgotten(&self.forgotten));
                 insert_rows(&self.writer, "events", &rows, self.timeout).await?;
                 rows.len()
             }
@@ -867,15 +911,21 @@ impl Repairer {
                         Converted::Dead(d) => dead.push(*d),
                     }
                 }
+                rows.retain(|r: &ActivityRow| !r.forgotten(&self.forgotten));
                 insert_rows(&self.writer, "activity_tags", &rows, self.timeout).await?;
                 rows.len()
             }
             Source::DeadLetters => {
-                let rows: Vec<DeadLetterRow> = records.iter().map(dead_letter_topic_row).collect();
+                let rows: Vec<DeadLetterRow> = records
+                    .iter()
+                    .map(dead_letter_topic_row)
+                    .filter(|r| !r.forgotten(&self.forgotten))
+                    .collect();
                 insert_rows(&self.writer, "dead_letters", &rows, self.timeout).await?;
                 rows.len()
             }
         };
+        dead.retain(|r| !r.forgotten(&self.forgotten));
         if !dead.is_empty() {
             insert_rows(&self.writer, "dead_letters", &dead, self.timeout).await?;
         }

@@ -77,6 +77,7 @@ async fn posted_motion_comes_out_as_activity_tags_in_clickhouse() {
             delivery: Delivery::ExactlyOnce,
             transactional_id: unique("it_live_enrich_txn"),
             min_confidence: Some(enrich_activity::serve::DEFAULT_MIN_CONFIDENCE),
+            forget_topic: String::new(),
             ..Default::default()
         },
         None,
@@ -188,6 +189,7 @@ async fn posted_motion_comes_out_as_activity_tags_in_clickhouse() {
             max_batch: 16,
             progress: true,
             min_confidence: Some(enrich_activity::serve::DEFAULT_MIN_CONFIDENCE),
+            forget_topic: String::new(),
         },
         not_stopped,
     );

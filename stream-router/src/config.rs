@@ -31,6 +31,9 @@ pub struct Config {
     pub source_topic: String,
     /// Where records that cannot be routed go.
     pub deadletter_topic: String,
+    /// The forget ledger: events of a forgotten install captured up to its
+    /// request are dropped, not routed. Empty turns that off.
+    pub forget_topic: String,
     pub group_id: String,
     /// The rules (see `stream-router check-rules --help`); re-read when it changes.
     pub rules_file: PathBuf,
@@ -81,6 +84,7 @@ impl Default for Config {
             registry: RegistrySettings::default(),
             source_topic: context_schemas::contract::topics::EVENTS.into(),
             deadletter_topic: context_schemas::contract::topics::DEAD_LETTER.into(),
+            forget_topic: context_schemas::contract::topics::FORGET.into(),
             group_id: "stream-router".into(),
             rules_file: PathBuf::from("rules.toml"),
             delivery: Delivery::ExactlyOnce,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use context_runtime::deadletter as dl;
+use context_runtime::forget::Forgotten;
 use context_runtime::kafka::KafkaSettings;
 use context_runtime::pipeline::Output;
 use context_schemas::{AvroRecord, ContextEvent, MotionWindow};
@@ -140,11 +141,13 @@ impl Admin {
 }
 
 /// The outputs of `batch` under `routes`: records for targets and dead letters.
-/// A registry outage is `NotNow`: nothing of the batch is routed, it is read
+/// An event of an install in `forgotten`, captured up to its request, is
+/// dropped (`router_forgotten_dropped_total`). A registry outage is `NotNow`: nothing of the batch is routed, it is read
 /// again.
 pub async fn route_batch(
     routes: &Arc<Routes>,
     registry: &RegistryClient,
+    forgotten: &Forgotten,
     batch: &[OwnedMessage],
     deadletter_topic: &str,
 ) -> Result<Vec<Output>, NotNow> {
@@ -160,6 +163,10 @@ pub async fn route_batch(
                 continue;
             }
         };
+        if forgotten.drops(Some(&event.app_id), &event.install_id, Some(event.timestamp)) {
+            metrics::counter!("router_forgotten_dropped_total").increment(1);
+            continue;
+        }
         let decision = routes.rules.evaluate(&event);
         for rule in &decision.fired {
             metrics::counter!("router_rule_fired_total", "rule" => rule.clone()).increment(1);

@@ -44,6 +44,7 @@ pub async fn run(
             .await
             .map_err(anyhow::Error::msg)?,
     );
+    let forgotten = context_runtime::forget::follow_configured(&s.kafka, &s.forget_topic).await?;
     let rules_mtime = modified(&s.rules_file);
     log_routes(&routes, "routing");
 
@@ -90,6 +91,7 @@ pub async fn run(
         registry,
         admin,
         routes,
+        forgotten,
         rules_mtime,
         retry_at: None,
     };
@@ -113,6 +115,8 @@ struct Router<'a> {
     registry: RegistryClient,
     admin: Admin,
     routes: Arc<Routes>,
+    /// The forget ledger, kept current by its own thread.
+    forgotten: Arc<context_runtime::forget::Forgotten>,
     rules_mtime: Option<SystemTime>,
     /// A reload of a valid file failed for want of the registry or the
     /// broker: tried again at this time, whether or not the file changes.
@@ -157,9 +161,15 @@ impl Stage for Router<'_> {
     }
 
     async fn transform(&mut self, batch: &[OwnedMessage]) -> Result<Vec<context_runtime::pipeline::Output>, String> {
-        route_batch(&self.routes, &self.registry, batch, &self.s.deadletter_topic)
-            .await
-            .map_err(|not_now| not_now.0)
+        route_batch(
+            &self.routes,
+            &self.registry,
+            &self.forgotten,
+            batch,
+            &self.s.deadletter_topic,
+        )
+        .await
+        .map_err(|not_now| not_now.0)
     }
 }
 

@@ -165,6 +165,7 @@ release's wiring laid over it.
 {{- include "cp.setRegistryClient" (dict "root" . "table" $c) -}}
 {{- $_ = set $c "events_topic" .Values.kafka.topics.events -}}
 {{- $_ = set $c "deadletter_topic" .Values.kafka.topics.deadletter -}}
+{{- $_ = set $c "forget_topic" .Values.kafka.topics.forget -}}
 {{- $_ = set $c "keys_file" (printf "%s/%s" (include "cp.keysDir" .) $v.apiKeys.secretKey) -}}
 {{- if $v.tls.enabled -}}
 {{- $_ = set $c "tls_cert" (printf "%s/tls.crt" (include "cp.tlsDir" .)) -}}
@@ -203,6 +204,7 @@ release's wiring laid over it.
 {{- include "cp.setRegistryClient" (dict "root" . "table" $c) -}}
 {{- $_ = set $c "source_topic" .Values.kafka.topics.events -}}
 {{- $_ = set $c "deadletter_topic" .Values.kafka.topics.deadletter -}}
+{{- $_ = set $c "forget_topic" .Values.kafka.topics.forget -}}
 {{- if $v.rules -}}
 {{- $_ = set $c "rules_file" (printf "%s/rules.toml" (include "cp.rulesDir" .)) -}}
 {{- else -}}
@@ -226,6 +228,7 @@ release's wiring laid over it.
 {{- $_ = set $c "events_topic" (ternary .Values.kafka.topics.events "" $v.sources.events) -}}
 {{- $_ = set $c "activity_topic" (ternary .Values.kafka.topics.activity "" $v.sources.activity) -}}
 {{- $_ = set $c "deadletter_topic" (ternary .Values.kafka.topics.deadletter "" $v.sources.deadletter) -}}
+{{- $_ = set $c "forget_topic" .Values.kafka.topics.forget -}}
 {{- /* Credentials come from the Secret, through the environment. */ -}}
 {{- $_ = unset $c "clickhouse_user" -}}
 {{- $_ = unset $c "clickhouse_password" -}}
@@ -251,6 +254,7 @@ release's wiring laid over it.
 {{- $_ = set $c "motion_topic" .Values.kafka.topics.motion -}}
 {{- $_ = set $c "activity_topic" .Values.kafka.topics.activity -}}
 {{- $_ = set $c "deadletter_topic" .Values.kafka.topics.deadletter -}}
+{{- $_ = set $c "forget_topic" .Values.kafka.topics.forget -}}
 {{- $_ = set $c "model" (include "cp.modelPath" .) -}}
 {{- $_ = unset $c "transactional_id" -}}
 # enrich-activity serve, rendered by the context-pipeline chart (docs/enrich-activity.md).

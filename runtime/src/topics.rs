@@ -866,6 +866,7 @@ mod tests {
                 "context.motion.v1",
                 "context.activity.v1",
                 "context.deadletter.v1",
+                "context.forget.v1",
                 "_schemas"
             ]
         );

@@ -141,6 +141,19 @@ async fn insert_tags(db: &str, rows: &[ActivityRow]) {
 }
 
 async fn insert_letters(db: &str, rows: &[DeadLetterRow]) {
+    // The rows are of today's shape: the column the old layout lacks
+    // (`install_id`, added later) is added first, as `migrate` adds a new
+    // column to any table, so that the conversion is what is tested.
+    let has = count(&format!(
+        "SELECT count() FROM system.columns WHERE database = '{db}' AND table = 'dead_letters' AND name = 'install_id'"
+    ))
+    .await;
+    if has == 0 {
+        execute(&format!(
+            "ALTER TABLE `{db}`.`dead_letters` ADD COLUMN `install_id` String DEFAULT ''"
+        ))
+        .await;
+    }
     for row in rows {
         let mut insert = clickhouse_writer()
             .with_database(db)

@@ -58,6 +58,13 @@ pub struct Config {
     /// PEM file of the CA(s) that sign ClickHouse's certificate.
     pub clickhouse_ca_file: Option<std::path::PathBuf>,
     pub database: String,
+    /// A ClickHouse cluster (docs/scaling.md): its servers' URLs, shards
+    /// separated by `;` and the replicas of one shard by `,`, such as
+    /// `http://ch1:8123,http://ch2:8123;http://ch3:8123,http://ch4:8123`, in
+    /// the order of the cluster's `remote_servers`. Empty: one server,
+    /// `clickhouse_url`. `migrate --cluster` runs what ClickHouse cannot run
+    /// ON CLUSTER on each of them.
+    pub clickhouse_shards: String,
     /// An empty topic name turns that source off.
     pub events_topic: String,
     pub activity_topic: String,
@@ -104,6 +111,7 @@ impl Default for Config {
             clickhouse_password: Secret::default(),
             clickhouse_ca_file: None,
             database: "context".into(),
+            clickhouse_shards: String::new(),
             events_topic: topics::EVENTS.into(),
             activity_topic: topics::ACTIVITY.into(),
             deadletter_topic: topics::DEAD_LETTER.into(),
@@ -143,6 +151,9 @@ impl ServiceConfig for Config {
                 Err(e) => problems.push(format!("clickhouse_ca_file {}: {e}", ca.display())),
             }
         }
+        if let Err(e) = parse_shards(&self.clickhouse_shards) {
+            problems.push(format!("clickhouse_shards: {e}"));
+        }
         if self.database.is_empty() || !self.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             problems.push(format!("database `{}` must be letters, digits and _", self.database));
         }
@@ -177,9 +188,19 @@ impl Config {
         3 * (self.batch.max_bytes + crate::service::PREFETCH_KBYTES * 1024) + MEMORY_BASE_BYTES
     }
 
+    /// The servers of `clickhouse_shards`, by shard (empty: one server).
+    pub fn shards(&self) -> Vec<Vec<String>> {
+        parse_shards(&self.clickhouse_shards).unwrap_or_default()
+    }
+
     /// A client for inserts (LZ4) and one for queries (uncompressed: against
     /// ClickHouse 18.16 the crate's LZ4 response path yields no rows).
     pub fn clickhouse(&self, compressed: bool) -> clickhouse::Client {
+        self.clickhouse_at(&self.clickhouse_url, compressed)
+    }
+
+    /// [`Config::clickhouse`] for the server at `url` (one of `clickhouse_shards`).
+    pub fn clickhouse_at(&self, url: &str, compressed: bool) -> clickhouse::Client {
         let base = match self.clickhouse_tls() {
             Some(connector) => {
                 let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -195,7 +216,7 @@ impl Config {
             None => clickhouse::Client::default(),
         };
         let mut c = base
-            .with_url(&self.clickhouse_url)
+            .with_url(url)
             .with_user(&self.clickhouse_user)
             .with_validation(false)
             .with_compression(if compressed {
@@ -312,5 +333,47 @@ mod tests {
             .unwrap()
             .config;
         assert_eq!((c.max_backoff, c.batch.max_rows), (Duration::from_secs(2), 9));
+    }
+}
+
+/// `a,b;c,d` as shards `[a, b]` and `[c, d]`; empty as none.
+pub fn parse_shards(text: &str) -> Result<Vec<Vec<String>>, String> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut shards = Vec::new();
+    for (i, shard) in text.split(';').enumerate() {
+        let replicas: Vec<String> = shard
+            .split(',')
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if replicas.is_empty() {
+            return Err(format!("shard {} has no server (shards are separated by ';', replicas by ',')", i + 1));
+        }
+        if let Some(bad) = replicas
+            .iter()
+            .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+        {
+            return Err(format!("{bad:?} must start with http:// or https://"));
+        }
+        shards.push(replicas);
+    }
+    Ok(shards)
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::parse_shards;
+
+    #[test]
+    fn shards_parse_and_mistakes_are_named() {
+        assert_eq!(parse_shards("").unwrap(), Vec::<Vec<String>>::new());
+        assert_eq!(
+            parse_shards("http://a:8123, http://b:8123;http://c:8123").unwrap(),
+            vec![vec!["http://a:8123".to_owned(), "http://b:8123".to_owned()], vec!["http://c:8123".to_owned()]]
+        );
+        assert!(parse_shards("http://a:8123;;http://c").unwrap_err().contains("shard 2"));
+        assert!(parse_shards("a:8123").unwrap_err().contains("http://"));
     }
 }

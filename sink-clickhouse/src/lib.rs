@@ -8,6 +8,7 @@
 //! - [`service`] runs the consumer loops; [`config`] the settings.
 
 pub mod batch;
+pub mod cluster;
 pub mod config;
 pub mod ddl;
 pub mod forget;

@@ -38,9 +38,20 @@ struct Cli {
 enum Command {
     /// Create or update the database, tables and views (idempotent; converts
     /// a table of an older layout and keeps the old one).
+    ///
+    /// With --cluster NAME: the same schema on every server of the ClickHouse
+    /// cluster NAME (remote_servers), all ON CLUSTER: Replicated tables
+    /// `<table>_local` per shard, Distributed tables under the tables' names
+    /// for reads, sharded by install; sink_ledger and forget_log replicated on
+    /// every server. Every server must be up. See docs/scaling.md.
+    ///
+    /// Example: sink-clickhouse migrate --config sink.toml --cluster context
     Migrate {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The ClickHouse cluster (system.clusters) to make the schema on.
+        #[arg(long, value_name = "NAME")]
+        cluster: Option<String>,
     },
     /// Consume the topics and insert into ClickHouse until SIGTERM.
     Run {
@@ -484,12 +495,31 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        Command::Migrate { config } => {
+        Command::Migrate { config, cluster } => {
             let s = match settings(config) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            match sink_clickhouse::migrate::migrate(&s.clickhouse(false), &s.database).await {
+            let client = s.clickhouse(false);
+            let migrated = match &cluster {
+                Some(cluster) => {
+                    let each: Vec<clickhouse::Client> =
+                        s.shards().iter().flatten().map(|url| s.clickhouse_at(url, false)).collect();
+                    sink_clickhouse::cluster::migrate(
+                        &client,
+                        &each,
+                        &s.database,
+                        cluster,
+                        &s.clickhouse_user,
+                        s.clickhouse_password.expose(),
+                    )
+                    .await
+                }
+                None => sink_clickhouse::migrate::migrate(&client, &s.database)
+                    .await
+                    .map_err(anyhow::Error::from),
+            };
+            match migrated {
                 Ok(report) => {
                     for sql in &report.applied {
                         println!("applied: {}", sql.lines().next().unwrap_or_default());

@@ -145,7 +145,8 @@ var services = []serviceKeys{
 		keys: keysWith(map[string]string{
 			"admin_listen": "string", "clickhouse_url": "string", "clickhouse_user": "string",
 			"clickhouse_password": "string", "clickhouse_ca_file": "string",
-			"database": "string", "events_topic": "string", "activity_topic": "string",
+			"database": "string", "clickhouse_shards": "string", "insert_quorum": "int",
+			"events_topic": "string", "activity_topic": "string",
 			"deadletter_topic": "string", "forget_topic": "string", "group_prefix": "string", "session_timeout": "duration",
 			"max_poll_interval": "duration", "batch": "table", "batch.max_rows": "int",
 			"batch.max_bytes": "int", "batch.max_age": "duration", "max_backoff": "duration",

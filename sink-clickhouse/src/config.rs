@@ -65,6 +65,12 @@ pub struct Config {
     /// `clickhouse_url`. `migrate --cluster` runs what ClickHouse cannot run
     /// ON CLUSTER on each of them.
     pub clickhouse_shards: String,
+    /// With `clickhouse_shards`: 0 (the default), an insert is confirmed when
+    /// one replica of its shard wrote it (the others fetch it from there; a
+    /// disk lost before they did loses it); N, when N replicas did
+    /// (ClickHouse's `insert_quorum`: a shard with fewer replicas up refuses,
+    /// and the sink waits).
+    pub insert_quorum: u32,
     /// An empty topic name turns that source off.
     pub events_topic: String,
     pub activity_topic: String,
@@ -112,6 +118,7 @@ impl Default for Config {
             clickhouse_ca_file: None,
             database: "context".into(),
             clickhouse_shards: String::new(),
+            insert_quorum: 0,
             events_topic: topics::EVENTS.into(),
             activity_topic: topics::ACTIVITY.into(),
             deadletter_topic: topics::DEAD_LETTER.into(),
@@ -151,8 +158,18 @@ impl ServiceConfig for Config {
                 Err(e) => problems.push(format!("clickhouse_ca_file {}: {e}", ca.display())),
             }
         }
-        if let Err(e) = parse_shards(&self.clickhouse_shards) {
-            problems.push(format!("clickhouse_shards: {e}"));
+        match parse_shards(&self.clickhouse_shards) {
+            Err(e) => problems.push(format!("clickhouse_shards: {e}")),
+            Ok(shards) => {
+                let fewest = shards.iter().map(Vec::len).min().unwrap_or(0);
+                if self.insert_quorum > 0 && self.insert_quorum as usize > fewest {
+                    problems.push(format!(
+                        "insert_quorum {} needs clickhouse_shards with at least that many replicas in every shard \
+                         (the smallest has {fewest})",
+                        self.insert_quorum
+                    ));
+                }
+            }
         }
         if self.database.is_empty() || !self.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             problems.push(format!("database `{}` must be letters, digits and _", self.database));
@@ -349,7 +366,10 @@ pub fn parse_shards(text: &str) -> Result<Vec<Vec<String>>, String> {
             .filter(|u| !u.is_empty())
             .collect();
         if replicas.is_empty() {
-            return Err(format!("shard {} has no server (shards are separated by ';', replicas by ',')", i + 1));
+            return Err(format!(
+                "shard {} has no server (shards are separated by ';', replicas by ',')",
+                i + 1
+            ));
         }
         if let Some(bad) = replicas
             .iter()
@@ -371,7 +391,10 @@ mod shard_tests {
         assert_eq!(parse_shards("").unwrap(), Vec::<Vec<String>>::new());
         assert_eq!(
             parse_shards("http://a:8123, http://b:8123;http://c:8123").unwrap(),
-            vec![vec!["http://a:8123".to_owned(), "http://b:8123".to_owned()], vec!["http://c:8123".to_owned()]]
+            vec![
+                vec!["http://a:8123".to_owned(), "http://b:8123".to_owned()],
+                vec!["http://c:8123".to_owned()]
+            ]
         );
         assert!(parse_shards("http://a:8123;;http://c").unwrap_err().contains("shard 2"));
         assert!(parse_shards("a:8123").unwrap_err().contains("http://"));

@@ -503,8 +503,12 @@ async fn main() -> ExitCode {
             let client = s.clickhouse(false);
             let migrated = match &cluster {
                 Some(cluster) => {
-                    let each: Vec<clickhouse::Client> =
-                        s.shards().iter().flatten().map(|url| s.clickhouse_at(url, false)).collect();
+                    let each: Vec<clickhouse::Client> = s
+                        .shards()
+                        .iter()
+                        .flatten()
+                        .map(|url| s.clickhouse_at(url, false))
+                        .collect();
                     sink_clickhouse::cluster::migrate(
                         &client,
                         &each,

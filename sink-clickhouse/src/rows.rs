@@ -408,3 +408,28 @@ pub struct LedgerRow {
     pub inserted_at_us: i64,
     pub inserted_time: u32,
 }
+
+impl crate::cluster::ShardKey for EventRow {
+    fn shard_key(&self) -> String {
+        self.install_id.hyphenated().to_string()
+    }
+}
+
+impl crate::cluster::ShardKey for ActivityRow {
+    fn shard_key(&self) -> String {
+        self.install_id.hyphenated().to_string()
+    }
+}
+
+impl crate::cluster::ShardKey for DeadLetterRow {
+    fn shard_key(&self) -> String {
+        self.install_id.clone()
+    }
+}
+
+/// The ledger has a replica on every server: no shard.
+impl crate::cluster::ShardKey for LedgerRow {
+    fn shard_key(&self) -> String {
+        String::new()
+    }
+}

@@ -33,6 +33,7 @@ use schema_registry::client::DecodeError;
 use schema_registry::RegistryClient;
 
 use crate::batch::{insert_or_isolate, partition_chunks, Batch, MAX_PARTITIONS_PER_INSERT};
+use crate::cluster::{ShardKey, Writer};
 use crate::config::Config;
 use crate::rows::{ActivityRow, DeadLetterRow, EventRow, InMemory, LedgerRow, Partitioned, Subject};
 use context_runtime::forget::Forgotten;
@@ -274,33 +275,38 @@ pub fn retryable(e: &clickhouse::error::Error) -> bool {
 
 /// One insert, given up after `timeout`: a ClickHouse that accepts the
 /// connection and never answers is an outage like any other, not a hang.
-async fn insert_rows<R: RowOwned + RowWrite>(
-    client: &clickhouse::Client,
+/// On a cluster each row goes to its install's shard, one replica after
+/// another ([`crate::cluster::insert_routed`]); the timeout is per attempt.
+async fn insert_rows<R: RowOwned + RowWrite + ShardKey>(
+    writer: &Writer,
     table: &str,
     rows: &[R],
     timeout: Duration,
 ) -> Result<(), clickhouse::error::Error> {
-    let insert = async {
-        let mut insert = client.insert::<R>(table).await?;
-        for r in rows {
-            insert.write(r).await?;
+    crate::cluster::insert_routed(writer, table, rows, |client, target, indices| async move {
+        let insert = async {
+            let mut insert = client.insert::<R>(&target).await?;
+            for i in indices {
+                insert.write(&rows[i]).await?;
+            }
+            insert.end().await
+        };
+        match tokio::time::timeout(timeout, insert).await {
+            Ok(result) => result,
+            Err(_) => {
+                metrics::counter!("sink_insert_timeouts_total", "table" => target).increment(1);
+                Err(clickhouse::error::Error::TimedOut)
+            }
         }
-        insert.end().await
-    };
-    match tokio::time::timeout(timeout, insert).await {
-        Ok(result) => result,
-        Err(_) => {
-            metrics::counter!("sink_insert_timeouts_total", "table" => table.to_owned()).increment(1);
-            Err(clickhouse::error::Error::TimedOut)
-        }
-    }
+    })
+    .await
 }
 
 struct Loop<'a> {
     source: Source,
     settings: &'a Config,
     consumer: Arc<Sink>,
-    writer: clickhouse::Client,
+    writer: Writer,
     health: Arc<Health>,
     /// What this source's stall watch reads.
     progress: Arc<context_runtime::stall::Progress>,
@@ -323,7 +329,7 @@ impl Loop<'_> {
     /// may be given up. A batch whose every row is refused is a fault, not a
     /// batch of bad rows. `None`: shutdown was asked for while waiting;
     /// nothing may be committed.
-    async fn insert_with_retry<R: RowOwned + RowWrite>(
+    async fn insert_with_retry<R: RowOwned + RowWrite + ShardKey>(
         &self,
         table: &str,
         rows: &[R],
@@ -481,7 +487,7 @@ impl Loop<'_> {
 
     /// Inserts the batch and its dead letters, then commits. Shutdown during
     /// an outage drops the batch uncommitted.
-    async fn flush<R: RowOwned + RowWrite + Partitioned + Subject>(
+    async fn flush<R: RowOwned + RowWrite + Partitioned + Subject + ShardKey>(
         &self,
         table: &str,
         batch: &mut Batch<(R, Arc<OwnedMessage>)>,
@@ -641,7 +647,7 @@ async fn convert_tag(registry: &RegistryClient, msg: &OwnedMessage) -> Result<Co
 /// Runs one source until `shutdown` turns true, then flushes and commits.
 async fn run_loop<R, F, Fut>(l: Loop<'_>, table: &str, convert: F, mut shutdown: Shutdown) -> Result<(), SinkError>
 where
-    R: RowOwned + RowWrite + Partitioned + InMemory + Subject,
+    R: RowOwned + RowWrite + Partitioned + InMemory + Subject + ShardKey,
     F: Fn(Arc<OwnedMessage>) -> Fut,
     Fut: std::future::Future<Output = Result<Converted<R>, DecodeError>>,
 {
@@ -739,7 +745,7 @@ fn consumer(s: &Config, source: Source, topic: &str) -> Result<Sink, SinkError> 
 pub async fn run_sources(s: Config, health: Arc<Health>, shutdown: Shutdown) -> Result<(), SinkError> {
     context_runtime::kafka::verify_at_start(&s.kafka, Duration::from_secs(10)).await?;
     let registry = RegistryClient::connect(&s.registry)?;
-    let writer = s.clickhouse(true).with_database(&s.database);
+    let writer = Writer::from_config(&s);
     // The sources' own token: fired by `shutdown`, or when a source fails.
     let (stop, sources_shutdown) = Shutdown::new();
     let stop = Arc::new(stop);
@@ -861,7 +867,7 @@ pub async fn run_sources(s: Config, health: Arc<Health>, shutdown: Shutdown) -> 
 pub struct Repairer {
     source: Source,
     registry: RegistryClient,
-    writer: clickhouse::Client,
+    writer: Writer,
     timeout: Duration,
     /// Rows of forgotten installs are not stored again.
     pub forgotten: Arc<Forgotten>,
@@ -881,7 +887,7 @@ impl Repairer {
         Ok(Repairer {
             source,
             registry: RegistryClient::connect(&c.registry)?,
-            writer: c.clickhouse(true).with_database(&c.database),
+            writer: Writer::from_config(c),
             timeout: c.insert_timeout,
             forgotten: Forgotten::empty(),
         })

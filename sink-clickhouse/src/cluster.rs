@@ -369,6 +369,132 @@ pub async fn migrate(
     Ok(report)
 }
 
+/// A row's install as the sharding key reads it.
+pub trait ShardKey {
+    /// The text [`sharding_key`] hashes: the install's id as ClickHouse
+    /// prints it; empty for a row of no install.
+    fn shard_key(&self) -> String;
+}
+
+/// Servers that hold the same rows, and the index of the one that answered
+/// last (tried first next time).
+type Replicas = (Vec<clickhouse::Client>, std::sync::atomic::AtomicUsize);
+
+/// The servers of a cluster: per shard its replicas, and every server in
+/// one list for the tables with a replica on each.
+pub struct Shards {
+    shards: Vec<Replicas>,
+    everywhere: Replicas,
+}
+
+/// Where the sink's inserts go: one server, or the shards of a cluster.
+#[derive(Clone)]
+pub enum Writer {
+    One(std::sync::Arc<clickhouse::Client>),
+    Cluster(std::sync::Arc<Shards>),
+}
+
+impl Writer {
+    /// The writer `c` describes: `clickhouse_shards` when set, with
+    /// `insert_quorum`; `clickhouse_url` otherwise.
+    pub fn from_config(c: &crate::Config) -> Writer {
+        let shards = c.shards();
+        if shards.is_empty() {
+            return Writer::One(std::sync::Arc::new(c.clickhouse(true).with_database(&c.database)));
+        }
+        let client = |url: &String| {
+            let client = c.clickhouse_at(url, true).with_database(&c.database);
+            if c.insert_quorum > 0 {
+                client.with_option("insert_quorum", c.insert_quorum.to_string())
+            } else {
+                client
+            }
+        };
+        let replicas = |urls: Vec<&String>| -> Replicas {
+            (
+                urls.into_iter().map(client).collect(),
+                std::sync::atomic::AtomicUsize::new(0),
+            )
+        };
+        Writer::Cluster(std::sync::Arc::new(Shards {
+            shards: shards.iter().map(|urls| replicas(urls.iter().collect())).collect(),
+            everywhere: replicas(shards.iter().flatten().collect()),
+        }))
+    }
+}
+
+/// The rows of `indices` into `table` on one shard: the replica that
+/// answered last first, the next one on a failure a retry may cure (a
+/// replica down, read-only without ZooKeeper, timing out). A refused row or
+/// table is the same on every replica and returned at once. Every replica
+/// failing is the shard's outage: the error, and the caller keeps the batch.
+async fn insert_on_shard<F, Fut>(shard: &str, replicas: &Replicas, once: &F) -> Result<(), clickhouse::error::Error>
+where
+    F: Fn(clickhouse::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<(), clickhouse::error::Error>>,
+{
+    use std::sync::atomic::Ordering;
+    let (clients, preferred) = replicas;
+    let first = preferred.load(Ordering::Relaxed);
+    let mut last = None;
+    for attempt in 0..clients.len() {
+        let k = (first + attempt) % clients.len();
+        match once(clients[k].clone()).await {
+            Ok(()) => {
+                preferred.store(k, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(e) if crate::service::classify(&e) == crate::service::Failure::Transient => {
+                metrics::counter!("sink_replica_failovers_total", "shard" => shard.to_owned()).increment(1);
+                tracing::warn!(error = %e, shard, replica = k + 1, "ClickHouse replica failed; trying the next of its shard");
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or(clickhouse::error::Error::TimedOut))
+}
+
+/// Inserts `rows` into `table` through `writer`: on a cluster, each row on
+/// its install's shard (`<table>_local`), never on another; tables that are
+/// not sharded on any server (they are replicated to all).
+pub async fn insert_routed<R, F, Fut>(
+    writer: &Writer,
+    table: &str,
+    rows: &[R],
+    once: F,
+) -> Result<(), clickhouse::error::Error>
+where
+    R: ShardKey,
+    F: Fn(clickhouse::Client, String, Vec<usize>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), clickhouse::error::Error>>,
+{
+    match writer {
+        Writer::One(client) => once((**client).clone(), table.to_owned(), (0..rows.len()).collect()).await,
+        Writer::Cluster(cluster) if !SHARDED.contains(&table) => {
+            // Every server holds a replica: any of them.
+            let all: Vec<usize> = (0..rows.len()).collect();
+            insert_on_shard("all", &cluster.everywhere, &|c| once(c, table.to_owned(), all.clone())).await
+        }
+        Writer::Cluster(cluster) => {
+            let n = cluster.shards.len();
+            let mut by_shard = vec![Vec::new(); n];
+            for (i, row) in rows.iter().enumerate() {
+                by_shard[shard_of(&row.shard_key(), n)].push(i);
+            }
+            let local = format!("{table}{LOCAL_SUFFIX}");
+            for (s, indices) in by_shard.into_iter().enumerate() {
+                if indices.is_empty() {
+                    continue;
+                }
+                let name = (s + 1).to_string();
+                insert_on_shard(&name, &cluster.shards[s], &|c| once(c, local.clone(), indices.clone())).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,132 +530,5 @@ mod tests {
         let made = cluster_tables("context", "c", ledger);
         assert_eq!(made.len(), 1);
         assert!(made[0].1.contains("'/clickhouse/tables/all/context/sink_ledger'"));
-    }
-}
-
-/// A row's install as the sharding key reads it.
-pub trait ShardKey {
-    /// The text [`sharding_key`] hashes: the install's id as ClickHouse
-    /// prints it; empty for a row of no install.
-    fn shard_key(&self) -> String;
-}
-
-/// Where the sink's inserts go: one server, or the shards of a cluster.
-#[derive(Clone)]
-pub enum Writer {
-    One(std::sync::Arc<clickhouse::Client>),
-    /// Per shard its replicas, and the index of the one that answered last
-    /// (tried first next time).
-    Cluster(std::sync::Arc<Vec<(Vec<clickhouse::Client>, std::sync::atomic::AtomicUsize)>>),
-}
-
-impl Writer {
-    /// The writer `c` describes: `clickhouse_shards` when set, with
-    /// `insert_quorum`; `clickhouse_url` otherwise.
-    pub fn from_config(c: &crate::Config) -> Writer {
-        let shards = c.shards();
-        if shards.is_empty() {
-            return Writer::One(std::sync::Arc::new(c.clickhouse(true).with_database(&c.database)));
-        }
-        let clients = shards
-            .iter()
-            .map(|replicas| {
-                let clients = replicas
-                    .iter()
-                    .map(|url| {
-                        let client = c.clickhouse_at(url, true).with_database(&c.database);
-                        if c.insert_quorum > 0 {
-                            client.with_option("insert_quorum", c.insert_quorum.to_string())
-                        } else {
-                            client
-                        }
-                    })
-                    .collect();
-                (clients, std::sync::atomic::AtomicUsize::new(0))
-            })
-            .collect();
-        Writer::Cluster(std::sync::Arc::new(clients))
-    }
-}
-
-/// The rows of `indices` into `table` on one shard: the replica that
-/// answered last first, the next one on a failure a retry may cure (a
-/// replica down, read-only without ZooKeeper, timing out). A refused row or
-/// table is the same on every replica and returned at once. Every replica
-/// failing is the shard's outage: the error, and the caller keeps the batch.
-async fn insert_on_shard<F, Fut>(
-    shard: usize,
-    replicas: &(Vec<clickhouse::Client>, std::sync::atomic::AtomicUsize),
-    once: &F,
-) -> Result<(), clickhouse::error::Error>
-where
-    F: Fn(clickhouse::Client) -> Fut,
-    Fut: std::future::Future<Output = Result<(), clickhouse::error::Error>>,
-{
-    use std::sync::atomic::Ordering;
-    let (clients, preferred) = replicas;
-    let first = preferred.load(Ordering::Relaxed);
-    let mut last = None;
-    for attempt in 0..clients.len() {
-        let k = (first + attempt) % clients.len();
-        match once(clients[k].clone()).await {
-            Ok(()) => {
-                preferred.store(k, Ordering::Relaxed);
-                return Ok(());
-            }
-            Err(e) if crate::service::classify(&e) == crate::service::Failure::Transient => {
-                metrics::counter!("sink_replica_failovers_total", "shard" => (shard + 1).to_string()).increment(1);
-                tracing::warn!(error = %e, shard = shard + 1, replica = k + 1, "ClickHouse replica failed; trying the next of its shard");
-                last = Some(e);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last.unwrap_or(clickhouse::error::Error::TimedOut))
-}
-
-/// Inserts `rows` into `table` through `writer`: on a cluster, each row on
-/// its install's shard (`<table>_local`), never on another; tables that are
-/// not sharded on any server (they are replicated to all).
-pub async fn insert_routed<R, F, Fut>(
-    writer: &Writer,
-    table: &str,
-    rows: &[R],
-    once: F,
-) -> Result<(), clickhouse::error::Error>
-where
-    R: ShardKey,
-    F: Fn(clickhouse::Client, String, Vec<usize>) -> Fut,
-    Fut: std::future::Future<Output = Result<(), clickhouse::error::Error>>,
-{
-    match writer {
-        Writer::One(client) => once((**client).clone(), table.to_owned(), (0..rows.len()).collect()).await,
-        Writer::Cluster(shards) => {
-            if !SHARDED.contains(&table) {
-                // Every server holds a replica: the first shard's, then the next's.
-                let mut last = None;
-                for (s, replicas) in shards.iter().enumerate() {
-                    let all: Vec<usize> = (0..rows.len()).collect();
-                    match insert_on_shard(s, replicas, &|c| once(c, table.to_owned(), all.clone())).await {
-                        Ok(()) => return Ok(()),
-                        Err(e) if crate::service::classify(&e) == crate::service::Failure::Transient => last = Some(e),
-                        Err(e) => return Err(e),
-                    }
-                }
-                return Err(last.unwrap_or(clickhouse::error::Error::TimedOut));
-            }
-            let mut by_shard = vec![Vec::new(); shards.len()];
-            for (i, row) in rows.iter().enumerate() {
-                by_shard[shard_of(&row.shard_key(), shards.len())].push(i);
-            }
-            let local = format!("{table}{LOCAL_SUFFIX}");
-            for (s, indices) in by_shard.into_iter().enumerate() {
-                if indices.is_empty() {
-                    continue;
-                }
-                insert_on_shard(s, &shards[s], &|c| once(c, local.clone(), indices.clone())).await?;
-            }
-            Ok(())
-        }
     }
 }

@@ -294,7 +294,7 @@ async fn insert_rows<R: RowOwned + RowWrite + ShardKey>(
         match tokio::time::timeout(timeout, insert).await {
             Ok(result) => result,
             Err(_) => {
-                metrics::counter!("sink_insert_timeouts_total", "table" => target).increment(1);
+                metrics::counter!("sink_insert_timeouts_total", "table" => table.to_owned()).increment(1);
                 Err(clickhouse::error::Error::TimedOut)
             }
         }

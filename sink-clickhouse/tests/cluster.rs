@@ -211,6 +211,20 @@ async fn rows_land_on_their_install_shard_duplicates_merge_and_a_replica_down_is
     let c = cluster_config(&s).checked().unwrap();
     let db = c.database.clone();
     assert!(migrate(&c).await.conflicts.is_empty());
+    // No background merge until the duplicates are counted.
+    let merges = |verb: &'static str| {
+        let db = db.clone();
+        async move {
+            for url in SERVERS {
+                at(url)
+                    .query(&format!("SYSTEM {verb} MERGES `{db}`.events_local"))
+                    .execute()
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    merges("STOP").await;
     let running = sink_clickhouse::start(c.clone(), None).await.unwrap();
     let sent = s.produce_events(1, 300).await;
     // A retried batch: the same 100 events again.
@@ -251,6 +265,7 @@ async fn rows_land_on_their_install_shard_duplicates_merge_and_a_replica_down_is
         assert!(scalar(url, &format!("SELECT count() FROM `{db}`.events_local")).await > 0);
     }
     // The duplicates sit beside their originals, so they merge.
+    merges("START").await;
     for url in [SERVERS[0], SERVERS[2]] {
         at(url)
             .query(&format!("OPTIMIZE TABLE `{db}`.events_local FINAL"))
